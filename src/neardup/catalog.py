@@ -1,0 +1,436 @@
+"""The catalog: a DuckDB file (images, runs, run members, overrides) plus a sidecar folder.
+
+Pixels and the user's files are never touched. Embeddings live in memory-mapped ``.npy`` files
+in the sidecar folder (``<db>.d/embeddings``), one per model, with their row order recorded in
+DuckDB; a new file version is written for every change and switched to in one transaction, so
+a crash leaves the previous version in force.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from .errors import CatalogError, InputError
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = "neardup.duckdb"
+
+#: Columns every images row has; users' extra metadata columns are added beside them.
+CORE_IMAGE_COLUMNS: dict[str, str] = {
+    "id": "VARCHAR PRIMARY KEY",
+    "path": "VARCHAR",
+    "sha256": "VARCHAR",
+    "width": "INTEGER",
+    "height": "INTEGER",
+    "brightness": "DOUBLE",
+    "score": "DOUBLE",
+    "captured_at": "TIMESTAMP",
+    "file_size": "BIGINT",
+    "cluster_id": "INTEGER",
+    "is_suppressed": "BOOLEAN NOT NULL DEFAULT false",
+    "added_at": "TIMESTAMP",
+}
+
+OVERRIDE_KINDS = ("keep", "master", "not_duplicate")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta(key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS images({", ".join(f"{k} {v}" for k, v in CORE_IMAGE_COLUMNS.items())});
+CREATE TABLE IF NOT EXISTS embedding_sets(
+    model VARCHAR PRIMARY KEY, dim INTEGER NOT NULL, file VARCHAR NOT NULL,
+    count BIGINT NOT NULL, version INTEGER NOT NULL, updated_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS embedding_rows(model VARCHAR NOT NULL, row BIGINT NOT NULL, image_id VARCHAR NOT NULL);
+CREATE SEQUENCE IF NOT EXISTS run_id_seq START 1;
+CREATE TABLE IF NOT EXISTS runs(
+    id INTEGER PRIMARY KEY, created_at TIMESTAMP, model VARCHAR, threshold DOUBLE, mode VARCHAR,
+    policy VARCHAR, scope VARCHAR, n_images BIGINT, n_groups BIGINT, n_suppressed BIGINT,
+    n_retained BIGINT, largest_group BIGINT, status VARCHAR, restored_at TIMESTAMP, summary JSON);
+CREATE TABLE IF NOT EXISTS run_members(
+    run_id INTEGER NOT NULL, image_id VARCHAR NOT NULL, group_id BIGINT NOT NULL,
+    master_id VARCHAR NOT NULL, is_master BOOLEAN NOT NULL, is_suppressed BOOLEAN NOT NULL,
+    sim_to_master FLOAT);
+CREATE TABLE IF NOT EXISTS overrides(
+    image_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, created_at TIMESTAMP, note VARCHAR);
+CREATE TABLE IF NOT EXISTS skipped(
+    path VARCHAR PRIMARY KEY, reason VARCHAR, seen_at TIMESTAMP);
+CREATE OR REPLACE VIEW visible AS SELECT * FROM images WHERE NOT is_suppressed;
+"""
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class EmbeddingSet:
+    """One model's vectors: ``ids[i]`` is the image of row ``vectors[i]`` (unit-norm float32)."""
+
+    model: str
+    ids: np.ndarray
+    vectors: np.ndarray
+    version: int
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class Catalog:
+    """A neardup catalog on disk. Use as a context manager or call :meth:`close`.
+
+    >>> with Catalog("cat.duckdb") as cat:          # doctest: +SKIP
+    ...     cat.runs()
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_DB, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise CatalogError(f"{self.path}: no catalog here (run `neardup import-embeddings` or `neardup scan` first)")
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as exc:  # another process holds the write lock, or not a DuckDB file
+            msg = str(exc).splitlines()[0]
+            if "lock" in msg.lower():
+                raise CatalogError(f"{self.path}: the catalog is in use by another neardup process") from None
+            raise CatalogError(f"{self.path}: cannot open catalog ({msg})") from None
+        except duckdb.Error as exc:
+            raise CatalogError(f"{self.path}: cannot open catalog ({str(exc).splitlines()[0]})") from None
+        self._lock = threading.RLock()
+        self._init_schema()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.con.close()
+
+    @property
+    def sidecar(self) -> Path:
+        """Folder beside the DuckDB file holding embeddings, thumbnails and caches."""
+        return self.path.with_name(self.path.name + ".d")
+
+    def _init_schema(self) -> None:
+        tables = {r[0] for r in self.con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
+        if "meta" in tables:
+            row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            found = int(row[0]) if row else None
+            if found != SCHEMA_VERSION:
+                raise CatalogError(
+                    f"{self.path}: catalog schema version {found} but this neardup reads version {SCHEMA_VERSION}"
+                )
+            return
+        if tables:
+            raise CatalogError(f"{self.path}: this DuckDB file is not a neardup catalog (tables: {', '.join(sorted(tables))})")
+        if self.read_only:
+            raise CatalogError(f"{self.path}: empty catalog")
+        with self.transaction():
+            self.con.execute(_SCHEMA)
+            self.con.execute("INSERT INTO meta VALUES ('schema_version', ?), ('created_at', ?)",
+                             [str(SCHEMA_VERSION), _now().isoformat()])
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All-or-nothing: an exception (or Ctrl-C) inside rolls everything back."""
+        with self._lock:
+            self.con.execute("BEGIN TRANSACTION")
+            try:
+                yield self.con
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    self.con.execute("ROLLBACK")
+                raise
+            else:
+                self.con.execute("COMMIT")
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
+        """Run a read query and return an Arrow table."""
+        with self._lock:
+            return self.con.sql(query, params=list(params) if params else None).to_arrow_table()
+
+    # -- images ----------------------------------------------------------------------------
+    def image_columns(self) -> dict[str, str]:
+        rows = self.con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'images' ORDER BY ordinal_position"
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def upsert_images(self, table: pa.Table, *, _in_transaction: bool = False) -> tuple[int, int]:
+        """Insert new images and update the given columns of existing ones (matched on ``id``).
+
+        Columns that the images table lacks are added (user metadata is kept). Returns
+        ``(inserted, updated)``. ``is_suppressed`` and ``added_at`` cannot be set this way.
+        """
+        if "id" not in table.column_names:
+            raise InputError("image table has no 'id' column")
+        table = table.drop_columns([c for c in ("is_suppressed", "added_at") if c in table.column_names])
+        ctx = contextlib.nullcontext() if _in_transaction else self.transaction()
+        with ctx:
+            existing = self.image_columns()
+            self.con.register("_upsert", table)
+            try:
+                types = self.con.sql("SELECT * FROM _upsert LIMIT 0").types
+                for name, dtype in zip(table.column_names, types):
+                    if name not in existing:
+                        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
+                            raise InputError(f"metadata column {name!r}: names must be letters, digits and _")
+                        self.con.execute(f'ALTER TABLE images ADD COLUMN "{name}" {dtype}')
+                n_new = self.con.execute("SELECT count(*) FROM _upsert u ANTI JOIN images i ON u.id = i.id").fetchone()[0]
+                cols = [c for c in table.column_names if c != "id"]
+                n_upd = 0
+                if cols:
+                    n_upd = self.con.execute("SELECT count(*) FROM _upsert u SEMI JOIN images i ON u.id = i.id").fetchone()[0]
+                    sets = ", ".join(f'"{c}" = u."{c}"' for c in cols)
+                    self.con.execute(f"UPDATE images SET {sets} FROM _upsert u WHERE images.id = u.id")
+                names = ", ".join(f'"{c}"' for c in table.column_names)
+                self.con.execute(
+                    f"INSERT INTO images ({names}, added_at) SELECT {names}, ? FROM _upsert u "
+                    "WHERE u.id NOT IN (SELECT id FROM images)",
+                    [_now()],
+                )
+            finally:
+                self.con.unregister("_upsert")
+        return int(n_new), int(n_upd)
+
+    def count_images(self) -> int:
+        return int(self.con.execute("SELECT count(*) FROM images").fetchone()[0])
+
+    def images(self, columns: Sequence[str] | None = None, where: str | None = None) -> pa.Table:
+        """The images table (or some columns of it) as Arrow, ordered by id."""
+        cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
+        q = f"SELECT {cols} FROM images" + (f" WHERE {where}" if where else "") + " ORDER BY id"
+        return self.sql(q)
+
+    def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        t = pa.table({"id": pa.array(list(ids), pa.string())})
+        with self._lock:
+            self.con.register("_ids", t)
+            try:
+                return {r[0] for r in self.con.execute("SELECT id FROM _ids SEMI JOIN images USING (id)").fetchall()}
+            finally:
+                self.con.unregister("_ids")
+
+    # -- embeddings ------------------------------------------------------------------------
+    def embedding_models(self) -> list[dict[str, Any]]:
+        rows = self.con.execute("SELECT model, dim, count, version, updated_at FROM embedding_sets ORDER BY model").fetchall()
+        return [dict(model=r[0], dim=r[1], count=r[2], version=r[3], updated_at=r[4]) for r in rows]
+
+    def default_model(self) -> str:
+        """The only model with embeddings, or the most recently updated one."""
+        row = self.con.execute("SELECT model FROM embedding_sets ORDER BY updated_at DESC, model LIMIT 1").fetchone()
+        if row is None:
+            raise CatalogError(f"{self.path}: no embeddings yet (run `neardup import-embeddings` or `neardup embed`)")
+        return str(row[0])
+
+    def load_embeddings(self, model: str | None = None) -> EmbeddingSet:
+        """The model's vectors, memory-mapped (read-only), and the image id of each row."""
+        model = model or self.default_model()
+        row = self.con.execute("SELECT file, count, dim, version FROM embedding_sets WHERE model = ?", [model]).fetchone()
+        if row is None:
+            known = ", ".join(m["model"] for m in self.embedding_models()) or "none"
+            raise CatalogError(f"{self.path}: no embeddings for model {model!r} (have: {known})")
+        file, count, dim, version = row
+        vectors = np.load(self.sidecar / "embeddings" / file, mmap_mode="r")
+        if vectors.shape != (count, dim):
+            raise CatalogError(f"{self.path}: embeddings file {file} has shape {vectors.shape}, catalog says {(count, dim)}")
+        ids = self.sql("SELECT image_id FROM embedding_rows WHERE model = ? ORDER BY row", [model]).column(0)
+        return EmbeddingSet(model=model, ids=np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object), vectors=vectors, version=int(version))
+
+    def put_embeddings(self, model: str, ids: Sequence[str] | np.ndarray, vectors: np.ndarray,
+                       images: pa.Table | None = None) -> tuple[int, int]:
+        """Store unit-norm vectors for ``ids`` (update rows already there, append the rest).
+
+        ``images`` (optional, with an ``id`` column) is upserted in the same transaction, so
+        vectors and metadata land together or not at all. Returns ``(added, updated)``.
+        """
+        if not _MODEL_NAME.match(model):
+            raise InputError(f"model name {model!r}: use letters, digits, '.', '_' or '-'")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        ids = np.asarray(ids, dtype=object)
+        if vectors.ndim != 2 or len(ids) != vectors.shape[0]:
+            raise InputError(f"{len(ids)} ids for {vectors.shape[0] if vectors.ndim else 0} vectors")
+        emb_dir = self.sidecar / "embeddings"
+        emb_dir.mkdir(parents=True, exist_ok=True)
+        cur = self.con.execute("SELECT file, count, dim, version FROM embedding_sets WHERE model = ?", [model]).fetchone()
+        if cur is not None and cur[2] != vectors.shape[1]:
+            raise InputError(f"model {model!r} has dimension {cur[2]} in this catalog; these vectors have {vectors.shape[1]}")
+        if cur is None:
+            old_ids = np.empty(0, dtype=object)
+            old_vecs = np.empty((0, vectors.shape[1]), dtype=np.float32)
+            version = 1
+        else:
+            old = self.load_embeddings(model)
+            old_ids, old_vecs, version = old.ids, old.vectors, old.version + 1
+        pos = {k: i for i, k in enumerate(old_ids.tolist())}
+        upd_rows = np.fromiter((pos.get(k, -1) for k in ids.tolist()), dtype=np.int64, count=len(ids))
+        is_new = upd_rows < 0
+        n_new = int(is_new.sum())
+        total = len(old_ids) + n_new
+        file = f"{model}.v{version}.npy"
+        tmp = emb_dir / (file + ".tmp")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, vectors.shape[1]))
+        step = 1 << 16
+        for s in range(0, len(old_ids), step):
+            out[s:s + step] = old_vecs[s:s + step]
+        if (~is_new).any():
+            out[upd_rows[~is_new]] = vectors[~is_new]
+        out[len(old_ids):] = vectors[is_new]
+        out.flush()
+        del out
+        os.replace(tmp, emb_dir / file)
+        new_ids = np.concatenate([old_ids, ids[is_new]])
+        rows_table = pa.table({"model": pa.array([model] * n_new, pa.string()),
+                               "row": pa.array(np.arange(len(old_ids), total), pa.int64()),
+                               "image_id": pa.array(ids[is_new].tolist(), pa.string())})
+        try:
+            with self.transaction():
+                if images is not None:
+                    self.upsert_images(images, _in_transaction=True)
+                missing = pa.table({"id": pa.array(new_ids[len(old_ids):].tolist(), pa.string())})
+                self.con.register("_new_ids", missing)
+                self.con.register("_rows", rows_table)
+                try:
+                    self.con.execute("INSERT INTO images (id, added_at) SELECT id, ? FROM _new_ids ANTI JOIN images USING (id)", [_now()])
+                    self.con.execute("INSERT INTO embedding_rows SELECT * FROM _rows")
+                finally:
+                    self.con.unregister("_new_ids")
+                    self.con.unregister("_rows")
+                self.con.execute("DELETE FROM embedding_sets WHERE model = ?", [model])
+                self.con.execute("INSERT INTO embedding_sets VALUES (?, ?, ?, ?, ?, ?)",
+                                 [model, vectors.shape[1], file, total, version, _now()])
+        except BaseException:
+            with contextlib.suppress(OSError):
+                (emb_dir / file).unlink()
+            raise
+        if cur is not None and cur[0] != file:
+            with contextlib.suppress(OSError):
+                (emb_dir / cur[0]).unlink()
+        return n_new, len(ids) - n_new
+
+    # -- runs ------------------------------------------------------------------------------
+    def next_run_id(self) -> int:
+        return int(self.con.execute("SELECT nextval('run_id_seq')").fetchone()[0])
+
+    def record_run(self, info: dict[str, Any], members: pa.Table) -> int:
+        """Store a run and its members and apply its suppression, all in one transaction."""
+        with self.transaction():
+            run_id = self.next_run_id()
+            summary = json.dumps(info.get("summary", {}), default=float)
+            self.con.execute(
+                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'applied', NULL, ?)",
+                [run_id, _now(), info["model"], info["threshold"], info["mode"], info["policy"], info.get("scope", "all"),
+                 info["n_images"], info["n_groups"], info["n_suppressed"], info["n_retained"], info["largest_group"], summary],
+            )
+            self.con.register("_members", members)
+            try:
+                self.con.execute(
+                    "INSERT INTO run_members SELECT ?, image_id, group_id, master_id, is_master, is_suppressed, sim_to_master FROM _members",
+                    [run_id],
+                )
+            finally:
+                self.con.unregister("_members")
+            self._recompute_suppression()
+        return run_id
+
+    def _recompute_suppression(self) -> None:
+        """is_suppressed = suppressed by some applied run and not kept by a reviewer."""
+        self.con.execute(
+            """
+            UPDATE images SET is_suppressed = (
+                id IN (SELECT m.image_id FROM run_members m JOIN runs r ON r.id = m.run_id
+                       WHERE r.status = 'applied' AND m.is_suppressed)
+                AND id NOT IN (SELECT image_id FROM overrides WHERE kind = 'keep'))
+            """
+        )
+
+    def restore(self, run_id: int | None = None) -> list[int]:
+        """Undo one applied run (or every applied run when ``run_id`` is None). Returns the runs undone."""
+        with self.transaction():
+            if run_id is None:
+                ids = [r[0] for r in self.con.execute("SELECT id FROM runs WHERE status = 'applied' ORDER BY id").fetchall()]
+            else:
+                row = self.con.execute("SELECT status FROM runs WHERE id = ?", [run_id]).fetchone()
+                if row is None:
+                    raise CatalogError(f"no run {run_id} in {self.path} (see `neardup runs`)")
+                if row[0] != "applied":
+                    raise CatalogError(f"run {run_id} is already {row[0]}")
+                ids = [run_id]
+            if ids:
+                self.con.execute(
+                    f"UPDATE runs SET status = 'restored', restored_at = ? WHERE id IN ({', '.join('?' * len(ids))})",
+                    [_now(), *ids],
+                )
+            self._recompute_suppression()
+        return ids
+
+    def runs(self) -> list[dict[str, Any]]:
+        t = self.sql("SELECT * EXCLUDE (summary), summary FROM runs ORDER BY id")
+        out = t.to_pylist()
+        for r in out:
+            r["summary"] = json.loads(r["summary"]) if r["summary"] else {}
+        return out
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        for r in self.runs():
+            if r["id"] == run_id:
+                return r
+        raise CatalogError(f"no run {run_id} in {self.path} (see `neardup runs`)")
+
+    def latest_run_id(self, status: str | None = "applied") -> int | None:
+        q = "SELECT max(id) FROM runs" + (" WHERE status = ?" if status else "")
+        row = self.con.execute(q, [status] if status else []).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def run_members(self, run_id: int) -> pa.Table:
+        self.run(run_id)
+        return self.sql(
+            "SELECT image_id, group_id, master_id, is_master, is_suppressed, sim_to_master FROM run_members "
+            "WHERE run_id = ? ORDER BY group_id, NOT is_master, image_id",
+            [run_id],
+        )
+
+    # -- reviewer overrides ----------------------------------------------------------------
+    def add_override(self, image_id: str, kind: str, note: str | None = None) -> None:
+        """Record a reviewer decision that later runs respect: keep, master or not_duplicate."""
+        if kind not in OVERRIDE_KINDS:
+            raise InputError(f"override kind {kind!r}: use one of {', '.join(OVERRIDE_KINDS)}")
+        with self.transaction():
+            if not self.con.execute("SELECT 1 FROM images WHERE id = ?", [image_id]).fetchone():
+                raise InputError(f"no image {image_id!r} in the catalog")
+            self.con.execute("DELETE FROM overrides WHERE image_id = ? AND kind = ?", [image_id, kind])
+            self.con.execute("INSERT INTO overrides VALUES (?, ?, ?, ?)", [image_id, kind, _now(), note])
+            self._recompute_suppression()
+
+    def remove_override(self, image_id: str, kind: str) -> None:
+        with self.transaction():
+            self.con.execute("DELETE FROM overrides WHERE image_id = ? AND kind = ?", [image_id, kind])
+            self._recompute_suppression()
+
+    def overrides(self) -> dict[str, set[str]]:
+        """``{kind: {image ids}}`` for every reviewer decision."""
+        out: dict[str, set[str]] = {k: set() for k in OVERRIDE_KINDS}
+        for image_id, kind in self.con.execute("SELECT image_id, kind FROM overrides").fetchall():
+            out.setdefault(kind, set()).add(image_id)
+        return out

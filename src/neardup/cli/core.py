@@ -1,0 +1,1 @@
+"""Core commands: import-embeddings, sweep, dedup, runs, restore, export (filled in by the core)."""

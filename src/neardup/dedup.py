@@ -1,0 +1,343 @@
+"""Dedup: forest -> groups at a threshold -> masters -> a run, applied to the catalog reversibly.
+
+``dedup(catalog, 0.98)`` is the whole job on embeddings already in the catalog. The similarity
+forest it builds is cached beside the catalog (keyed by model, embedding version, scope and
+floor), so a later sweep or a dedup at another threshold above the floor costs no new pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from .catalog import Catalog, EmbeddingSet
+from .errors import InputError
+from .policy import DEFAULT_POLICY, parse_policy, policy_columns, priority_rank, select_masters
+from .similarity.forest import SimilarityForest
+
+MODES = ("components", "leader")
+INDEXES = ("exact", "ann", "auto")
+ENGINES = ("local", "ray")
+AUTO_EXACT_MAX = 300_000  # --index auto: exact up to this many vectors, ANN above
+ProgressFn = Callable[[int, int], None]
+
+
+def check_threshold(t: float) -> float:
+    t = float(t)
+    if not (0.0 < t <= 1.0) or np.isnan(t):
+        raise InputError(f"threshold {t} is outside (0, 1]")
+    return t
+
+
+@dataclass
+class Scope:
+    """The rows of one model's embedding matrix that a pass runs on."""
+
+    model: str
+    version: int
+    ids: np.ndarray          # image id per local row
+    rows: np.ndarray | None  # rows of the full matrix (None = all, in order)
+    vectors: np.ndarray      # unit-norm float32 (memory map when rows is None)
+    key: str                 # cache key of the scope
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def load_scope(catalog: Catalog, model: str | None = None, ids: Sequence[str] | None = None,
+               exclude: Sequence[str] | None = None) -> Scope:
+    """The embeddings of ``ids`` (default: all), minus ``exclude``, for ``model``."""
+    es: EmbeddingSet = catalog.load_embeddings(model)
+    if ids is None and not exclude:
+        return Scope(es.model, es.version, es.ids, None, es.vectors, "all")
+    all_ids = es.ids
+    mask = np.ones(len(all_ids), dtype=bool)
+    if ids is not None:
+        wanted = set(map(str, ids))
+        mask &= np.fromiter((i in wanted for i in all_ids.tolist()), dtype=bool, count=len(all_ids))
+        missing = wanted - set(all_ids[mask].tolist())
+        if missing:
+            raise InputError(f"{len(missing)} ids have no {es.model} embedding (e.g. {sorted(missing)[0]!r})")
+    if exclude:
+        ex = set(map(str, exclude))
+        mask &= np.fromiter((i not in ex for i in all_ids.tolist()), dtype=bool, count=len(all_ids))
+    rows = np.flatnonzero(mask)
+    digest = hashlib.sha1("\n".join(all_ids[rows].tolist()).encode()).hexdigest()[:16]
+    return Scope(es.model, es.version, all_ids[rows], rows, np.ascontiguousarray(es.vectors[rows]), digest)
+
+
+def compute_forest(vectors: np.ndarray, floor: float, *, index: str = "exact", engine: str = "local",
+                   progress: ProgressFn | None = None) -> SimilarityForest:
+    """One similarity pass over ``vectors`` -> the forest of pairs >= floor (exact, ANN or Ray)."""
+    if index not in INDEXES:
+        raise InputError(f"index {index!r}: use one of {', '.join(INDEXES)}")
+    if engine not in ENGINES:
+        raise InputError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if index == "auto":
+        index = "exact" if len(vectors) <= AUTO_EXACT_MAX else "ann"
+    if engine == "ray":
+        from .distributed import ray_forest
+
+        return ray_forest(vectors, floor, index=index, progress=progress)
+    if index == "ann":
+        from .similarity.ann import ann_forest
+
+        return ann_forest(vectors, floor, progress=progress)
+    from .similarity.exact import exact_forest
+
+    return exact_forest(vectors, floor, progress=progress)
+
+
+def similarity_forest(catalog: Catalog, floor: float, *, scope: Scope | None = None, model: str | None = None,
+                      index: str = "exact", engine: str = "local", progress: ProgressFn | None = None,
+                      use_cache: bool = True) -> SimilarityForest:
+    """The forest for a scope, from the cache when one with a floor <= ``floor`` exists."""
+    scope = scope or load_scope(catalog, model)
+    cache_dir = catalog.sidecar / "forests"
+    kind = "exact" if index == "exact" or (index == "auto" and len(scope) <= AUTO_EXACT_MAX) else "ann"
+    prefix = f"{scope.model}-v{scope.version}-{scope.key}-{kind}-f"
+    if use_cache and cache_dir.exists():
+        best: tuple[float, Path] | None = None
+        for p in cache_dir.glob(prefix + "*.npz"):
+            try:
+                f = float(p.name[len(prefix):-4])
+            except ValueError:
+                continue
+            if f <= floor + 1e-12 and (best is None or f > best[0]):
+                best = (f, p)
+        if best is not None:
+            try:
+                return SimilarityForest.load(best[1])
+            except Exception:  # a damaged cache file is just recomputed
+                pass
+    forest = compute_forest(scope.vectors, floor, index=index, engine=engine, progress=progress)
+    if use_cache and not catalog.read_only:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        for old in cache_dir.glob(f"{scope.model}-v*-{scope.key}-{kind}-f*.npz"):
+            if not old.name.startswith(f"{scope.model}-v{scope.version}-"):
+                old.unlink(missing_ok=True)
+        tmp = cache_dir / f"{prefix}{floor:.6f}.tmp.npz"
+        forest.save(tmp)
+        tmp.replace(cache_dir / f"{prefix}{floor:.6f}.npz")
+    return forest
+
+
+@dataclass
+class DedupResult:
+    """What a dedup decided: one row per image in ``members`` plus the summary."""
+
+    threshold: float
+    mode: str
+    model: str
+    policy: str
+    members: pa.Table
+    summary: dict[str, Any]
+    run_id: int | None = None
+    dry_run: bool = False
+    forest: SimilarityForest | None = field(default=None, repr=False)
+
+    def group(self, group_id: int) -> pa.Table:
+        import pyarrow.compute as pc
+
+        return self.members.filter(pc.equal(self.members["group_id"], group_id))
+
+
+def _rowwise_dot(X: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.empty(len(a), dtype=np.float32)
+    step = 1 << 16
+    for s in range(0, len(a), step):
+        out[s:s + step] = np.einsum("ij,ij->i", X[a[s:s + step]], X[b[s:s + step]])
+    return out
+
+
+def _leader_groups(X: np.ndarray, labels: np.ndarray, rank: np.ndarray, t: float) -> np.ndarray:
+    """Non-transitive grouping: in priority order, each kept image takes every remaining image within t.
+
+    Leader groups never cross components of the transitive graph, so each component is done alone.
+    Returns the leader (master) node of every node.
+    """
+    n = len(labels)
+    master = np.arange(n, dtype=np.int64)
+    order = np.lexsort((rank, labels))
+    lab_sorted = labels[order]
+    starts = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]])
+    ends = np.r_[starts[1:], n]
+    t32 = np.float32(t)
+    for s, e in zip(starts, ends):
+        if e - s < 2:
+            continue
+        members = order[s:e]  # sorted by rank within the component
+        Xc = np.asarray(X[np.sort(members)], dtype=np.float32)
+        pos = np.searchsorted(np.sort(members), members)
+        Xc = Xc[pos]
+        remaining = np.ones(len(members), dtype=bool)
+        k = 0
+        while True:
+            nxt = np.flatnonzero(remaining[k:])
+            if len(nxt) == 0:
+                break
+            k += int(nxt[0])
+            remaining[k] = False
+            rest = np.flatnonzero(remaining[k + 1:]) + k + 1
+            if len(rest):
+                sims = Xc[rest] @ Xc[k]
+                took = rest[sims >= t32]
+                remaining[took] = False
+                master[members[took]] = members[k]
+            k += 1
+    return master
+
+
+def group_images(forest: SimilarityForest, scope: Scope, threshold: float, rank: np.ndarray,
+                 mode: str = "components") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(group_label, master_node, sim_to_master)`` for every node of the scope."""
+    if mode not in MODES:
+        raise InputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    labels = forest.components(threshold)
+    if mode == "components":
+        master = select_masters(labels, rank)
+    else:
+        master = _leader_groups(scope.vectors, labels, rank, threshold)
+        labels = master
+    sims = _rowwise_dot(scope.vectors, np.arange(len(master)), master)
+    sims[master == np.arange(len(master))] = 1.0
+    return labels, master, sims
+
+
+def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode: str = "components",
+          prefer: str | Sequence[str] | None = DEFAULT_POLICY, dry_run: bool = False,
+          ids: Sequence[str] | None = None, index: str = "exact", engine: str = "local",
+          floor: float | None = None, progress: ProgressFn | None = None, top_groups: int = 5) -> DedupResult:
+    """Group near-duplicates at ``threshold`` and (unless ``dry_run``) apply the run to the catalog.
+
+    Reviewer overrides are respected: ``keep`` images are never suppressed, ``master`` images
+    become the master of their group, ``not_duplicate`` images stay out of every group.
+    """
+    t = check_threshold(threshold)
+    if mode not in MODES:
+        raise InputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    policy = parse_policy(prefer)
+    policy_text = ",".join(f"{k} {'desc' if d else 'asc'}" for k, d in policy)
+    overrides = catalog.overrides()
+    base = load_scope(catalog, model, ids)
+    not_dup = overrides["not_duplicate"] & set(base.ids.tolist())
+    scope = load_scope(catalog, base.model, base.ids.tolist() if ids is not None else None, exclude=sorted(not_dup)) \
+        if not_dup else base
+    forest = similarity_forest(catalog, min(t, floor) if floor else t, scope=scope, index=index, engine=engine,
+                               progress=progress)
+
+    cols = policy_columns(policy)
+    have = set(catalog.image_columns())
+    meta = catalog.images([c for c in cols if c in have])
+    pos = {k: i for i, k in enumerate(meta["id"].to_pylist())}
+    take = np.fromiter((pos[i] for i in scope.ids.tolist()), dtype=np.int64, count=len(scope))
+    meta = meta.take(pa.array(take))
+    rank = priority_rank(meta, policy)
+    forced = overrides["master"] & set(scope.ids.tolist())
+    if forced:
+        boost = np.fromiter((i in forced for i in scope.ids.tolist()), dtype=bool, count=len(scope))
+        rank = np.where(boost, rank - len(rank), rank)
+
+    labels, master, sims = group_images(forest, scope, t, rank, mode)
+    node = np.arange(len(scope))
+    is_master = master == node
+    size = np.bincount(labels, minlength=len(scope))[labels]
+    keep = overrides["keep"]
+    kept_flag = np.fromiter((i in keep for i in scope.ids.tolist()), dtype=bool, count=len(scope)) if keep \
+        else np.zeros(len(scope), bool)
+    would_suppress = ~is_master
+    suppressed = would_suppress & ~kept_flag
+
+    # group ids: duplicate groups by size desc then master id; singletons after, by id
+    ids_arr = scope.ids
+    grp_keys = np.unique(labels[size >= 2])
+    grp_master_ids = ids_arr[master[grp_keys]] if len(grp_keys) else np.empty(0, object)
+    grp_sizes = np.bincount(labels, minlength=len(scope))[grp_keys]
+    g_order = sorted(range(len(grp_keys)), key=lambda k: (-int(grp_sizes[k]), str(grp_master_ids[k])))
+    gid_of_label = np.zeros(len(scope), dtype=np.int64)
+    gid_of_label[grp_keys[g_order]] = np.arange(1, len(grp_keys) + 1)
+    group_id = gid_of_label[labels]
+    single = size < 2
+    n_groups = len(grp_keys)
+    if single.any():
+        s_nodes = np.flatnonzero(single)
+        s_nodes = s_nodes[np.argsort(ids_arr[s_nodes].astype(str), kind="stable")]
+        group_id[s_nodes] = np.arange(n_groups + 1, n_groups + 1 + len(s_nodes))
+
+    members = pa.table({
+        "image_id": pa.array(ids_arr.tolist(), pa.string()),
+        "group_id": pa.array(group_id, pa.int64()),
+        "master_id": pa.array(ids_arr[master].tolist(), pa.string()),
+        "is_master": pa.array(is_master),
+        "is_suppressed": pa.array(suppressed),
+        "sim_to_master": pa.array(sims.astype(np.float32)),
+    })
+    # reviewer's not-a-duplicate images: singletons of their own
+    if not_dup:
+        extra = sorted(not_dup)
+        members = pa.concat_tables([members, pa.table({
+            "image_id": pa.array(extra, pa.string()),
+            "group_id": pa.array(np.arange(len(scope) + 1, len(scope) + 1 + len(extra)), pa.int64()),
+            "master_id": pa.array(extra, pa.string()),
+            "is_master": pa.array(np.ones(len(extra), bool)),
+            "is_suppressed": pa.array(np.zeros(len(extra), bool)),
+            "sim_to_master": pa.array(np.ones(len(extra), np.float32)),
+        })])
+
+    # summary, with the chaining of the largest groups made visible
+    weakest = forest.weakest_links(t) if mode == "components" else {}
+    min_sim = np.full(len(scope), 2.0, dtype=np.float64)
+    np.minimum.at(min_sim, labels, sims)
+    largest: list[dict[str, Any]] = []
+    for k in g_order[:top_groups]:
+        lab = int(grp_keys[k])
+        largest.append(dict(group_id=int(gid_of_label[lab]), size=int(grp_sizes[k]), master_id=str(grp_master_ids[k]),
+                            weakest_link=round(float(weakest.get(lab, min_sim[lab])), 6),
+                            min_sim_to_master=round(float(min_sim[lab]), 6)))
+    n_total = members.num_rows
+    n_supp = int(suppressed.sum())
+    summary = dict(
+        model=scope.model, threshold=t, mode=mode, policy=policy_text, images=n_total, groups=n_groups,
+        suppressed=n_supp, retained=n_total - n_supp,
+        largest_group=int(grp_sizes.max()) if len(grp_sizes) else 1,
+        pairs=forest.pair_count(t) if mode == "components" or t >= forest.floor else None,
+        largest_groups=largest,
+        overrides_respected=dict(keep=int((would_suppress & kept_flag).sum()), master=len(forced),
+                                 not_duplicate=len(not_dup)),
+    )
+    result = DedupResult(t, mode, scope.model, policy_text, members, summary, None, dry_run, forest)
+    if not dry_run:
+        info = dict(model=scope.model, threshold=t, mode=mode, policy=policy_text,
+                    scope="all" if ids is None else f"{len(base)} ids", n_images=n_total, n_groups=n_groups,
+                    n_suppressed=n_supp, n_retained=n_total - n_supp, largest_group=summary["largest_group"],
+                    summary=summary)
+        result.run_id = catalog.record_run(info, members)
+        summary["run_id"] = result.run_id
+    return result
+
+
+def export_run(catalog: Catalog, run_id: int, out: str | Path, fmt: str | None = None) -> int:
+    """Write a run's membership (one row per image) as CSV, Parquet or JSON; returns rows written."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    fmt = (fmt or out.suffix.lstrip(".") or "csv").lower()
+    if fmt not in ("csv", "parquet", "json"):
+        raise InputError(f"export format {fmt!r}: use csv, parquet or json")
+    table = catalog.run_members(run_id)
+    tmp = out.with_name(out.name + ".tmp")
+    if fmt == "csv":
+        pacsv.write_csv(table, tmp)
+    elif fmt == "parquet":
+        pq.write_table(table, tmp)
+    else:
+        tmp.write_text(json.dumps(table.to_pylist(), indent=None, default=float) + "\n", encoding="utf-8")
+    tmp.replace(out)
+    return table.num_rows

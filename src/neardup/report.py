@@ -1,0 +1,42 @@
+"""Plain-text renderings of results for the terminal (the CLI prints these)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from rich.table import Table
+
+
+def sweep_table(rows: Sequence[dict[str, Any]], chosen: float | None = None) -> Table:
+    """The threshold table: pairs, groups, suppressed, retained, largest group per threshold."""
+    table = Table(title="Threshold sweep", title_justify="left")
+    for name in ("threshold", "pairs", "groups", "suppressed", "retained", "largest group"):
+        table.add_column(name, justify="right")
+    for r in rows:
+        mark = " ◀" if chosen is not None and abs(r["threshold"] - chosen) < 1e-12 else ""
+        table.add_row(f"{r['threshold']:.4g}{mark}", f"{r['pairs']:,}", f"{r['groups']:,}", f"{r['suppressed']:,}",
+                      f"{r['retained']:,}", f"{r['largest_group']:,}")
+    return table
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A dedup summary as a few readable lines (the largest groups' chaining made visible)."""
+    s = summary
+    head = "dry run (nothing written)" if s.get("run_id") is None else f"run {s['run_id']} applied"
+    lines = [
+        f"{head}: model {s['model']}, threshold {s['threshold']}, mode {s['mode']}, prefer {s['policy']}",
+        f"  images {s['images']:,}  groups {s['groups']:,}  suppressed {s['suppressed']:,}  "
+        f"retained {s['retained']:,}  largest group {s['largest_group']:,}"
+        + (f"  pairs >= t {s['pairs']:,}" if s.get("pairs") is not None else ""),
+    ]
+    if s.get("largest_groups"):
+        lines.append("  largest groups (weakest link = the similarity holding the group together; "
+                     "low values mean a chain):")
+        for g in s["largest_groups"]:
+            lines.append(f"    group {g['group_id']}: {g['size']:,} images, master {g['master_id']}, "
+                         f"weakest link {g['weakest_link']:.4f}, lowest similarity to master {g['min_sim_to_master']:.4f}")
+    ov = s.get("overrides_respected") or {}
+    if any(ov.values()):
+        lines.append(f"  reviewer decisions respected: {ov.get('keep', 0)} kept, {ov.get('master', 0)} masters, "
+                     f"{ov.get('not_duplicate', 0)} not-duplicates")
+    return "\n".join(lines)

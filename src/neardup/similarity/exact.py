@@ -1,0 +1,230 @@
+"""Exact similarity pass: blocked float32 GEMM over the upper triangle, reduced to a forest.
+
+The matrix product is not the cost to beat; pair extraction is (a 55k-member group has ~1e9
+pairs above 0.98). So each block of similarities goes through one compiled scan that
+
+* adds every pair >= floor to the histogram (pair counts for any threshold), and
+* keeps an edge only if it can still matter for the maximum spanning forest: an edge (i, j, w)
+  is dropped when i and j are already joined by a path whose every edge is >= a level L >= w
+  (cycle property). Connectivity is tracked per level in union-find arrays (a ladder of ~20
+  levels from 1.0 down to the floor), refreshed from the forest after each row block and
+  updated online inside the scan, so a dense group stops producing edges after a few rows.
+
+Kept edges are merged into the forest with Kruskal after each row block. Memory is
+O(N * levels + block); the result is the exact maximum spanning forest (up to float32
+rounding of the dot products, as any GEMM).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numba as nb
+import numpy as np
+
+from .forest import HIST_STEP, SimilarityForest, _find, _kruskal, hist_bins
+
+ProgressFn = Callable[[int, int], None]
+LEVEL_RATIO = 1.15  # consecutive levels' gaps (1 - level) differ by this factor
+
+
+def filter_levels(floor: float) -> np.ndarray:
+    """Descending ladder of connectivity levels: 1.0, then geometric in (1 - s) down to ``floor``."""
+    gap = 1.0 - floor
+    if gap <= 1e-5:
+        return np.array([1.0, floor], dtype=np.float64) if floor < 1.0 else np.array([1.0])
+    gaps = np.geomspace(1e-5, gap, num=max(2, int(np.ceil(np.log(gap / 1e-5) / np.log(LEVEL_RATIO))) + 1))
+    levels = np.concatenate([[1.0], 1.0 - gaps])
+    levels[-1] = floor
+    return levels
+
+
+def level_of_bin(floor: float, levels: np.ndarray) -> np.ndarray:
+    """For each histogram bin, the index of the lowest level that is >= the bin's upper edge."""
+    nb_ = hist_bins(floor)
+    upper = np.minimum(floor + (np.arange(nb_) + 1) * HIST_STEP, 1.0)
+    # levels are descending; count levels >= upper, minus one = last index with level >= upper
+    idx = np.searchsorted(-levels, -upper, side="right") - 1
+    return np.maximum(idx, 0).astype(np.int64)
+
+
+@nb.njit(cache=True)
+def _refresh_labels(n: int, src: np.ndarray, dst: np.ndarray, w: np.ndarray, levels: np.ndarray,
+                    flat: np.ndarray) -> None:
+    """flat[l, i] = root of i in the forest restricted to edges >= levels[l]."""
+    parent = np.arange(n, dtype=np.int64)
+    e = 0
+    for lv in range(levels.shape[0]):
+        while e < w.shape[0] and w[e] >= levels[lv]:
+            a = _find(parent, src[e])
+            b = _find(parent, dst[e])
+            if a != b:
+                if a < b:
+                    parent[b] = a
+                else:
+                    parent[a] = b
+            e += 1
+        for i in range(n):
+            flat[lv, i] = _find(parent, i)
+
+
+@nb.njit(cache=True, inline="always")
+def _find32(parent: np.ndarray, x: int) -> int:
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+@nb.njit(cache=True, parallel=True)
+def _scan_block(S, row0, col0, diagonal, floor, levels, lev_of_bin, flat, uf, hist,
+                out_src, out_dst, out_w, out_n, row_lo, row_hi):
+    """Histogram and filter one similarity block; thread t owns rows [row_lo[t], row_hi[t]).
+
+    Returns nothing; writes kept edges to out_*[t, :out_n[t]] and advances row_lo[t] to the
+    first unprocessed row (it stops early when its output buffer might overflow).
+    """
+    nthreads = row_lo.shape[0]
+    ncols = S.shape[1]
+    nbins = hist.shape[1]
+    nlev = levels.shape[0]
+    cap = out_src.shape[1]
+    inv_step = 1.0 / 1e-5
+    f32floor = np.float32(floor)
+    for t in nb.prange(nthreads):
+        cnt = out_n[t]
+        r = row_lo[t]
+        while r < row_hi[t]:
+            if cnt + ncols > cap:
+                break
+            i = row0 + r
+            cstart = 0
+            if diagonal:
+                cstart = i - col0 + 1
+                if cstart < 0:
+                    cstart = 0
+            for c in range(cstart, ncols):
+                s = S[r, c]
+                if s < f32floor:
+                    continue
+                sd = np.float64(s)
+                if sd > 1.0:
+                    sd = 1.0
+                b = int((sd - floor) * inv_step)
+                if b >= nbins:
+                    b = nbins - 1
+                elif b < 0:
+                    b = 0
+                hist[t, b] += 1
+                la = lev_of_bin[b]
+                j = col0 + c
+                if flat[la, i] == flat[la, j]:
+                    continue
+                ri = _find32(uf[t, la], i)
+                rj = _find32(uf[t, la], j)
+                if ri == rj:
+                    continue
+                out_src[t, cnt] = i
+                out_dst[t, cnt] = j
+                out_w[t, cnt] = sd
+                cnt += 1
+                lv = la
+                while lv < nlev and levels[lv] > sd:
+                    lv += 1
+                while lv < nlev:  # levels are nested: once joined at one level, joined below it
+                    p = uf[t, lv]
+                    a = _find32(p, i)
+                    bb = _find32(p, j)
+                    if a == bb:
+                        break
+                    if a < bb:
+                        p[bb] = a
+                    else:
+                        p[a] = bb
+                    lv += 1
+            r += 1
+        row_lo[t] = r
+        out_n[t] = cnt
+
+
+def _threads() -> int:
+    return max(1, int(nb.get_num_threads()))
+
+
+def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, col_chunk: int = 8192,
+                 progress: ProgressFn | None = None) -> SimilarityForest:
+    """The exact maximum spanning forest of all pairs with cosine >= ``floor``, and their histogram.
+
+    ``vectors`` must be unit-norm rows (float32; a memory map is fine: blocks are read as needed).
+    ``progress(done_pairs, total_pairs)`` is called after every row block.
+    """
+    if not (0.0 < floor <= 1.0):
+        raise ValueError(f"floor {floor} is outside (0, 1]")
+    X = vectors
+    n = int(X.shape[0])
+    levels = filter_levels(floor)
+    lob = level_of_bin(floor, levels)
+    nlev = len(levels)
+    T = _threads()
+    flat = np.empty((nlev, n), dtype=np.int32)
+    flat[:] = np.arange(n, dtype=np.int32)
+    hist = np.zeros((T, hist_bins(floor)), dtype=np.int64)
+    f_src = np.zeros(0, np.int64)
+    f_dst = np.zeros(0, np.int64)
+    f_w = np.zeros(0, np.float32)
+    buf = np.empty(block_rows * col_chunk, dtype=np.float32)
+    cap = 8 * col_chunk + 4096
+    out_src = np.empty((T, cap), np.int64)
+    out_dst = np.empty((T, cap), np.int64)
+    out_w = np.empty((T, cap), np.float32)
+    total = n * (n - 1) // 2
+    done = 0
+    for a in range(0, n, block_rows):
+        b = min(n, a + block_rows)
+        rb = b - a
+        Xr = np.ascontiguousarray(X[a:b], dtype=np.float32)
+        uf = np.repeat(flat[None], T, axis=0)
+        cand_src, cand_dst, cand_w = [f_src], [f_dst], [f_w]
+        for c0 in range(a, n, col_chunk):
+            c1 = min(n, c0 + col_chunk)
+            cc = c1 - c0
+            S = buf[: rb * cc].reshape(rb, cc)
+            np.matmul(Xr, np.asarray(X[c0:c1], dtype=np.float32).T, out=S)
+            bounds = np.linspace(0, rb, T + 1).astype(np.int64)
+            row_lo, row_hi = bounds[:-1].copy(), bounds[1:].copy()
+            while True:
+                out_n = np.zeros(T, np.int64)
+                _scan_block(S, a, c0, c0 == a, float(floor), levels, lob, flat, uf, hist,
+                            out_src, out_dst, out_w, out_n, row_lo, row_hi)
+                for t in range(T):
+                    k = int(out_n[t])
+                    if k:
+                        cand_src.append(out_src[t, :k].copy())
+                        cand_dst.append(out_dst[t, :k].copy())
+                        cand_w.append(out_w[t, :k].copy())
+                if np.all(row_lo >= row_hi):
+                    break
+        src = np.concatenate(cand_src)
+        dst = np.concatenate(cand_dst)
+        w = np.concatenate(cand_w)
+        order = np.argsort(-w, kind="stable")
+        src, dst, w = src[order], dst[order], w[order]
+        keep = _kruskal(n, src, dst)
+        f_src, f_dst, f_w = src[keep], dst[keep], w[keep]
+        _refresh_labels(n, f_src, f_dst, f_w.astype(np.float64), levels, flat)
+        done += rb * (n - a) - rb * (rb + 1) // 2
+        if progress is not None:
+            progress(done, total)
+    return SimilarityForest(n, f_src, f_dst, f_w, float(floor), hist.sum(axis=0),
+                            {"engine": "exact", "block_rows": block_rows})
+
+
+def brute_force_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs i < j with cosine >= threshold (dense; for tests and small inputs only)."""
+    X = np.asarray(vectors, dtype=np.float32)
+    S = X @ X.T
+    i, j = np.nonzero(np.triu(S >= np.float32(threshold), k=1))
+    return i, j, S[i, j]
+
+
+__all__ = ["exact_forest", "filter_levels", "brute_force_pairs"]

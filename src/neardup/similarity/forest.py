@@ -1,0 +1,232 @@
+"""The similarity forest: one pass over the pairs serves every threshold.
+
+Connected components of the graph "cosine >= t" are exactly the components of a *maximum
+spanning forest* of that graph restricted to edges >= t (single linkage). So a similarity pass
+keeps at most N-1 weighted edges (plus a histogram of pair similarities for pair counts), and
+every threshold >= its floor is then answered in O(N log N): groups, group sizes, the weakest
+link holding a group together, and the sweep table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numba as nb
+import numpy as np
+
+HIST_STEP = 1e-5  # histogram bin width: pair counts are resolved to 1e-5 in cosine
+
+
+# --------------------------------------------------------------------------------------------
+# union-find primitives (numba): shared by the exact pass, the merge and the cut
+# --------------------------------------------------------------------------------------------
+@nb.njit(cache=True, inline="always")
+def _find(parent: np.ndarray, x: int) -> int:
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+@nb.njit(cache=True)
+def _kruskal(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Keep mask of a spanning forest of edges given heaviest first."""
+    parent = np.arange(n, dtype=np.int64)
+    keep = np.zeros(src.shape[0], dtype=np.bool_)
+    for e in range(src.shape[0]):
+        a = _find(parent, src[e])
+        b = _find(parent, dst[e])
+        if a != b:
+            if a < b:
+                parent[b] = a
+            else:
+                parent[a] = b
+            keep[e] = True
+    return keep
+
+
+@nb.njit(cache=True)
+def _labels(n: int, src: np.ndarray, dst: np.ndarray, k: int) -> np.ndarray:
+    """Component label (smallest member index) of every node using the first k edges."""
+    parent = np.arange(n, dtype=np.int64)
+    for e in range(k):
+        a = _find(parent, src[e])
+        b = _find(parent, dst[e])
+        if a != b:
+            if a < b:
+                parent[b] = a
+            else:
+                parent[a] = b
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        out[i] = _find(parent, i)
+    return out
+
+
+@nb.njit(cache=True)
+def _sweep_stats(n: int, src: np.ndarray, dst: np.ndarray, cut_at: np.ndarray) -> np.ndarray:
+    """For each prefix length in ``cut_at`` (ascending): components>=2, largest size.
+
+    One union-find pass over the forest (heaviest first) for every threshold at once.
+    """
+    parent = np.arange(n, dtype=np.int64)
+    size = np.ones(n, dtype=np.int64)
+    groups = 0
+    largest = 1 if n > 0 else 0
+    out = np.zeros((cut_at.shape[0], 2), dtype=np.int64)
+    e = 0
+    for c in range(cut_at.shape[0]):
+        while e < cut_at[c]:
+            a = _find(parent, src[e])
+            b = _find(parent, dst[e])
+            if a != b:
+                sa = size[a]
+                sb = size[b]
+                if sa >= 2 and sb >= 2:
+                    groups -= 1
+                elif sa == 1 and sb == 1:
+                    groups += 1
+                if sa < sb:
+                    a, b = b, a
+                parent[b] = a
+                size[a] = sa + sb
+                if sa + sb > largest:
+                    largest = sa + sb
+            e += 1
+        out[c, 0] = groups
+        out[c, 1] = largest
+    return out
+
+
+def hist_bins(floor: float) -> int:
+    """Number of histogram bins between ``floor`` and 1 (the last bin also holds rounding above 1)."""
+    return int(np.ceil((1.0 - floor) / HIST_STEP)) + 1
+
+
+@dataclass
+class SimilarityForest:
+    """A maximum spanning forest of the pairs with cosine >= ``floor``, heaviest edge first.
+
+    ``hist[b]`` counts pairs with similarity in ``[floor + b*HIST_STEP, floor + (b+1)*HIST_STEP)``.
+    Node indices refer to rows of the embedding matrix the pass ran on.
+    """
+
+    n: int
+    src: np.ndarray
+    dst: np.ndarray
+    weight: np.ndarray
+    floor: float
+    hist: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        order = np.argsort(-self.weight, kind="stable")
+        if not np.all(order == np.arange(len(order))):
+            self.src, self.dst, self.weight = self.src[order], self.dst[order], self.weight[order]
+        self.src = np.ascontiguousarray(self.src, dtype=np.int64)
+        self.dst = np.ascontiguousarray(self.dst, dtype=np.int64)
+        self.weight = np.ascontiguousarray(self.weight, dtype=np.float32)
+
+    @classmethod
+    def from_edges(cls, n: int, src: np.ndarray, dst: np.ndarray, weight: np.ndarray, floor: float,
+                   hist: np.ndarray | None = None, meta: dict | None = None) -> "SimilarityForest":
+        """Maximum spanning forest of any edge list (edges below ``floor`` are dropped)."""
+        weight = np.asarray(weight, dtype=np.float32)
+        keep = weight >= np.float32(floor)
+        src, dst, weight = np.asarray(src)[keep], np.asarray(dst)[keep], weight[keep]
+        order = np.argsort(-weight, kind="stable")
+        src, dst, weight = src[order].astype(np.int64), dst[order].astype(np.int64), weight[order]
+        k = _kruskal(n, src, dst) if len(src) else np.zeros(0, bool)
+        if hist is None:
+            hist = np.zeros(hist_bins(floor), dtype=np.int64)
+        return cls(n, src[k], dst[k], weight[k], float(floor), hist, dict(meta or {}))
+
+    # -- threshold queries -----------------------------------------------------------------
+    def _check(self, t: float) -> None:
+        if not (0.0 < t <= 1.0):
+            raise ValueError(f"threshold {t} is outside (0, 1]")
+        if t < self.floor - 1e-12:
+            raise ValueError(f"threshold {t} is below this forest's floor {self.floor}")
+
+    def n_edges_at(self, t: float) -> int:
+        """How many forest edges have weight >= t (= images suppressed at t)."""
+        self._check(t)
+        return int(np.searchsorted(-self.weight, -np.float32(t), side="right"))
+
+    def components(self, t: float) -> np.ndarray:
+        """Component label per node at threshold t (the smallest node index in its component)."""
+        return _labels(self.n, self.src, self.dst, self.n_edges_at(t))
+
+    def edges_at(self, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        k = self.n_edges_at(t)
+        return self.src[:k], self.dst[:k], self.weight[:k]
+
+    def weakest_links(self, t: float, labels: np.ndarray | None = None) -> dict[int, float]:
+        """Per component (label) of size >= 2: the lowest forest edge holding it together at t.
+
+        This is the bottleneck similarity of the group: below it, the group splits in two.
+        """
+        if labels is None:
+            labels = self.components(t)
+        src, _, w = self.edges_at(t)
+        if len(src) == 0:
+            return {}
+        lab = labels[src]
+        order = np.lexsort((w, lab))
+        first = np.r_[True, lab[order][1:] != lab[order][:-1]]
+        return {int(a): float(b) for a, b in zip(lab[order][first], w[order][first])}
+
+    def pair_count(self, t: float) -> int:
+        """Pairs with similarity >= t (from the histogram; resolved to HIST_STEP)."""
+        self._check(t)
+        b = int(np.floor((t - self.floor) / HIST_STEP + 1e-6))
+        return int(self.hist[max(b, 0):].sum())
+
+    def sweep(self, thresholds: Iterable[float]) -> list[dict]:
+        """pairs, groups, suppressed, retained and largest group at each threshold, in one pass."""
+        ts = [float(t) for t in thresholds]
+        for t in ts:
+            self._check(t)
+        order = np.argsort(-np.asarray(ts)) if ts else np.zeros(0, int)
+        cuts = np.array([self.n_edges_at(ts[i]) for i in order], dtype=np.int64)
+        stats = _sweep_stats(self.n, self.src, self.dst, cuts) if len(cuts) else np.zeros((0, 2), np.int64)
+        rows: dict[int, dict] = {}
+        for pos, i in enumerate(order):
+            suppressed = int(cuts[pos])
+            rows[int(i)] = dict(threshold=ts[i], pairs=self.pair_count(ts[i]), groups=int(stats[pos, 0]),
+                                suppressed=suppressed, retained=self.n - suppressed,
+                                largest_group=int(stats[pos, 1]))
+        return [rows[i] for i in range(len(ts))]
+
+    # -- combine / persist -----------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        import json
+        np.savez(path, n=self.n, src=self.src, dst=self.dst, weight=self.weight, floor=self.floor,
+                 hist=self.hist, meta=json.dumps(self.meta))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SimilarityForest":
+        import json
+        with np.load(path) as z:
+            return cls(int(z["n"]), z["src"], z["dst"], z["weight"], float(z["floor"]), z["hist"],
+                       json.loads(str(z["meta"])))
+
+
+def merge_forests(forests: Sequence[SimilarityForest], n: int | None = None) -> SimilarityForest:
+    """Maximum spanning forest of the union of several forests (Kruskal over their edges).
+
+    Exact: the MSF of a graph equals the MSF of the union of MSFs of any edge partition. Used to
+    combine tiles (Ray) or partitions (ANN). Histograms are added (their floors must match).
+    """
+    if not forests:
+        raise ValueError("nothing to merge")
+    floor = forests[0].floor
+    if any(abs(f.floor - floor) > 1e-12 for f in forests):
+        raise ValueError("forests have different floors")
+    n = max(f.n for f in forests) if n is None else n
+    hist = np.sum([f.hist for f in forests], axis=0)
+    return SimilarityForest.from_edges(
+        n, np.concatenate([f.src for f in forests]), np.concatenate([f.dst for f in forests]),
+        np.concatenate([f.weight for f in forests]), floor, hist)
