@@ -135,7 +135,7 @@ class Catalog:
     def _init_schema(self) -> None:
         tables = {r[0] for r in self.con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
         if "meta" in tables:
-            row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            row = self.one("SELECT value FROM meta WHERE key = 'schema_version'")
             found = int(row[0]) if row else None
             if found != SCHEMA_VERSION:
                 raise CatalogError(
@@ -164,6 +164,16 @@ class Catalog:
                 raise
             else:
                 self.con.execute("COMMIT")
+
+    def one(self, query: str, params: Sequence[Any] | None = None) -> tuple | None:
+        """First row of a query (the result is always consumed: DuckDB 2 forbids leaving it open)."""
+        with self._lock:
+            rows = self.con.execute(query, list(params) if params else []).fetchall()
+        return rows[0] if rows else None
+
+    def scalar(self, query: str, params: Sequence[Any] | None = None) -> Any:
+        row = self.one(query, params)
+        return None if row is None else row[0]
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
         """Run a read query and return an Arrow table."""
@@ -197,11 +207,11 @@ class Catalog:
                         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
                             raise InputError(f"metadata column {name!r}: names must be letters, digits and _")
                         self.con.execute(f'ALTER TABLE images ADD COLUMN "{name}" {dtype}')
-                n_new = self.con.execute("SELECT count(*) FROM _upsert u ANTI JOIN images i ON u.id = i.id").fetchone()[0]
+                n_new = self.one("SELECT count(*) FROM _upsert u ANTI JOIN images i ON u.id = i.id")[0]
                 cols = [c for c in table.column_names if c != "id"]
                 n_upd = 0
                 if cols:
-                    n_upd = self.con.execute("SELECT count(*) FROM _upsert u SEMI JOIN images i ON u.id = i.id").fetchone()[0]
+                    n_upd = self.one("SELECT count(*) FROM _upsert u SEMI JOIN images i ON u.id = i.id")[0]
                     sets = ", ".join(f'"{c}" = u."{c}"' for c in cols)
                     self.con.execute(f"UPDATE images SET {sets} FROM _upsert u WHERE images.id = u.id")
                 names = ", ".join(f'"{c}"' for c in table.column_names)
@@ -215,7 +225,7 @@ class Catalog:
         return int(n_new), int(n_upd)
 
     def count_images(self) -> int:
-        return int(self.con.execute("SELECT count(*) FROM images").fetchone()[0])
+        return int(self.one("SELECT count(*) FROM images")[0])
 
     def images(self, columns: Sequence[str] | None = None, where: str | None = None) -> pa.Table:
         """The images table (or some columns of it) as Arrow, ordered by id."""
@@ -239,7 +249,7 @@ class Catalog:
 
     def default_model(self) -> str:
         """The only model with embeddings, or the most recently updated one."""
-        row = self.con.execute("SELECT model FROM embedding_sets ORDER BY updated_at DESC, model LIMIT 1").fetchone()
+        row = self.one("SELECT model FROM embedding_sets ORDER BY updated_at DESC, model LIMIT 1")
         if row is None:
             raise CatalogError(f"{self.path}: no embeddings yet (run `neardup import-embeddings` or `neardup embed`)")
         return str(row[0])
@@ -247,7 +257,7 @@ class Catalog:
     def load_embeddings(self, model: str | None = None) -> EmbeddingSet:
         """The model's vectors, memory-mapped (read-only), and the image id of each row."""
         model = model or self.default_model()
-        row = self.con.execute("SELECT file, count, dim, version FROM embedding_sets WHERE model = ?", [model]).fetchone()
+        row = self.one("SELECT file, count, dim, version FROM embedding_sets WHERE model = ?", [model])
         if row is None:
             known = ", ".join(m["model"] for m in self.embedding_models()) or "none"
             raise CatalogError(f"{self.path}: no embeddings for model {model!r} (have: {known})")
@@ -273,7 +283,7 @@ class Catalog:
             raise InputError(f"{len(ids)} ids for {vectors.shape[0] if vectors.ndim else 0} vectors")
         emb_dir = self.sidecar / "embeddings"
         emb_dir.mkdir(parents=True, exist_ok=True)
-        cur = self.con.execute("SELECT file, count, dim, version FROM embedding_sets WHERE model = ?", [model]).fetchone()
+        cur = self.one("SELECT file, count, dim, version FROM embedding_sets WHERE model = ?", [model])
         if cur is not None and cur[2] != vectors.shape[1]:
             raise InputError(f"model {model!r} has dimension {cur[2]} in this catalog; these vectors have {vectors.shape[1]}")
         if cur is None:
@@ -331,7 +341,7 @@ class Catalog:
 
     # -- runs ------------------------------------------------------------------------------
     def next_run_id(self) -> int:
-        return int(self.con.execute("SELECT nextval('run_id_seq')").fetchone()[0])
+        return int(self.one("SELECT nextval('run_id_seq')")[0])
 
     def record_run(self, info: dict[str, Any], members: pa.Table) -> int:
         """Store a run and its members and apply its suppression, all in one transaction."""
@@ -371,7 +381,7 @@ class Catalog:
             if run_id is None:
                 ids = [r[0] for r in self.con.execute("SELECT id FROM runs WHERE status = 'applied' ORDER BY id").fetchall()]
             else:
-                row = self.con.execute("SELECT status FROM runs WHERE id = ?", [run_id]).fetchone()
+                row = self.one("SELECT status FROM runs WHERE id = ?", [run_id])
                 if row is None:
                     raise CatalogError(f"no run {run_id} in {self.path} (see `neardup runs`)")
                 if row[0] != "applied":
@@ -400,7 +410,7 @@ class Catalog:
 
     def latest_run_id(self, status: str | None = "applied") -> int | None:
         q = "SELECT max(id) FROM runs" + (" WHERE status = ?" if status else "")
-        row = self.con.execute(q, [status] if status else []).fetchone()
+        row = self.one(q, [status] if status else [])
         return None if row is None or row[0] is None else int(row[0])
 
     def run_members(self, run_id: int) -> pa.Table:
@@ -417,7 +427,7 @@ class Catalog:
         if kind not in OVERRIDE_KINDS:
             raise InputError(f"override kind {kind!r}: use one of {', '.join(OVERRIDE_KINDS)}")
         with self.transaction():
-            if not self.con.execute("SELECT 1 FROM images WHERE id = ?", [image_id]).fetchone():
+            if not self.one("SELECT 1 FROM images WHERE id = ?", [image_id]):
                 raise InputError(f"no image {image_id!r} in the catalog")
             self.con.execute("DELETE FROM overrides WHERE image_id = ? AND kind = ?", [image_id, kind])
             self.con.execute("INSERT INTO overrides VALUES (?, ?, ?, ?)", [image_id, kind, _now(), note])

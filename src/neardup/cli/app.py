@@ -24,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-console = Console()
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 
 DbOption = Annotated[Path, typer.Option("--db", help="Catalog file (DuckDB). Created if missing.", show_default=True)]

@@ -1,1 +1,231 @@
-"""Core commands: import-embeddings, sweep, dedup, runs, restore, export (filled in by the core)."""
+"""Core commands: import-embeddings, sweep, dedup, runs, restore, export."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Callable, Iterator, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import InputError
+from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_bar
+
+ModelOption = Annotated[Optional[str], typer.Option("--model", help="Embedding model to use (default: the most recently updated one).")]
+IndexOption = Annotated[str, typer.Option("--index", help="Similarity pass: exact (all pairs), ann (faiss, prints its estimated recall), or auto (exact up to 300k images).")]
+EngineOption = Annotated[str, typer.Option("--engine", help="local (this process) or ray (tiles on a Ray cluster: local, or RAY_ADDRESS).")]
+
+
+@contextlib.contextmanager
+def _pass_progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    with progress_bar(label) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _print_recall(forest: Any) -> None:
+    rec = (getattr(forest, "meta", None) or {}).get("recall")
+    if rec:
+        if isinstance(rec, dict):
+            detail = ", ".join(f"{k} {v}" for k, v in rec.items())
+            err_console.print(f"ANN similarity pass, estimated against exact on a sample: {detail}")
+        else:
+            err_console.print(f"ANN similarity pass, estimated pair recall {rec}")
+
+
+@app.command("import-embeddings")
+def import_embeddings_cmd(
+    vectors: Annotated[Path, typer.Argument(help="Vectors: a .npy (rows x dims; give --ids) or a Parquet file with an id column and a list/fixed-size-list vector column.")],
+    ids: Annotated[Optional[Path], typer.Option("--ids", help="Text file with one id per line, in the row order of the .npy.")] = None,
+    meta: Annotated[Optional[Path], typer.Option("--meta", help="CSV or Parquet with an 'id' column and optional score, brightness and any other columns (kept on the images table).")] = None,
+    model: Annotated[str, typer.Option("--model", help="Name these vectors are stored under (one dimension per model).")] = "precomputed",
+    id_column: Annotated[str, typer.Option("--id-column", help="Parquet: the id column.")] = "id",
+    vector_column: Annotated[Optional[str], typer.Option("--vector-column", help="Parquet: the vector column (default: the only list column).")] = None,
+    db: DbOption = DEFAULT_DB_PATH,
+) -> None:
+    """Import precomputed embeddings (validated, L2-normalised). Re-importing the same ids updates them.
+
+    Checks: unique non-empty ids, as many ids as vector rows, finite values, no all-zero rows, one
+    dimension per model. Nothing is written unless every check passes.
+    """
+    from ..ingest import import_embeddings
+
+    with open_catalog(db, must_exist=False) as cat:
+        rep = import_embeddings(cat, vectors, ids, meta=meta, model=model, id_column=id_column, vector_column=vector_column)
+    console.print(f"imported {rep.added + rep.updated:,} vectors of dimension {rep.dim} as model [bold]{rep.model}[/] "
+                  f"into {db}: {rep.added:,} new, {rep.updated:,} updated")
+    if meta is not None:
+        console.print(f"metadata: {rep.meta_rows:,} rows applied")
+    if rep.meta_unmatched:
+        shown = ", ".join(rep.meta_unmatched[:5])
+        err_console.print(f"warning: {len(rep.meta_unmatched):,} metadata ids match no image and were ignored (e.g. {shown})")
+
+
+def _read_id_file(path: Path) -> list[str]:
+    from ..ingest import read_ids
+
+    return [str(i) for i in read_ids(path)]
+
+
+@app.command()
+def sweep(
+    thresholds: Annotated[str, typer.Option("--thresholds", help="Comma-separated cosine thresholds.")] = "0.99,0.98,0.97,0.95",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of {threshold, pairs, groups, suppressed, retained, largest_group}.")] = False,
+    model: ModelOption = None,
+    cluster: Annotated[Optional[int], typer.Option("--cluster", help="Only this cluster (see `neardup cluster`).")] = None,
+    ids_file: Annotated[Optional[Path], typer.Option("--ids", help="Only the ids in this file (one per line).")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Also write a PNG: groups/suppressed/retained vs threshold and the pair-similarity histogram.")] = None,
+    chosen: Annotated[Optional[float], typer.Option("--chosen", help="Threshold to mark on the table and plot.")] = None,
+    index: IndexOption = "exact",
+    engine: EngineOption = "local",
+    db: DbOption = DEFAULT_DB_PATH,
+) -> None:
+    """What each threshold would do: pairs, groups, suppressed, retained, largest group.
+
+    Every threshold comes from one similarity pass (a forest of the pairs above the lowest
+    threshold), so ten thresholds cost about what one does. Nothing is written but a cache.
+    """
+    from ..dedup import load_scope, similarity_forest
+    from ..report import sweep_table
+    from ..sweep import parse_thresholds
+
+    ts = parse_thresholds(thresholds)
+    if cluster is not None and ids_file is not None:
+        raise InputError("give --cluster or --ids, not both")
+    with open_catalog(db) as cat:
+        ids = None
+        if cluster is not None:
+            from ..cluster import cluster_ids
+
+            ids = cluster_ids(cat, cluster)
+        elif ids_file is not None:
+            ids = _read_id_file(ids_file)
+        scope = load_scope(cat, model, ids)
+        with _pass_progress("similarity pass") as prog:
+            forest = similarity_forest(cat, min(ts), scope=scope, index=index, engine=engine, progress=prog)
+        rows = forest.sweep(ts)
+    _print_recall(forest)
+    if plot is not None:
+        from ..plots import plot_sweep
+
+        plot_sweep(rows, forest, plot, chosen=chosen)
+        err_console.print(f"plot written to {plot}")
+    if as_json:
+        typer.echo(json.dumps(rows))
+    else:
+        console.print(sweep_table(rows, chosen))
+        what = f"cluster {cluster}" if cluster is not None else (f"{len(scope):,} listed ids" if ids else f"{len(scope):,} images")
+        console.print(f"{what}, model {scope.model}; pairs are counted to 1e-5 in cosine")
+
+
+@app.command()
+def dedup(
+    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Cosine threshold in (0, 1]; pairs at or above it are duplicates.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="components: transitive groups (A~B, B~C groups A, B, C). leader: each kept image suppresses only images within the threshold of itself.")] = "components",
+    prefer: Annotated[str, typer.Option("--prefer", help="Master policy, in order: score, brightness, resolution, file_size, newest, oldest, path, id (add :asc/:desc). id asc is always the last tie-break.")] = "score,brightness",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write nothing.")] = False,
+    model: ModelOption = None,
+    index: IndexOption = "exact",
+    engine: EngineOption = "local",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    db: DbOption = DEFAULT_DB_PATH,
+) -> None:
+    """Group near-duplicates, keep one master per group, suppress the rest (reversibly: see restore).
+
+    The run is applied in one transaction: a crash or Ctrl-C leaves the catalog as it was.
+    Reviewer decisions (keep, master, not-a-duplicate) are respected and counted.
+    """
+    from ..dedup import dedup as run_dedup
+    from ..report import format_summary
+
+    with open_catalog(db) as cat:
+        if threshold is None:
+            threshold = _default_threshold(cat, model)
+        with _pass_progress("similarity pass") as prog:
+            res = run_dedup(cat, threshold, model=model, mode=mode, prefer=prefer, dry_run=dry_run,
+                            index=index, engine=engine, progress=prog)
+    _print_recall(res.forest)
+    if as_json:
+        typer.echo(json.dumps(res.summary, default=float))
+    else:
+        console.print(format_summary(res.summary), highlight=False)
+        if res.run_id is not None:
+            console.print(f"undo with: neardup restore {res.run_id} --db {db}", style="dim")
+
+
+def _default_threshold(cat: Any, model: str | None) -> float:
+    """The model's own default threshold (registry), else the seed's CLIP 0.98."""
+    name = model or cat.default_model()
+    try:
+        from ..embed import get_model
+
+        return float(get_model(name).default_threshold)
+    except Exception:
+        return 0.98
+
+
+@app.command()
+def runs(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    db: DbOption = DEFAULT_DB_PATH,
+) -> None:
+    """List dedup runs: threshold, mode, counts, and whether each is applied or restored."""
+    with open_catalog(db, read_only=False) as cat:
+        rows = cat.runs()
+        total = cat.count_images()
+        visible = int(cat.scalar("SELECT count(*) FROM visible"))
+    if as_json:
+        typer.echo(json.dumps(rows, default=str))
+        return
+    table = Table(title=f"Runs in {db} — {visible:,} of {total:,} images visible", title_justify="left")
+    for col in ("run", "created (UTC)", "status", "model", "threshold", "mode", "groups", "suppressed", "retained", "largest"):
+        table.add_column(col, justify="right" if col not in ("status", "model", "mode") else "left")
+    for r in rows:
+        table.add_row(str(r["id"]), str(r["created_at"])[:19], r["status"], r["model"], f"{r['threshold']:.4g}", r["mode"],
+                      f"{r['n_groups']:,}", f"{r['n_suppressed']:,}", f"{r['n_retained']:,}", f"{r['largest_group']:,}")
+    console.print(table if rows else "no runs yet (see `neardup dedup --help`)")
+
+
+@app.command()
+def restore(
+    run: Annotated[Optional[int], typer.Argument(help="The run to undo (see `neardup runs`).")] = None,
+    all_runs: Annotated[bool, typer.Option("--all", help="Undo every applied run.")] = False,
+    db: DbOption = DEFAULT_DB_PATH,
+) -> None:
+    """Undo a run: its images are no longer suppressed by it (another applied run may still suppress them)."""
+    if (run is None) == (not all_runs):
+        raise InputError("give a run id or --all (not both)")
+    with open_catalog(db) as cat:
+        undone = cat.restore(None if all_runs else run)
+        visible = int(cat.scalar("SELECT count(*) FROM visible"))
+        total = cat.count_images()
+    if undone:
+        console.print(f"restored run{'s' if len(undone) > 1 else ''} {', '.join(map(str, undone))}; "
+                      f"{visible:,} of {total:,} images visible")
+    else:
+        console.print(f"no applied runs; {visible:,} of {total:,} images visible")
+
+
+@app.command()
+def export(
+    run: Annotated[Optional[int], typer.Option("--run", help="Run to export (default: the latest applied run).")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="csv, parquet or json (default: from --out's suffix).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output file.")] = Path("groups.csv"),
+    db: DbOption = DEFAULT_DB_PATH,
+) -> None:
+    """Write one row per image of a run: image_id, group_id, master_id, is_master, is_suppressed, sim_to_master."""
+    from ..dedup import export_run
+
+    with open_catalog(db) as cat:
+        if run is None:
+            run = cat.latest_run_id()
+            if run is None:
+                raise InputError(f"{db}: no applied run to export (run `neardup dedup` first or give --run)")
+        n = export_run(cat, run, out, fmt)
+    console.print(f"wrote {n:,} rows of run {run} to {out}")
