@@ -1,0 +1,175 @@
+"""k-means labelling, per-cluster before/after, and sweeps scoped to one cluster.
+
+References are independent: numpy argmax against the stored centroids, counts recomputed from
+an exported CSV with the csv module, and a sweep over a cluster's vectors imported alone.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neardup.catalog import Catalog
+from neardup.cluster import (FIRST_CLUSTER_ID, centroids_path, cluster, cluster_ids, cluster_table, clusterings,
+                             get_clustering, kmeans)
+from neardup.dedup import dedup, export_run
+from neardup.errors import InputError
+from neardup.ingest import import_embeddings
+from neardup.sweep import sweep
+from neardup.synthetic import seed_shaped
+
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def col():
+    return seed_shaped(N, seed=3)
+
+
+@pytest.fixture(scope="module")
+def cat(tmp_path_factory, col):
+    path = tmp_path_factory.mktemp("cl") / "cat.duckdb"
+    c = Catalog(path)
+    import_embeddings(c, col.vectors, col.ids, meta=col.meta_table())
+    cluster(c, 25, seed=0)
+    yield c
+    c.close()
+
+
+def _labels(cat: Catalog) -> dict[str, int]:
+    return {r[0]: r[1] for r in cat.con.execute("SELECT id, cluster_id FROM images").fetchall()}
+
+
+def test_sizes_sum_to_collection_and_are_ordered(cat, col):
+    lab = _labels(cat)
+    assert len(lab) == N and all(v is not None for v in lab.values())
+    counts = Counter(lab.values())
+    c = get_clustering(cat)
+    assert sum(c.sizes) == N == c.n_images
+    assert [counts[i] for i in range(FIRST_CLUSTER_ID, FIRST_CLUSTER_ID + 25)] == c.sizes
+    assert c.sizes == sorted(c.sizes, reverse=True)
+    assert sum(len(cluster_ids(cat, i)) for i in range(25)) == N
+
+
+def test_assignment_is_nearest_stored_centroid(cat, col):
+    cent = np.load(centroids_path(cat, get_clustering(cat).id)).astype(np.float64)
+    want = (col.vectors.astype(np.float64) @ cent.T).argmax(axis=1) + FIRST_CLUSTER_ID
+    lab = _labels(cat)
+    got = np.array([lab[i] for i in col.ids])
+    assert (got == want).mean() > 0.999  # float32 vs float64 rounding may flip exact ties only
+
+
+def test_well_separated_blobs_are_recovered_and_numbered_by_size():
+    rng = np.random.default_rng(5)
+    sizes = [50, 400, 120, 300, 200]
+    centers = rng.standard_normal((5, 64))
+    X = np.concatenate([centers[i] + 0.05 * rng.standard_normal((s, 64)) for i, s in enumerate(sizes)])
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    truth = np.repeat(np.arange(5), sizes)
+    perm = rng.permutation(len(X))
+    res = kmeans(X[perm], 5, seed=1)
+    by_size = np.argsort(sizes)[::-1]  # planted blob index of cluster 0, 1, ...
+    assert (res.labels - FIRST_CLUSTER_ID == np.argsort(by_size)[truth[perm]]).all()
+    assert res.sizes.tolist() == sorted(sizes, reverse=True)
+
+
+def test_deterministic_and_reclustering_is_a_new_labelling(tmp_path, col):
+    c = Catalog(tmp_path / "d.duckdb")
+    import_embeddings(c, col.vectors, col.ids)
+    a = cluster(c, 8, seed=7)
+    first = _labels(c)
+    b = cluster(c, 8, seed=7)
+    assert _labels(c) == first and a.sizes == b.sizes and a.id != b.id
+    cluster(c, 5, seed=1)
+    assert get_clustering(c).k == 5 and [x.is_current for x in clusterings(c)] == [False, False, True]
+    # the first labelling is still readable, unchanged
+    old = dict(c.con.execute("SELECT image_id, cluster_id FROM cluster_members WHERE clustering_id = ?", [a.id]).fetchall())
+    assert old == first
+    assert cluster_ids(c, 0, clustering=a.id) == sorted(k for k, v in first.items() if v == 0)
+    c.close()
+
+
+def test_errors(tmp_path, col, cat):
+    c = Catalog(tmp_path / "e.duckdb")
+    import_embeddings(c, col.vectors[:10], col.ids[:10])
+    with pytest.raises(InputError, match="no clusters yet"):
+        cluster_ids(c, 0)
+    with pytest.raises(InputError, match="more than"):
+        cluster(c, 11)
+    with pytest.raises(InputError, match=">= 1"):
+        cluster(c, 0)
+    with pytest.raises(InputError, match="does not exist"):
+        cluster_ids(cat, 25)
+    c.close()
+
+
+def _from_export(path: Path, labels: dict[str, int]) -> dict[int, dict[str, int]]:
+    """Brute-force per-cluster counts from an exported run (csv module only)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    gsize = Counter(r["group_id"] for r in rows)
+    run_supp = {r["image_id"]: r["is_suppressed"].lower() == "true" for r in rows}
+    per: dict[int, dict] = defaultdict(lambda: dict(images=0, suppressed=0, members=Counter()))
+    for img, cl in labels.items():
+        per[cl]["images"] += 1
+        per[cl]["suppressed"] += run_supp.get(img, False)
+    for r in rows:
+        if gsize[r["group_id"]] >= 2:
+            per[labels[r["image_id"]]]["members"][r["group_id"]] += 1
+    return {cl: dict(images=v["images"], unique=v["images"] - v["suppressed"], groups=len(v["members"]),
+                     largest_group=max(v["members"].values(), default=0)) for cl, v in per.items()}
+
+
+def test_before_after_matches_export(tmp_path, col):
+    c = Catalog(tmp_path / "r.duckdb")
+    import_embeddings(c, col.vectors, col.ids, meta=col.meta_table())
+    cluster(c, 10, seed=2)
+    labels = _labels(c)
+    run1 = dedup(c, 0.98).run_id
+    export_run(c, run1, tmp_path / "run1.csv")
+    want = _from_export(tmp_path / "run1.csv", labels)
+    for tab in (cluster_table(c, run1), cluster_table(c)):  # the run's decisions == the catalog state now
+        assert len(tab) == 10
+        for row in tab:
+            w = want.get(row["cluster"], dict(images=0, unique=0, groups=0, largest_group=0))
+            assert {k: row[k] for k in w} == w, row["cluster"]
+        assert tab.total["images"] == N
+    assert cluster_table(c).total["unique"] == N - int(c.sql("SELECT count(*) FROM images WHERE is_suppressed").column(0)[0].as_py())
+    # a second run scoped to one cluster; run 1 still reads back as it was
+    ids2 = cluster_ids(c, 3)
+    c.restore(run1)
+    run2 = dedup(c, 0.95, ids=ids2).run_id
+    export_run(c, run2, tmp_path / "run2.csv")
+    want2 = _from_export(tmp_path / "run2.csv", labels)
+    tab2 = cluster_table(c, run2)
+    for row in tab2:
+        w = want2[row["cluster"]]
+        assert {k: row[k] for k in w} == w
+        if row["cluster"] != 3:
+            assert row["unique"] == row["images"] and row["groups"] == 0
+    for row in cluster_table(c, run1):
+        w = want[row["cluster"]]
+        assert {k: row[k] for k in w} == w
+    # catalog state after restoring everything: nothing suppressed
+    c.restore()
+    assert all(r["unique"] == r["images"] for r in cluster_table(c))
+    c.close()
+
+
+@pytest.mark.parametrize("which", [0, 7])
+def test_sweep_on_a_cluster_equals_the_cluster_alone(tmp_path, cat, col, which):
+    ids = cluster_ids(cat, which)
+    ts = [0.99, 0.98, 0.97, 0.95, 0.9]
+    got = sweep(cat, ts, ids=ids)
+    pos = {k: i for i, k in enumerate(col.ids.tolist())}
+    rows = np.array([pos[i] for i in ids])
+    alone = Catalog(tmp_path / f"alone{which}.duckdb")
+    import_embeddings(alone, col.vectors[rows], np.asarray(ids, dtype=object))
+    want = sweep(alone, ts)
+    alone.close()
+    assert got == want
+    assert got[0]["retained"] + got[0]["suppressed"] == len(ids)
