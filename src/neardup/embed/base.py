@@ -39,6 +39,8 @@ class EmbeddingModel(ABC):
     description: str = ""
     #: square side the model wants; decoding uses it to decode JPEGs at reduced size
     input_size: int = 224
+    #: thresholds worth showing in a sweep table for this model's similarity scale
+    sweep_thresholds: tuple[float, ...] = (0.99, 0.98, 0.97, 0.95, 0.9)
 
     @abstractmethod
     def availability(self) -> Availability:

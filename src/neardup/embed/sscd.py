@@ -42,6 +42,7 @@ class SSCDModel(EmbeddingModel):
 
     dim = 512
     input_size = 288
+    sweep_thresholds = (0.9, 0.8, 0.7, 0.65, 0.6, 0.55, 0.5, 0.4)
 
     def __init__(self, name: str = "sscd", *, threads: int | None = None) -> None:
         if name not in _FILES:
@@ -94,4 +95,4 @@ class SSCDModel(EmbeddingModel):
 
 
 #: Calibrated on scikit-image's photos and their edits (see docs/models.md and bench/quality.py).
-DEFAULT_THRESHOLDS: dict[str, float] = {"sscd": 0.5, "sscd-distilled": 0.5}
+DEFAULT_THRESHOLDS: dict[str, float] = {"sscd": 0.60, "sscd-distilled": 0.65}

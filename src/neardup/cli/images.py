@@ -1,0 +1,238 @@
+"""Images-in commands: scan, embed, models, skipped, find, demo."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Annotated, Callable, Iterator, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import InputError
+from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_bar
+
+SourcesArg = Annotated[list[Path], typer.Argument(
+    help="Folders (scanned recursively), file lists (.txt/.lst: one path per line) or tables (.csv/.parquet with a "
+         "'path' column; an 'id' column and other columns such as 'score' are kept).", show_default=False)]
+ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Embedding model (see `neardup models`). Default: sscd, bundled and offline.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding threads (default: one per CPU core).")]
+
+
+@contextlib.contextmanager
+def _bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    with progress_bar(label) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def _print_skips(skips: list, limit: int = 5) -> None:
+    if not skips:
+        return
+    err_console.print(f"{len(skips)} file(s) skipped (see `neardup skipped`):", highlight=False)
+    for s in skips[:limit]:
+        err_console.print(f"  {s.path}: {s.reason}", highlight=False, soft_wrap=True)
+    if len(skips) > limit:
+        err_console.print(f"  … and {len(skips) - limit} more", highlight=False)
+
+
+@app.command("scan")
+def scan_cmd(
+    sources: SourcesArg,
+    db: DbOption = DEFAULT_DB_PATH,
+    workers: WorkersOpt = None,
+    thumb_size: Annotated[int, typer.Option("--thumb-size", min=32, max=1024, help="Thumbnail size in pixels (long side).")] = 256,
+) -> None:
+    """Add images to the catalog: hash, size, brightness, EXIF capture time and a thumbnail for each.
+
+    Re-running is incremental: unchanged files are not read again, changed files are re-hashed
+    (and re-embedded by the next `embed`), vanished files are marked missing. Unreadable files
+    (corrupt, truncated, empty, unsupported, decompression bombs) are listed by `neardup skipped`.
+    Your images are only read, never modified, moved or deleted.
+    """
+    from ..sources import scan
+
+    with open_catalog(db, must_exist=False) as cat, _bar("scanning") as prog:
+        rep = scan(cat, [str(s) for s in sources], workers=workers, thumb_size=thumb_size, progress=prog)
+    console.print(f"scan: {rep.summary()}", highlight=False)
+    _print_skips(rep.skipped)
+
+
+@app.command("embed")
+def embed_cmd(
+    model: ModelOpt = None,
+    db: DbOption = DEFAULT_DB_PATH,
+    batch_size: BatchOpt = 32,
+    workers: WorkersOpt = None,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Images per commit: Ctrl-C keeps every finished chunk.")] = 1024,
+) -> None:
+    """Embed every scanned image that has no up-to-date vector for the model.
+
+    Byte-identical files are embedded once. Resumable: interrupt with Ctrl-C and run again to
+    continue where it stopped.
+    """
+    from ..embed import get_model
+    from ..pipeline import EmbedInterrupted, embed
+
+    m = get_model(model)
+    m.check_usable()
+    with open_catalog(db, must_exist=True) as cat:
+        try:
+            with _bar(f"embedding ({m.name})") as prog:
+                rep = embed(cat, m, batch_size=batch_size, chunk_size=chunk_size, workers=workers, progress=prog)
+        except EmbedInterrupted as exc:
+            r = exc.report
+            err_console.print(f"interrupted: {r.embedded + r.copied} image(s) embedded before the stop are kept; "
+                              f"run `neardup embed --model {m.name}` again to continue", highlight=False)
+            raise typer.Exit(130) from None
+    console.print(f"embed: {rep.summary()}", highlight=False)
+    _print_skips(rep.failed)
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List the embedding models: dimension, default threshold, and whether each can run offline here."""
+    from ..embed import DEFAULT_MODEL, list_models
+
+    table = Table(title="Embedding models", title_justify="left")
+    for c in ("model", "dim", "default threshold", "offline here", "weights"):
+        table.add_column(c)
+    for m in list_models():
+        av = m.availability()
+        name = m.name + (" (default)" if m.name == DEFAULT_MODEL else "")
+        table.add_row(name, str(m.dim), f"{m.default_threshold:g}", "yes" if av.usable else "no",
+                      av.detail)
+    console.print(table)
+    for m in list_models():
+        console.print(f"  {m.name}: {m.description}", highlight=False)
+
+
+@app.command("skipped")
+def skipped_cmd(db: DbOption = DEFAULT_DB_PATH,
+                limit: Annotated[int, typer.Option("--limit", min=0, help="Show at most this many (0: all).")] = 0) -> None:
+    """List the files a scan or embed could not use, with the reason for each."""
+    with open_catalog(db, must_exist=True) as cat:
+        rows = cat.sql("SELECT path, reason, seen_at FROM skipped ORDER BY path").to_pylist()
+    if not rows:
+        console.print("no skipped files")
+        return
+    shown = rows if limit == 0 else rows[:limit]
+    table = Table(title=f"{len(rows)} skipped file(s)", title_justify="left")
+    table.add_column("path", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    for r in shown:
+        table.add_row(r["path"], r["reason"])
+    console.print(table)
+
+
+def _print_outcome(cat, model_name: str, threshold: float, result, thresholds: list[float]) -> None:
+    from ..report import format_summary, sweep_table
+    from ..sweep import sweep
+
+    ts = sorted(set(thresholds) | {threshold}, reverse=True)
+    rows = sweep(cat, ts, model=model_name)
+    console.print(sweep_table(rows, chosen=threshold))
+    console.print(format_summary(result.summary), highlight=False)
+
+
+@app.command("find")
+def find_cmd(
+    sources: SourcesArg,
+    db: DbOption = DEFAULT_DB_PATH,
+    model: ModelOpt = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Similarity threshold in (0, 1]; default: the model's calibrated default.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="components (transitive groups) or leader (every suppressed image is similar to its own master).")] = "components",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report the groups but write no run (nothing is suppressed).")] = False,
+    batch_size: BatchOpt = 32,
+) -> None:
+    """One shot: scan the folders, embed with the model, group near-duplicates and suppress all but one per group.
+
+    Suppression is a flag in the catalog — nothing is deleted or moved; undo with `neardup restore`.
+    Prints the threshold sweep around the chosen threshold and the run's summary.
+    """
+    from ..embed import get_model
+    from ..pipeline import EmbedInterrupted, embed
+    from ..sources import scan
+
+    m = get_model(model)
+    m.check_usable()
+    t = m.default_threshold if threshold is None else threshold
+    if not 0 < t <= 1:
+        raise InputError(f"threshold {t}: must be in (0, 1]")
+    from ..dedup import dedup
+
+    with open_catalog(db, must_exist=False) as cat:
+        with _bar("scanning") as prog:
+            srep = scan(cat, [str(s) for s in sources], progress=prog)
+        console.print(f"scan: {srep.summary()}", highlight=False)
+        _print_skips(srep.skipped)
+        try:
+            with _bar(f"embedding ({m.name})") as prog:
+                erep = embed(cat, m, batch_size=batch_size, progress=prog)
+        except EmbedInterrupted as exc:
+            err_console.print(f"interrupted: {exc.report.embedded + exc.report.copied} image(s) embedded are kept; "
+                              "run the same command again to continue", highlight=False)
+            raise typer.Exit(130) from None
+        console.print(f"embed: {erep.summary()}", highlight=False)
+        _print_skips(erep.failed)
+        if not any(x["model"] == m.name for x in cat.embedding_models()):
+            raise InputError("no readable images found in " + ", ".join(str(s) for s in sources))
+        result = dedup(cat, t, model=m.name, mode=mode, dry_run=dry_run)
+        _print_outcome(cat, m.name, t, result, list(m.sweep_thresholds))
+
+
+@app.command("demo")
+def demo_cmd(
+    folder: Annotated[Path, typer.Argument(help="Where to build the sample collection and its catalog.")] = Path("neardup-demo"),
+    model: ModelOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the edits (same seed, same files).")] = 0,
+) -> None:
+    """Build a sample collection (scikit-image's bundled photos + edited copies + burst frames) and run the whole job.
+
+    Works offline. The photos go to FOLDER/photos, the catalog to FOLDER/neardup.duckdb; then
+    scan, embed with the default model, and dedup at the model's default threshold, printing the
+    threshold sweep and the before/after. Explore further with e.g.
+    `neardup sweep --db FOLDER/neardup.duckdb` or `neardup review --db FOLDER/neardup.duckdb`.
+    """
+    from ..dedup import dedup
+    from ..embed import get_model
+    from ..pipeline import embed
+    from ..samples import build_collection, read_labels
+    from ..sources import scan
+
+    m = get_model(model)
+    m.check_usable()
+    folder = Path(folder)
+    photos = folder / "photos"
+    if folder.exists() and any(folder.iterdir()) and not (photos / "labels.csv").exists():
+        raise InputError(f"{folder}: exists and is not a neardup demo folder; pick an empty or new folder")
+    with _bar("building the sample collection") as prog:
+        files = build_collection(photos, seed=seed, progress=prog)
+    truth = read_labels(photos / "labels.csv")
+    n_groups = len({r["group"] for r in truth if r["group"]})
+    console.print(f"demo: {len(files)} files in {photos} — {n_groups} distinct photos, each with edited copies "
+                  "(JPEG, resize, brightness, flip, crop, rotation, caption), 3 bursts, a byte-identical copy, "
+                  "an EXIF-rotated copy and one truncated file", highlight=False)
+    db = folder / "neardup.duckdb"
+    with open_catalog(db, must_exist=False) as cat:
+        with _bar("scanning") as prog:
+            srep = scan(cat, [photos], progress=prog)
+        console.print(f"scan: {srep.summary()}", highlight=False)
+        _print_skips(srep.skipped)
+        with _bar(f"embedding ({m.name})") as prog:
+            erep = embed(cat, m, progress=prog)
+        console.print(f"embed: {erep.summary()}", highlight=False)
+        # a re-run of the demo starts from the same state: undo earlier demo runs first
+        cat.restore(None)
+        t = m.default_threshold
+        result = dedup(cat, t, model=m.name)
+        _print_outcome(cat, m.name, t, result, list(m.sweep_thresholds))
+        s = result.summary
+        console.print(f"\nbefore: {s['images']} images → after: {s['retained']} retained, {s['suppressed']} suppressed "
+                      f"(ground truth: {n_groups} distinct photos). Nothing was deleted: undo with "
+                      f"`neardup restore --all --db {db}`", highlight=False)

@@ -1,0 +1,300 @@
+"""The images-in pipeline: scan → embed (→ dedup), as library calls the CLI wraps.
+
+:func:`embed` only embeds images that lack an up-to-date vector for the model (new, or whose
+bytes changed since they were embedded), embeds each distinct file content once (byte-identical
+files get a copy of the vector), decodes in a thread pool while the model runs on the calling
+thread, and commits every ``chunk_size`` images — so Ctrl-C keeps what is done and the next
+call resumes.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hashlib
+import io
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from .catalog import Catalog
+from .embed import EmbeddingModel, get_model
+from .embed.base import open_upright, to_rgb
+from .errors import InputError
+from .sources import STATUS_OK, STATUS_UNREADABLE, ScanReport, Skip, _classify, _record_skips, scan
+
+ProgressFn = Callable[[int, int], None]
+
+_EMBEDDED_FROM = """CREATE TABLE IF NOT EXISTS embedded_from(
+    model VARCHAR NOT NULL, image_id VARCHAR NOT NULL, sha256 VARCHAR, PRIMARY KEY (model, image_id))"""
+
+
+@dataclass
+class EmbedReport:
+    """What one :func:`embed` call did."""
+
+    model: str
+    pending: int = 0          # images that needed a vector when the call started
+    embedded: int = 0         # images given a vector by running the model
+    copied: int = 0           # images given a vector copied from a byte-identical file
+    up_to_date: int = 0       # images that already had a current vector
+    failed: list[Skip] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        s = (f"{self.model}: {self.embedded} embedded, {self.copied} copied from byte-identical files, "
+             f"{self.up_to_date} already up to date")
+        if self.failed:
+            s += f", {len(self.failed)} unreadable"
+        if self.embedded:
+            s += f" ({self.images_per_second:.1f} img/s)"
+        return s
+
+
+class EmbedInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`embed`; ``report`` says what was committed before it."""
+
+    def __init__(self, report: EmbedReport) -> None:
+        super().__init__("interrupted")
+        self.report = report
+
+
+def _ensure_table(cat: Catalog) -> None:
+    with cat.transaction() as con:
+        con.execute(_EMBEDDED_FROM)
+
+
+def pending_images(catalog: Catalog, model: str) -> pa.Table:
+    """Images (id, path, sha256) that need a vector for ``model``: none yet, or one from older bytes."""
+    _ensure_table(catalog)
+    cols = catalog.image_columns()
+    status = "coalesce(i.status, 'ok') = 'ok'" if "status" in cols else "true"
+    return catalog.sql(
+        f"""SELECT i.id, i.path, i.sha256 FROM images i
+            LEFT JOIN embedding_rows r ON r.model = ? AND r.image_id = i.id
+            LEFT JOIN embedded_from e ON e.model = ? AND e.image_id = i.id
+            WHERE i.path IS NOT NULL AND {status}
+              AND (r.image_id IS NULL OR (e.sha256 IS NOT NULL AND e.sha256 IS DISTINCT FROM i.sha256))
+            ORDER BY i.id""",
+        [model, model],
+    )
+
+
+def _reusable_vectors(catalog: Catalog, model: str, shas: list[str]) -> dict[str, int]:
+    """sha256 → row of a current vector in the model's embedding file, for content already embedded."""
+    if not shas or not catalog.sql("SELECT 1 FROM embedding_sets WHERE model = ?", [model]).num_rows:
+        return {}
+    t = pa.table({"sha": pa.array(sorted(set(shas)), pa.string())})
+    with catalog._lock:
+        catalog.con.register("_shas", t)
+        try:
+            rows = catalog.con.execute(
+                """SELECT i.sha256, min(r.row) FROM images i
+                   JOIN embedding_rows r ON r.model = ? AND r.image_id = i.id
+                   LEFT JOIN embedded_from e ON e.model = ? AND e.image_id = i.id
+                   WHERE i.sha256 IN (SELECT sha FROM _shas) AND (e.sha256 IS NULL OR e.sha256 = i.sha256)
+                   GROUP BY i.sha256""", [model, model]).fetchall()
+        finally:
+            catalog.con.unregister("_shas")
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def _decode_for(model: EmbeddingModel, path: str, sha256: str | None) -> Any:
+    """Read, check the hash, decode upright RGB and prepare for ``model``; a Skip when unusable."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        return Skip(path, "not found")
+    except OSError as exc:
+        return Skip(path, f"cannot read: {exc.strerror or exc}")
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        return Skip(path, "changed since it was scanned (run `neardup scan` again)")
+    try:
+        im = open_upright(io.BytesIO(data), model.input_size)  # type: ignore[arg-type]
+        return model.prepare(to_rgb(im))
+    except (Exception, MemoryError) as exc:
+        return Skip(path, _classify(exc))
+
+
+def _ordered_prefetch(pool: ThreadPoolExecutor, fn: Callable[[Any], Any], items: Sequence[Any], window: int) -> Iterator[Any]:
+    """``map(fn, items)`` in order, keeping at most ``window`` decodes in flight (bounded memory)."""
+    q: collections.deque[Future[Any]] = collections.deque()
+    it = iter(items)
+    for x in it:
+        q.append(pool.submit(fn, x))
+        if len(q) >= window:
+            break
+    while q:
+        fut = q.popleft()
+        nxt = next(it, None)
+        if nxt is not None:
+            q.append(pool.submit(fn, nxt))
+        yield fut.result()
+
+
+def embed(catalog: Catalog, model: str | EmbeddingModel | None = None, *, batch_size: int = 32,
+          chunk_size: int = 1024, workers: int | None = None, progress: ProgressFn | None = None) -> EmbedReport:
+    """Give every scanned image an up-to-date vector for ``model`` (default: the bundled ``sscd``).
+
+    Resumable and interrupt-safe: vectors are committed every ``chunk_size`` images; Ctrl-C
+    raises :class:`EmbedInterrupted` (a KeyboardInterrupt) whose ``report`` counts what was kept.
+    Files that cannot be decoded any more are recorded in ``skipped`` and marked ``unreadable``.
+    """
+    m = model if isinstance(model, EmbeddingModel) else get_model(model)
+    m.check_usable()
+    if batch_size < 1 or chunk_size < 1:
+        raise InputError("batch size and chunk size must be at least 1")
+    report = EmbedReport(model=m.name)
+    todo = pending_images(catalog, m.name).to_pylist()
+    report.pending = len(todo)
+    total_with_path = catalog.sql("SELECT count(*) FROM images WHERE path IS NOT NULL").column(0)[0].as_py()
+    report.up_to_date = int(total_with_path) - len(todo)
+    t0 = time.perf_counter()
+    done = 0
+    if progress:
+        progress(0, len(todo))
+    if not todo:
+        return report
+
+    # content already embedded (an earlier byte-identical file): copy its vector
+    reuse = _reusable_vectors(catalog, m.name, [r["sha256"] for r in todo if r["sha256"]])
+    if reuse:
+        existing = catalog.load_embeddings(m.name)
+        copy_rows = [r for r in todo if r["sha256"] in reuse]
+        if copy_rows:
+            vecs = np.asarray(existing.vectors[[reuse[r["sha256"]] for r in copy_rows]], dtype=np.float32)
+            _commit(catalog, m.name, [r["id"] for r in copy_rows], vecs, [r["sha256"] for r in copy_rows])
+            report.copied += len(copy_rows)
+            done += len(copy_rows)
+            if progress:
+                progress(done, len(todo))
+        todo = [r for r in todo if r["sha256"] not in reuse]
+
+    # one representative file per distinct content
+    reps: dict[str, list[dict[str, Any]]] = {}
+    for r in todo:
+        reps.setdefault(r["sha256"] or f"id:{r['id']}", []).append(r)
+    groups = list(reps.values())
+    nworkers = workers or os.cpu_count() or 1
+    pool = ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="neardup-decode")
+    try:
+        for start in range(0, len(groups), chunk_size):
+            chunk = groups[start:start + chunk_size]
+            ids: list[str] = []
+            shas: list[str | None] = []
+            vec_parts: list[np.ndarray] = []
+            failed: list[Skip] = []
+            failed_ids: list[str] = []
+            batch: list[Any] = []
+            batch_groups: list[list[dict[str, Any]]] = []
+
+            def flush() -> None:
+                if not batch:
+                    return
+                v = m.embed_prepared(batch)
+                for g, vec in zip(batch_groups, v):
+                    for r in g:
+                        ids.append(r["id"])
+                        shas.append(r["sha256"])
+                    vec_parts.append(np.repeat(vec[None, :], len(g), axis=0))
+                batch.clear()
+                batch_groups.clear()
+
+            window = max(2 * batch_size, 2 * nworkers)
+            for g, item in zip(chunk, _ordered_prefetch(pool, lambda g: _decode_for(m, g[0]["path"], g[0]["sha256"]), chunk, window)):
+                if isinstance(item, Skip):
+                    failed.append(item)
+                    failed_ids.extend(r["id"] for r in g)
+                    continue
+                batch.append(item)
+                batch_groups.append(g)
+                if len(batch) >= batch_size:
+                    flush()
+            flush()
+            if ids:
+                n_rep = len(vec_parts)
+                _commit(catalog, m.name, ids, np.concatenate(vec_parts), shas)
+                report.embedded += n_rep
+                report.copied += len(ids) - n_rep
+            if failed:
+                _record_skips(catalog, failed, [])
+                catalog.upsert_images(pa.table({"id": pa.array(failed_ids, pa.string()),
+                                                "status": pa.array([STATUS_UNREADABLE] * len(failed_ids), pa.string())}))
+                report.failed.extend(failed)
+            done += sum(len(g) for g in chunk)
+            report.seconds = time.perf_counter() - t0
+            if progress:
+                progress(done, report.pending)
+    except KeyboardInterrupt:
+        report.interrupted = True
+        report.seconds = time.perf_counter() - t0
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise EmbedInterrupted(report) from None
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _commit(catalog: Catalog, model: str, ids: list[str], vectors: np.ndarray, shas: list[str | None]) -> None:
+    """Store vectors, then record which bytes they came from (so a changed file is re-embedded)."""
+    catalog.put_embeddings(model, ids, vectors)
+    t = pa.table({"model": pa.array([model] * len(ids), pa.string()), "image_id": pa.array(ids, pa.string()),
+                  "sha256": pa.array(shas, pa.string())})
+    with catalog.transaction() as con:
+        con.register("_ef", t)
+        try:
+            con.execute("INSERT OR REPLACE INTO embedded_from SELECT model, image_id, sha256 FROM _ef")
+        finally:
+            con.unregister("_ef")
+
+
+@dataclass
+class FindResult:
+    """The three stages of :func:`find`: what was scanned, embedded, and the dedup result."""
+
+    scan: ScanReport
+    embed: EmbedReport
+    dedup: Any
+    model: str
+    threshold: float
+
+
+def find(sources: Sequence[str | os.PathLike[str]], db: str | os.PathLike[str] | Catalog, *, model: str | None = None,
+         threshold: float | None = None, mode: str = "components", dry_run: bool = False, batch_size: int = 32,
+         scan_progress: ProgressFn | None = None, embed_progress: ProgressFn | None = None) -> FindResult:
+    """One shot: scan ``sources`` into the catalog ``db``, embed with ``model``, dedup at ``threshold``.
+
+    ``threshold`` defaults to the model's calibrated default. Nothing is deleted or moved:
+    dedup only flags suppressed images in the catalog (undo with ``neardup restore``).
+    """
+    from .dedup import dedup  # the similarity engine (lead's module), imported when needed
+
+    m = get_model(model)
+    m.check_usable()
+    t = m.default_threshold if threshold is None else float(threshold)
+    if not 0 < t <= 1:
+        raise InputError(f"threshold {t}: must be in (0, 1]")
+    cat = db if isinstance(db, Catalog) else Catalog(db)
+    try:
+        sr = scan(cat, sources, progress=scan_progress)
+        er = embed(cat, m, batch_size=batch_size, progress=embed_progress)
+        if not cat.embedding_models():
+            raise InputError("no readable images found in " + ", ".join(str(s) for s in sources))
+        result = dedup(cat, t, model=m.name, mode=mode, dry_run=dry_run)
+        return FindResult(sr, er, result, m.name, t)
+    finally:
+        if not isinstance(db, Catalog):
+            cat.close()
