@@ -303,7 +303,8 @@ class Catalog:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, vectors.shape[1]))
         step = 1 << 16
         for s in range(0, len(old_ids), step):
-            out[s:s + step] = old_vecs[s:s + step]
+            e = min(s + step, len(old_ids))
+            out[s:e] = old_vecs[s:e]
         if (~is_new).any():
             out[upd_rows[~is_new]] = vectors[~is_new]
         out[len(old_ids):] = vectors[is_new]

@@ -125,7 +125,7 @@ def validate_and_normalise(ids: np.ndarray, vectors: np.ndarray, source: str) ->
             raise InputError(f"{source} row {row}: id is empty")
     uniq, first, counts = np.unique(ids.astype(str), return_index=True, return_counts=True)
     if (counts > 1).any():
-        dup = uniq[counts > 1][0]
+        dup = str(uniq[counts > 1][0])
         rows = np.flatnonzero(ids.astype(str) == dup)[:2]
         raise InputError(f"{source} rows {rows[0]} and {rows[1]}: duplicate id {dup!r}")
     if vectors.shape[1] == 0:
