@@ -1,0 +1,283 @@
+"""Example pairs in a similarity band, so a user can *see* what "0.97 to 0.98" means.
+
+``sample_pairs(cat, (0.97, 0.98), sample=20)`` scans every pair of the scope (the whole
+collection, one cluster, or an id list) exactly, with blocked float32 GEMMs over the upper
+triangle, and never materialises the pairs: one compiled scan per block counts the pairs in the
+band and keeps a *bottom-k* sample, i.e. the ``sample`` in-band pairs whose hash of
+``(row i, row j, seed)`` is smallest. That is a uniform sample without replacement, the same for
+the same seed whatever the block sizes or thread count, in O(N·d + block) memory.
+
+The band is half-open, ``lo <= sim < hi``, compared in float32 like the rest of neardup
+(``sim >= numpy.float32(t)``); a band ending at 1 includes 1 (and float rounding just above it).
+Cost: the whole collection is an all-pairs pass (like an exact dedup: ~26 s at 100k here), a
+2,000-image cluster a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numba as nb
+import numpy as np
+
+from .catalog import Catalog
+from .errors import InputError
+
+ProgressFn = Callable[[int, int], None]
+MAX_SAMPLE = 10_000
+
+
+def parse_band(text: str | Sequence[float]) -> tuple[float, float]:
+    """``"0.97:0.98"`` -> ``(0.97, 0.98)``; needs -1 <= lo < hi <= 1."""
+    if isinstance(text, str):
+        parts = text.split(":")
+        if len(parts) != 2:
+            raise InputError(f"band {text!r}: give it as LOW:HIGH, e.g. 0.97:0.98")
+        try:
+            lo, hi = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise InputError(f"band {text!r}: LOW and HIGH must be numbers, e.g. 0.97:0.98") from None
+    else:
+        lo, hi = (float(v) for v in text)
+    if not (np.isfinite(lo) and np.isfinite(hi)) or not (-1.0 <= lo < hi <= 1.0):
+        raise InputError(f"band {lo:g}:{hi:g}: need -1 <= LOW < HIGH <= 1")
+    return lo, hi
+
+
+# --------------------------------------------------------------------------------------------
+# the compiled scan
+# --------------------------------------------------------------------------------------------
+@nb.njit(cache=True, inline="always")
+def _key(i: int, j: int, seed: np.uint64) -> np.uint64:
+    """splitmix64 of (i, j, seed): the pair's random sort key."""
+    z = ((np.uint64(i) << np.uint64(32)) ^ np.uint64(j)) + seed * np.uint64(0x9E3779B97F4A7C15)
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@nb.njit(cache=True, inline="always")
+def _sift_down(key: np.ndarray, hi_: np.ndarray, hj: np.ndarray, hs: np.ndarray, m: int) -> None:
+    """Restore the max-heap (largest key at 0) after the root was replaced."""
+    p = 0
+    while True:
+        c = 2 * p + 1
+        if c >= m:
+            break
+        if c + 1 < m and key[c + 1] > key[c]:
+            c += 1
+        if key[c] <= key[p]:
+            break
+        key[p], key[c] = key[c], key[p]
+        hi_[p], hi_[c] = hi_[c], hi_[p]
+        hj[p], hj[c] = hj[c], hj[p]
+        hs[p], hs[c] = hs[c], hs[p]
+        p = c
+
+
+@nb.njit(cache=True, inline="always")
+def _sift_up(key: np.ndarray, hi_: np.ndarray, hj: np.ndarray, hs: np.ndarray, c: int) -> None:
+    while c > 0:
+        p = (c - 1) // 2
+        if key[p] >= key[c]:
+            break
+        key[p], key[c] = key[c], key[p]
+        hi_[p], hi_[c] = hi_[c], hi_[p]
+        hj[p], hj[c] = hj[c], hj[p]
+        hs[p], hs[c] = hs[c], hs[p]
+        c = p
+
+
+@nb.njit(cache=True, parallel=True)
+def _scan_band(S: np.ndarray, row0: int, col0: int, diagonal: bool, lo: np.float32, hi: np.float32,
+               seed: np.uint64, k: int, hkey: np.ndarray, hi_: np.ndarray, hj: np.ndarray, hs: np.ndarray,
+               hn: np.ndarray, counts: np.ndarray, row_lo: np.ndarray, row_hi: np.ndarray) -> None:
+    """Count pairs with lo <= s < hi in block S and offer each to thread t's bottom-k heap."""
+    T = row_lo.shape[0]
+    for t in nb.prange(T):
+        cnt = 0
+        m = hn[t]
+        for r in range(row_lo[t], row_hi[t]):
+            gi = row0 + r
+            c_start = r + 1 if diagonal else 0
+            for c in range(c_start, S.shape[1]):
+                s = S[r, c]
+                if s >= lo and s < hi:
+                    cnt += 1
+                    if k == 0:
+                        continue
+                    key = _key(gi, col0 + c, seed)
+                    if m < k:
+                        hkey[t, m] = key
+                        hi_[t, m] = gi
+                        hj[t, m] = col0 + c
+                        hs[t, m] = s
+                        _sift_up(hkey[t], hi_[t], hj[t], hs[t], m)
+                        m += 1
+                    elif key < hkey[t, 0]:
+                        hkey[t, 0] = key
+                        hi_[t, 0] = gi
+                        hj[t, 0] = col0 + c
+                        hs[t, 0] = s
+                        _sift_down(hkey[t], hi_[t], hj[t], hs[t], m)
+        hn[t] = m
+        counts[t] += cnt
+
+
+def band_pairs(vectors: np.ndarray, lo: float, hi: float, sample: int = 20, *, seed: int = 0,
+               block_rows: int = 2048, col_chunk: int = 8192,
+               progress: ProgressFn | None = None) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
+    """Exact count of pairs i < j with ``lo <= sim < hi`` (``hi >= 1``: no upper limit) and a seeded sample.
+
+    Returns ``(count, i, j, sim)``: the sampled pairs' rows (i < j) and similarities, most similar first.
+    """
+    lo, hi = parse_band((lo, hi))
+    if not (0 <= int(sample) <= MAX_SAMPLE):
+        raise InputError(f"sample {sample}: give 0 to {MAX_SAMPLE:,} pairs")
+    k = int(sample)
+    X = vectors
+    n = int(X.shape[0])
+    lo32 = np.float32(lo)
+    hi32 = np.float32(np.inf) if hi >= 1.0 else np.float32(hi)
+    seed64 = np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF)
+    T = max(1, int(nb.get_num_threads()))
+    kk = max(k, 1)
+    hkey = np.zeros((T, kk), np.uint64)
+    hi_ = np.zeros((T, kk), np.int64)
+    hj = np.zeros((T, kk), np.int64)
+    hs = np.zeros((T, kk), np.float32)
+    hn = np.zeros(T, np.int64)
+    counts = np.zeros(T, np.int64)
+    buf = np.empty(min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)), dtype=np.float32)
+    total = n * (n - 1) // 2
+    done = 0
+    for a in range(0, n, block_rows):
+        b = min(n, a + block_rows)
+        rb = b - a
+        Xr = np.ascontiguousarray(X[a:b], dtype=np.float32)
+        for c0 in range(a, n, col_chunk):
+            c1 = min(n, c0 + col_chunk)
+            S = buf[: rb * (c1 - c0)].reshape(rb, c1 - c0)
+            np.matmul(Xr, np.asarray(X[c0:c1], dtype=np.float32).T, out=S)
+            # diagonal chunk: rows near its top own more columns; split rows so threads get equal pairs
+            if c0 == a:
+                w = np.maximum((c1 - c0) - np.arange(rb) - 1, 0).astype(np.float64)
+                cum = np.r_[0.0, np.cumsum(w)]
+                bounds = np.searchsorted(cum, np.linspace(0, cum[-1], T + 1)).clip(0, rb)
+                bounds[0], bounds[-1] = 0, rb
+            else:
+                bounds = np.linspace(0, rb, T + 1).astype(np.int64)
+            bounds = np.maximum.accumulate(bounds.astype(np.int64))
+            _scan_band(S, a, c0, c0 == a, lo32, hi32, seed64, k, hkey, hi_, hj, hs, hn, counts,
+                       bounds[:-1].copy(), bounds[1:].copy())
+        done += rb * (n - a) - rb * (rb + 1) // 2
+        if progress is not None:
+            progress(done, total)
+    # merge the per-thread heaps: the k smallest keys overall
+    sel_key = np.concatenate([hkey[t, :hn[t]] for t in range(T)])
+    sel_i = np.concatenate([hi_[t, :hn[t]] for t in range(T)])
+    sel_j = np.concatenate([hj[t, :hn[t]] for t in range(T)])
+    sel_s = np.concatenate([hs[t, :hn[t]] for t in range(T)])
+    keep = np.argsort(sel_key, kind="stable")[:k]
+    sel_i, sel_j, sel_s = sel_i[keep], sel_j[keep], sel_s[keep]
+    order = np.lexsort((sel_j, sel_i, -sel_s))
+    return int(counts.sum()), sel_i[order], sel_j[order], sel_s[order]
+
+
+# --------------------------------------------------------------------------------------------
+# catalog level
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PairSample:
+    """A seeded sample of pairs in a band, and the exact number of pairs in it."""
+
+    band: tuple[float, float]
+    scope: str                 # "all", "cluster 3", "500 ids"
+    model: str
+    n_images: int
+    in_band: int               # exact count of pairs with lo <= sim < hi in the scope
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    seed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def total_pairs(self) -> int:
+        return self.n_images * (self.n_images - 1) // 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(band=list(self.band), scope=self.scope, model=self.model, images=self.n_images,
+                    pairs_in_band=self.in_band, total_pairs=self.total_pairs, seed=self.seed,
+                    seconds=round(self.seconds, 4), sample=self.pairs)
+
+
+def _thumb_path(sidecar: Path, sha: str | None) -> str | None:
+    if not sha:
+        return None
+    try:
+        from .sources import thumbnail_path
+    except Exception:  # pragma: no cover - scanner module not available
+        p = Path(sidecar) / "thumbs" / sha[:2] / f"{sha}.jpg"
+    else:
+        p = thumbnail_path(sidecar, sha)
+    return str(p) if p.exists() else None
+
+
+def sample_pairs(cat: Catalog, band: str | tuple[float, float], sample: int = 20, *, cluster: int | None = None,
+                 ids: Sequence[str] | None = None, model: str | None = None, seed: int = 0,
+                 progress: ProgressFn | None = None) -> PairSample:
+    """Example pairs with similarity in ``band`` for the whole collection, one cluster, or ``ids``.
+
+    Each pair: ``a``, ``b`` (image ids), ``sim``, and ``path_a``/``path_b``, ``thumb_a``/``thumb_b``
+    where the catalog knows them (else None).
+    """
+    from .dedup import load_scope
+
+    lo, hi = parse_band(band)
+    if cluster is not None and ids is not None:
+        raise InputError("give a cluster or an id list, not both")
+    label = "all"
+    if cluster is not None:
+        from .cluster import cluster_ids
+
+        ids = cluster_ids(cat, cluster)
+        label = f"cluster {cluster}"
+    elif ids is not None:
+        ids = [str(i) for i in ids]
+        if len(set(ids)) != len(ids):
+            raise InputError("the id list has duplicates")
+        label = f"{len(ids)} ids"
+    t0 = time.perf_counter()
+    scope = load_scope(cat, model, ids)
+    count, i, j, s = band_pairs(scope.vectors, lo, hi, sample, seed=seed, progress=progress)
+    a_ids = scope.ids[i].tolist()
+    b_ids = scope.ids[j].tolist()
+    info: dict[str, dict] = {}
+    if a_ids:
+        cols = set(cat.image_columns())
+        want = [c for c in ("path", "sha256") if c in cols]
+        if want:
+            import pyarrow as pa
+
+            t = pa.table({"id": pa.array(sorted(set(a_ids + b_ids)), pa.string())})
+            with cat._lock:
+                cat.con.register("_pair_ids", t)
+                try:
+                    rows = cat.con.execute(f"SELECT id, {', '.join(want)} FROM images SEMI JOIN _pair_ids USING (id)").fetchall()
+                finally:
+                    cat.con.unregister("_pair_ids")
+            info = {r[0]: dict(zip(want, r[1:])) for r in rows}
+    pairs = []
+    for a, b, sim in zip(a_ids, b_ids, s.tolist()):
+        ia, ib = info.get(a, {}), info.get(b, {})
+        pairs.append(dict(a=a, b=b, sim=round(float(sim), 6), path_a=ia.get("path"), path_b=ib.get("path"),
+                          thumb_a=_thumb_path(cat.sidecar, ia.get("sha256")),
+                          thumb_b=_thumb_path(cat.sidecar, ib.get("sha256"))))
+    return PairSample(band=(lo, hi), scope=label, model=scope.model, n_images=len(scope), in_band=count,
+                      pairs=pairs, seed=int(seed), seconds=time.perf_counter() - t0)
+
+
+__all__ = ["parse_band", "band_pairs", "sample_pairs", "PairSample", "MAX_SAMPLE"]

@@ -1,0 +1,129 @@
+"""Example pairs in a band: only in-band pairs, exact counts vs numpy brute force, seeded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neardup.catalog import Catalog
+from neardup.cluster import cluster, cluster_ids
+from neardup.errors import InputError
+from neardup.ingest import import_embeddings
+from neardup.pairs import band_pairs, parse_band, sample_pairs
+from neardup.synthetic import seed_shaped
+
+
+@pytest.fixture(scope="module")
+def col():
+    return seed_shaped(2000, seed=6)
+
+
+@pytest.fixture(scope="module")
+def cat(tmp_path_factory, col):
+    c = Catalog(tmp_path_factory.mktemp("pr") / "cat.duckdb")
+    import_embeddings(c, col.vectors, col.ids, meta=col.meta_table())
+    cluster(c, 10, seed=0)
+    yield c
+    c.close()
+
+
+def brute(X: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair i < j in the band, from the full float64 similarity matrix."""
+    S = X.astype(np.float64) @ X.astype(np.float64).T
+    i, j = np.triu_indices(len(X), 1)
+    s = S[i, j]
+    m = (s >= lo) & ((s < hi) if hi < 1 else True)
+    return i[m], j[m], s[m]
+
+
+def near_edge(X: np.ndarray, lo: float, hi: float, eps: float = 1e-5) -> int:
+    """Pairs whose similarity is within eps of a band edge (float32 vs float64 may disagree there)."""
+    S = X.astype(np.float64) @ X.astype(np.float64).T
+    s = S[np.triu_indices(len(X), 1)]
+    return int((np.abs(s - lo) < eps).sum() + (np.abs(s - hi) < eps).sum())
+
+
+@pytest.mark.parametrize("band", [(0.97, 0.98), (0.90, 0.95), (0.99, 1.0), (0.3, 0.6)])
+def test_band_pairs_match_bruteforce(col, band):
+    X = col.vectors
+    lo, hi = band
+    count, i, j, s = band_pairs(X, lo, hi, 50, seed=3, block_rows=300, col_chunk=700)
+    bi, bj, bs = brute(X, lo, hi)
+    assert abs(count - len(bi)) <= near_edge(X, lo, hi)
+    assert len(i) == min(50, count)
+    assert (i < j).all()
+    exact = (X[i].astype(np.float64) * X[j]).sum(1)
+    assert np.allclose(s, exact, atol=1e-5)
+    assert ((exact >= lo - 1e-5) & ((exact < hi + 1e-5) if hi < 1 else True)).all()
+    assert len(set(zip(i.tolist(), j.tolist()))) == len(i)  # no pair twice
+    # the same sample whatever the blocking
+    c2, i2, j2, _ = band_pairs(X, lo, hi, 50, seed=3)
+    assert c2 == count and (i2 == i).all() and (j2 == j).all()
+
+
+def test_sample_is_spread_over_the_band(col):
+    """A bottom-k hash sample is uniform: the sampled similarities look like the band's own."""
+    X = col.vectors
+    _, _, bs = brute(X, 0.9, 0.99)
+    _, _, _, s = band_pairs(X, 0.9, 0.99, 2000, seed=0)
+    qs = [0.1, 0.5, 0.9]
+    assert np.allclose(np.quantile(s, qs), np.quantile(bs, qs), atol=0.01)
+    _, _, _, s_other = band_pairs(X, 0.9, 0.99, 2000, seed=1)
+    assert not np.array_equal(s, s_other)
+
+
+def test_count_only_and_empty_band(col):
+    X = col.vectors[:300]
+    c, i, j, s = band_pairs(X, 0.9, 0.95, 0)
+    assert len(i) == 0 and c == len(brute(X, 0.9, 0.95)[0])
+    c, i, _, _ = band_pairs(X, 0.999999, 1.0, 5)
+    assert c == len(brute(X, 0.999999, 1.0)[0])
+
+
+def test_sample_pairs_on_a_cluster_and_ids(cat, col):
+    ids = cluster_ids(cat, 1)
+    pos = {k: n for n, k in enumerate(col.ids.tolist())}
+    Xc = col.vectors[[pos[i] for i in ids]]
+    res = sample_pairs(cat, "0.95:0.99", 15, cluster=1, seed=2)
+    assert res.scope == "cluster 1" and res.n_images == len(ids)
+    assert abs(res.in_band - len(brute(Xc, 0.95, 0.99)[0])) <= near_edge(Xc, 0.95, 0.99)
+    members = set(ids)
+    for p in res.pairs:
+        assert p["a"] in members and p["b"] in members and p["a"] != p["b"]
+        sim = float(col.vectors[pos[p["a"]]].astype(np.float64) @ col.vectors[pos[p["b"]]])
+        assert 0.95 - 1e-5 <= sim < 0.99 + 1e-5 and abs(sim - p["sim"]) < 1e-5
+        assert p["path_a"] is None and p["thumb_a"] is None
+    same = sample_pairs(cat, "0.95:0.99", 15, ids=ids, seed=2)
+    assert same.in_band == res.in_band and same.pairs == res.pairs
+    whole = sample_pairs(cat, (0.97, 0.98), 5)
+    assert whole.n_images == 2000 and abs(whole.in_band - len(brute(col.vectors, 0.97, 0.98)[0])) <= \
+        near_edge(col.vectors, 0.97, 0.98)
+
+
+def test_paths_are_reported(tmp_path, col):
+    import pyarrow as pa
+
+    c = Catalog(tmp_path / "p.duckdb")
+    ids = col.ids[:200]
+    meta = pa.table({"id": pa.array(ids.tolist(), pa.string()),
+                     "path": pa.array([f"/photos/{i}.jpg" for i in ids], pa.string())})
+    import_embeddings(c, col.vectors[:200], ids, meta=meta)
+    res = sample_pairs(c, "-1:1", 5)
+    assert res.in_band == 200 * 199 // 2
+    assert all(p["path_a"] == f"/photos/{p['a']}.jpg" and p["path_b"] == f"/photos/{p['b']}.jpg" for p in res.pairs)
+    c.close()
+
+
+@pytest.mark.parametrize("text", ["0.98", "0.98:0.97", "a:b", "0.9:1.1", "-2:0.5", "0.5:0.5"])
+def test_bad_band(text):
+    with pytest.raises(InputError):
+        parse_band(text)
+
+
+def test_bad_arguments(cat):
+    with pytest.raises(InputError, match="sample"):
+        sample_pairs(cat, "0.9:0.95", -1)
+    with pytest.raises(InputError, match="not both"):
+        sample_pairs(cat, "0.9:0.95", 5, cluster=0, ids=["img0000001"])
+    with pytest.raises(InputError, match="does not exist"):
+        sample_pairs(cat, "0.9:0.95", 5, cluster=99)
