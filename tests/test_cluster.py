@@ -173,3 +173,39 @@ def test_sweep_on_a_cluster_equals_the_cluster_alone(tmp_path, cat, col, which):
     alone.close()
     assert got == want
     assert got[0]["retained"] + got[0]["suppressed"] == len(ids)
+
+
+def test_cli_cluster_clusters_pairs(tmp_path, col, capsys):
+    import json as _json
+
+    from neardup.cli import main
+
+    db = str(tmp_path / "cli.duckdb")
+    c = Catalog(db)
+    import_embeddings(c, col.vectors[:600], col.ids[:600], meta=col.meta_table().slice(0, 600))
+    c.close()
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        try:
+            main([*args, "--db", db])
+        except SystemExit as exc:
+            assert not exc.code, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    info = _json.loads(run("cluster", "--k", "6", "--seed", "1", "--json"))
+    assert sum(info["sizes"]) == 600 and info["k"] == 6
+    run("dedup", "--threshold", "0.98")
+    tab = _json.loads(run("clusters", "--run", "1", "--json"))
+    assert [r["cluster"] for r in tab["clusters"]] == list(range(6)) and tab["total"]["images"] == 600
+    assert "browse" in run("clusters")
+    pairs = _json.loads(run("pairs", "--band", "0.97:0.98", "--sample", "4", "--cluster", "0", "--json"))
+    assert pairs["scope"] == "cluster 0" and len(pairs["sample"]) == min(4, pairs["pairs_in_band"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["pairs", "--band", "0.97", "--db", db])
+    assert exc.value.code == 2 and "LOW:HIGH" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["clusters", "--run", "9", "--db", db])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no run 9" in err and "Traceback" not in err

@@ -1,0 +1,151 @@
+"""Cluster commands: cluster (k-means), clusters (before/after per cluster), pairs (examples per band)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..errors import InputError
+from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_bar
+
+_ModelOption = Annotated[Optional[str], typer.Option("--model", help="Embedding model to use (default: the most recently updated one).")]
+
+
+@app.command("cluster")
+def cluster_cmd(
+    k: Annotated[int, typer.Option("--k", help="Number of clusters.", min=1)] = 25,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed on the same embeddings gives the same clusters.")] = 0,
+    niter: Annotated[int, typer.Option("--niter", help="k-means iterations.", min=1)] = 20,
+    sample_per_centroid: Annotated[int, typer.Option("--sample-per-centroid", help="Train on at most k x this many sampled vectors, then assign all (faiss' default 256).", min=1)] = 256,
+    model: _ModelOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the labelling (id, sizes, timing) as JSON.")] = False,
+    db: DbOption = DEFAULT_DB_PATH,
+) -> None:
+    """k-means on the embeddings; each image's cluster goes on the images table (cluster_id).
+
+    Clusters are numbered by size: cluster 0 is the largest. Re-clustering stores a new
+    labelling and makes it current; earlier labellings and dedup runs are left as they were.
+    Then: `neardup clusters` for the before/after table, `neardup sweep --cluster N` to calibrate
+    a threshold on one cluster.
+    """
+    from ..cluster import cluster
+
+    with open_catalog(db) as cat:
+        with progress_bar("k-means") as bar:
+            bar.add_task("k-means", total=None)
+            c = cluster(cat, k, seed=seed, niter=niter, model=model, max_points_per_centroid=sample_per_centroid)
+    if as_json:
+        typer.echo(json.dumps(dict(clustering=c.id, model=c.model, k=c.k, seed=c.seed, niter=c.niter,
+                                   images=c.n_images, train_points=c.train_points, mean_cosine=round(c.mean_cosine, 6),
+                                   seconds=round(c.seconds, 3), sizes=c.sizes)))
+        return
+    console.print(f"clustering {c.id}: {c.n_images:,} images of model {c.model} into {c.k} clusters "
+                  f"(seed {c.seed}, trained on {c.train_points:,}, {c.seconds:.1f} s, mean cosine to centroid {c.mean_cosine:.3f})")
+    sizes = ", ".join(f"{i}: {s:,}" for i, s in enumerate(c.sizes))
+    console.print(f"sizes (cluster: images, largest first): {sizes}", highlight=False)
+
+
+@app.command("clusters")
+def clusters_cmd(
+    run: Annotated[Optional[int], typer.Option("--run", help="Show what this run did (default: the catalog's current state, i.e. all applied runs).")] = None,
+    clustering: Annotated[Optional[int], typer.Option("--clustering", help="An earlier labelling (default: the current one).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON.")] = False,
+    db: DbOption = DEFAULT_DB_PATH,
+) -> None:
+    """Per cluster: images before, unique after, duplicate groups, largest group, and whether it is practical to browse.
+
+    'groups' counts duplicate groups with a member in the cluster (a group can span clusters);
+    'largest' is the most members one group has inside the cluster.
+    """
+    from ..cluster import BROWSE_LEGEND, cluster_table
+
+    with open_catalog(db, read_only=True) as cat:
+        tab = cluster_table(cat, run, clustering=clustering)
+    if as_json:
+        typer.echo(json.dumps(tab.to_dict(), default=str))
+        return
+    c = tab.clustering
+    src = f"run {tab.groups_run}" if run is not None else \
+        ("current catalog state" + (f"; groups from run {tab.groups_run}" if tab.groups_run else "; no applied run"))
+    t = Table(title=f"Clusters (labelling {c.id}: k={c.k}, model {c.model}) — {src}", title_justify="left")
+    for name in ("cluster", "before", "after", "suppressed", "groups", "largest", "browse?"):
+        t.add_column(name, justify="left" if name == "browse?" else "right")
+    for r in tab:
+        style = {"yes": "green", "long": "yellow", "no": "red"}[r["browse"]]
+        t.add_row(str(r["cluster"]), f"{r['images']:,}", f"{r['unique']:,}", f"{r['suppressed']:,}", f"{r['groups']:,}",
+                  f"{r['largest_group']:,}", f"[{style}]{r['browse']}[/]")
+    tot = tab.total
+    t.add_section()
+    t.add_row("all", f"{tot['images']:,}", f"{tot['unique']:,}", f"{tot['suppressed']:,}", f"{tot['groups']:,}",
+              f"{tot['largest_group']:,}", "")
+    console.print(t)
+    console.print(BROWSE_LEGEND, highlight=False)
+
+
+@app.command("pairs")
+def pairs_cmd(
+    band: Annotated[str, typer.Option("--band", help="Similarity band LOW:HIGH, e.g. 0.97:0.98 (LOW <= sim < HIGH; a band ending at 1 includes 1).")],
+    sample: Annotated[int, typer.Option("--sample", help="How many example pairs (a uniform sample of the band; 0 = count only).")] = 20,
+    cluster: Annotated[Optional[int], typer.Option("--cluster", help="Only pairs inside this cluster (see `neardup clusters`).")] = None,
+    ids_file: Annotated[Optional[Path], typer.Option("--ids", help="Only pairs among the ids in this file (one per line).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed: the same seed gives the same pairs.")] = 0,
+    sheet: Annotated[Optional[Path], typer.Option("--sheet", help="Also write a contact sheet PNG: thumbnails side by side with their similarity.")] = None,
+    model: _ModelOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the count and the pairs as JSON.")] = False,
+    db: DbOption = DEFAULT_DB_PATH,
+) -> None:
+    """Example pairs at a similarity band, to see what that band means before choosing a threshold.
+
+    Every pair of the scope is checked (exact), so the count of pairs in the band is exact; on a
+    whole large collection that is an all-pairs pass (minutes at 100k+): use --cluster there.
+    """
+    from ..pairs import parse_band, sample_pairs
+
+    lo_hi = parse_band(band)
+    if cluster is not None and ids_file is not None:
+        raise InputError("give --cluster or --ids, not both")
+    ids = None
+    if ids_file is not None:
+        from ..ingest import read_ids
+
+        ids = [str(i) for i in read_ids(ids_file)]
+    with open_catalog(db, read_only=True) as cat:
+        with progress_bar("pairs") as bar:
+            task = bar.add_task("pairs", total=None)
+            res = sample_pairs(cat, lo_hi, sample, cluster=cluster, ids=ids, model=model, seed=seed,
+                               progress=lambda d, t: bar.update(task, completed=d, total=t))
+    lo, hi = res.band
+    if sheet is not None:
+        from ..plots import contact_sheet
+
+        title = (f"{res.scope}, band {lo:g} <= sim < {hi:g}: {res.in_band:,} of {res.total_pairs:,} pairs; "
+                 f"{len(res.pairs)} shown (seed {res.seed})")
+        contact_sheet(res.pairs, sheet, title=title)
+        err_console.print(f"contact sheet written to {sheet}")
+    if as_json:
+        typer.echo(json.dumps(res.to_dict()))
+        return
+    pct = 100.0 * res.in_band / res.total_pairs if res.total_pairs else 0.0
+    console.print(f"{res.scope} ({res.n_images:,} images, model {res.model}): {res.in_band:,} pairs with "
+                  f"{lo:g} <= sim < {hi:g}{' (1 included)' if hi >= 1 else ''} — {pct:.3g}% of {res.total_pairs:,} pairs",
+                  highlight=False)
+    if not res.pairs:
+        return
+    t = Table(title=f"{len(res.pairs)} example pairs (seed {res.seed})", title_justify="left")
+    t.add_column("sim", justify="right")
+    t.add_column("A")
+    t.add_column("B")
+    has_paths = any(p["path_a"] or p["path_b"] for p in res.pairs)
+    if has_paths:
+        t.add_column("A path", overflow="fold")
+        t.add_column("B path", overflow="fold")
+    for p in res.pairs:
+        cells = [f"{p['sim']:.5f}", p["a"], p["b"]]
+        if has_paths:
+            cells += [p["path_a"] or "-", p["path_b"] or "-"]
+        t.add_row(*cells)
+    console.print(t)
