@@ -209,3 +209,14 @@ def test_cli_cluster_clusters_pairs(tmp_path, col, capsys):
         main(["clusters", "--run", "9", "--db", db])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "no run 9" in err and "Traceback" not in err
+
+
+def test_table_flags_images_added_after_clustering(tmp_path, col):
+    c = Catalog(tmp_path / "late.duckdb")
+    import_embeddings(c, col.vectors[:300], col.ids[:300])
+    cluster(c, 4, seed=0)
+    assert cluster_table(c).unclustered == 0 and not cluster_table(c).stale
+    import_embeddings(c, col.vectors[300:350], col.ids[300:350])
+    tab = cluster_table(c)
+    assert tab.unclustered == 50 and tab.stale and tab.total["images"] == 300
+    c.close()

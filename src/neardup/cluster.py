@@ -269,6 +269,8 @@ class ClusterTable:
     groups_run: int | None
     rows: list[dict[str, Any]]
     total: dict[str, Any] = field(default_factory=dict)
+    unclustered: int = 0       # images with no label in this labelling (e.g. added after it)
+    stale: bool = False        # the model's embeddings changed since this labelling was made
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.rows)
@@ -278,7 +280,8 @@ class ClusterTable:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(clustering=self.clustering.id, k=self.clustering.k, model=self.clustering.model,
-                    source=self.source, groups_run=self.groups_run, clusters=self.rows, total=self.total)
+                    source=self.source, groups_run=self.groups_run, clusters=self.rows, total=self.total,
+                    unclustered=self.unclustered, stale=self.stale)
 
 
 def cluster_table(cat: Catalog, run_id: int | None = None, *, clustering: int | None = None) -> ClusterTable:
@@ -338,7 +341,11 @@ def cluster_table(cat: Catalog, run_id: int | None = None, *, clustering: int | 
         n_groups, largest = int(g["n"]), int(g["big"])
     total = dict(images=sum(r["images"] for r in rows), unique=sum(r["unique"] for r in rows),
                  suppressed=sum(r["suppressed"] for r in rows), groups=n_groups, largest_group=largest)
-    return ClusterTable(clustering=c, source=source, groups_run=groups_run, rows=rows, total=total)
+    n_all = int(cat.sql("SELECT count(*) FROM images").column(0)[0].as_py())
+    cur = cat.sql("SELECT version FROM embedding_sets WHERE model = ?", [c.model]).column(0).to_pylist()
+    stale = not cur or int(cur[0]) != c.embedding_version
+    return ClusterTable(clustering=c, source=source, groups_run=groups_run, rows=rows, total=total,
+                        unclustered=n_all - total["images"], stale=stale)
 
 
 __all__ = ["FIRST_CLUSTER_ID", "KMeansResult", "Clustering", "ClusterTable", "kmeans", "cluster", "clusterings",

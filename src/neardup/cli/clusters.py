@@ -84,6 +84,11 @@ def clusters_cmd(
               f"{tot['largest_group']:,}", "")
     console.print(t)
     console.print(BROWSE_LEGEND, highlight=False)
+    if tab.unclustered:
+        err_console.print(f"note: {tab.unclustered:,} images have no cluster in labelling {c.id} (added since, or "
+                          f"without {c.model} vectors); run `neardup cluster` again to include them")
+    elif tab.stale:
+        err_console.print(f"note: the {c.model} embeddings changed since labelling {c.id}; run `neardup cluster` again")
 
 
 @app.command("pairs")
