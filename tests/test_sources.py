@@ -262,3 +262,21 @@ def test_inspect_image_custom_pixel_limit(tmp_path: Path, astronaut) -> None:
     astronaut.save(tmp_path / "a.png")
     res = inspect_image(str(tmp_path / "a.png"), max_pixels=1000)
     assert res.reason.startswith("decompression bomb: 512x512")
+
+
+def test_sample_collection_is_deterministic_and_labelled(tmp_path: Path) -> None:
+    from neardup.samples import EDITS, build_collection, read_labels
+
+    kw = dict(photos=("astronaut", "coffee"), burst=("coffee",), burst_frames_n=3)
+    a = build_collection(tmp_path / "a", seed=7, **kw)
+    b = build_collection(tmp_path / "b", seed=7, **kw)
+    c = build_collection(tmp_path / "c", seed=8, **kw)
+    digest = lambda fs, root: {f.path.relative_to(root).as_posix(): hashlib.sha256(f.path.read_bytes()).hexdigest() for f in fs}
+    assert digest(a, tmp_path / "a") == digest(b, tmp_path / "b")
+    assert digest(a, tmp_path / "a") != digest(c, tmp_path / "c")
+    labels = read_labels(tmp_path / "a" / "labels.csv")
+    # 2 originals + 2 x 7 edits + 3 burst frames + copy + EXIF-rotated + broken
+    assert len(labels) == 2 + 2 * len(EDITS) + 3 + 3
+    assert {r["kind"] for r in labels} >= set(EDITS) | {"original", "burst-0", "copy", "exif-rotated", "broken"}
+    for r in labels:
+        assert (tmp_path / "a" / r["path"]).is_file()

@@ -149,13 +149,15 @@ def burst_frames(im: Image.Image, n: int, rng: np.random.Generator) -> list[Imag
 
 def build_collection(folder: str | os.PathLike[str], *, seed: int = 0, edits: Sequence[str] = tuple(EDITS),
                      burst: Sequence[str] = BURST, burst_frames_n: int = 6, tiles: bool = False,
-                     photos: Sequence[str] | None = None, extras: bool = True,
+                     photos: Sequence[str] | None = None, extras: bool = True, copies: int = 1,
                      progress: Callable[[int, int], None] | None = None) -> list[SampleFile]:
     """Write the sample collection into ``folder`` (created) and return its files with labels.
 
     Layout: ``originals/<name>.jpg``, ``edits/<name>__<edit>.jpg``, ``burst/<name>/frame_<k>.jpg``.
     ``extras`` adds a byte-identical copy, an EXIF-rotated copy and a truncated file (which a scan
-    must skip). Existing files are overwritten, nothing else in ``folder`` is touched.
+    must skip); ``copies`` > 1 makes that many independently drawn copies of every edit
+    (``<name>__<edit>_<k>.jpg`` for k ≥ 1). Existing files are overwritten, nothing else in
+    ``folder`` is touched.
     """
     root = Path(folder)
     rng = np.random.default_rng(seed)
@@ -165,19 +167,20 @@ def build_collection(folder: str | os.PathLike[str], *, seed: int = 0, edits: Se
     out: list[SampleFile] = []
     for sub in ("originals", "edits", "burst"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    total = len(srcs) * (1 + len(edits)) + len([b for b in burst if b in srcs]) * burst_frames_n
+    total = len(srcs) * (1 + len(edits) * copies) + len([b for b in burst if b in srcs]) * burst_frames_n
     done = 0
     for name, im in srcs.items():
         p = root / "originals" / f"{name}.jpg"
         im.save(p, "JPEG", quality=92)
         out.append(SampleFile(p, name, "original"))
-        for e in edits:
-            ed = apply_edit(im, e, rng)
-            q = 95 if e != "jpeg" else 100   # the jpeg edit already carries its loss
-            ep = root / "edits" / f"{name}__{e}.jpg"
-            ed.save(ep, "JPEG", quality=q)
-            out.append(SampleFile(ep, name, e))
-        done += 1 + len(edits)
+        for k in range(copies):
+            for e in edits:
+                ed = apply_edit(im, e, rng)
+                q = 95 if e != "jpeg" else 100   # the jpeg edit already carries its loss
+                ep = root / "edits" / (f"{name}__{e}.jpg" if k == 0 else f"{name}__{e}_{k}.jpg")
+                ed.save(ep, "JPEG", quality=q)
+                out.append(SampleFile(ep, name, e))
+        done += 1 + len(edits) * copies
         if progress:
             progress(done, total)
     for name in burst:

@@ -1,0 +1,134 @@
+"""Throughput: end-to-end ``scan + embed`` images/s vs bare onnxruntime on pre-decoded tensors.
+
+    .venv/bin/python bench/throughput.py --model sscd --n 256 --repeats 3
+
+Builds ``--n`` distinct camera-sized JPEGs (default 2000×1500, from scikit-image's photos with a
+per-file crop offset and noise so no two are byte-identical) in ``bench/results/raw/throughput``.
+Then, alternating in each repeat so that background load hits both alike:
+
+- **bare**: the model's onnxruntime session on tensors decoded and resized beforehand
+  (batch ``--batch-size``), i.e. the model alone;
+- **end to end**: a fresh catalog, ``scan`` (hash, decode, thumbnail, brightness) then ``embed``
+  (decode in a thread pool, batches through the same session, commits) — what a user waits for.
+
+Prints medians and the ratio; ``--memory`` also runs end-to-end in subprocesses at n and 4n
+images and prints each peak RSS (flat = streamed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RAW = ROOT / "bench" / "results" / "raw" / "throughput"
+
+
+def make_images(n: int, size: tuple[int, int]) -> Path:
+    from PIL import Image
+
+    from neardup.samples import load_photo
+
+    d = RAW / f"photos_{n}_{size[0]}x{size[1]}"
+    if d.exists() and len(list(d.glob("*.jpg"))) == n:
+        return d
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    bases = [load_photo(p).resize((int(size[0] * 1.1), int(size[1] * 1.1)), Image.BICUBIC)
+             for p in ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "stereo_motorcycle")]
+    for i in range(n):
+        b = bases[i % len(bases)]
+        x, y = int(rng.integers(0, b.width - size[0])), int(rng.integers(0, b.height - size[1]))
+        a = np.asarray(b.crop((x, y, x + size[0], y + size[1])), dtype=np.int16)
+        a = a + rng.integers(-3, 4, size=a.shape, dtype=np.int16)
+        Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).save(d / f"img_{i:05d}.jpg", quality=90)
+    return d
+
+
+def bare(model, tensors: np.ndarray, batch: int) -> float:
+    t0 = time.perf_counter()
+    for s in range(0, len(tensors), batch):
+        model.embed_prepared(list(tensors[s:s + batch]))
+    return len(tensors) / (time.perf_counter() - t0)
+
+
+def end_to_end(model_name: str, photos: Path, batch: int, tag: str = "e2e") -> tuple[float, float, float]:
+    from neardup.catalog import Catalog
+    from neardup.pipeline import embed
+    from neardup.sources import scan
+
+    db = RAW / f"{tag}.duckdb"
+    if db.exists():
+        db.unlink()
+    shutil.rmtree(Path(str(db) + ".d"), ignore_errors=True)
+    t0 = time.perf_counter()
+    with Catalog(db) as cat:
+        rep = scan(cat, [photos])
+        t1 = time.perf_counter()
+        er = embed(cat, model_name, batch_size=batch)
+    t2 = time.perf_counter()
+    n = er.embedded
+    return n / (t2 - t0), t1 - t0, t2 - t1
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="sscd")
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--size", default="2000x1500")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--_e2e", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    size = tuple(int(v) for v in args.size.split("x"))
+    if args._e2e:
+        rate, _, _ = end_to_end(args.model, Path(args._e2e), args.batch_size, tag=f"mem_{Path(args._e2e).name}")
+        print(json.dumps({"rate": rate, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        return
+    from neardup.embed import get_model
+    from neardup.embed.base import load_rgb
+
+    photos = make_images(args.n, size)
+    m = get_model(args.model)
+    files = sorted(str(p) for p in photos.glob("*.jpg"))
+    tensors = np.stack([m.prepare(load_rgb(f, m.input_size)) for f in files])
+    m.embed_prepared(list(tensors[:2]))  # session warm-up
+    bares, e2es, scans, embeds = [], [], [], []
+    for _ in range(args.repeats):
+        bares.append(bare(m, tensors, args.batch_size))
+        r, ts, te = end_to_end(args.model, photos, args.batch_size)
+        e2es.append(r), scans.append(ts), embeds.append(te)
+    out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f} at the end",
+           "command": " ".join(["python", "bench/throughput.py", *sys.argv[1:]]), "model": args.model, "n": args.n,
+           "size": args.size, "bare_img_s": bares, "e2e_img_s": e2es, "scan_s": scans, "embed_s": embeds,
+           "bare_median": statistics.median(bares), "e2e_median": statistics.median(e2es),
+           "ratio_median": statistics.median(e / b for e, b in zip(e2es, bares))}
+    if args.memory:
+        mem = {}
+        for n in (args.n, 4 * args.n):
+            ph = make_images(n, size)
+            r = subprocess.run([sys.executable, __file__, "--model", args.model, "--batch-size", str(args.batch_size),
+                                "--_e2e", str(ph)], capture_output=True, text=True)
+            mem[n] = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"error": r.stderr[-300:]}
+        out["memory"] = mem
+    RAW.mkdir(parents=True, exist_ok=True)
+    dest = ROOT / "bench" / "results" / f"throughput-{args.model}.json"
+    dest.write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
