@@ -371,6 +371,7 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S) -> Fa
         """Restore an applied run and dedup again with its settings, so the reviewer's decisions take effect."""
         check_post(request, csrf)
         from ..dedup import dedup
+        from ..policy import parse_policy
 
         with holder.open() as cat:
             r = cat.run(run_id)
@@ -378,8 +379,10 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S) -> Fa
                 raise HTTPException(409, f"run {run_id} is {r['status']}: only an applied run can be re-applied")
             if r.get("scope") not in (None, "all"):
                 raise HTTPException(409, f"run {run_id} covered part of the collection: re-run it from the command line")
+            prefer = policy_spec(r["policy"])
+            parse_policy(prefer)  # refuse before touching the catalog if the stored policy cannot be read back
             cat.restore(run_id)
-            dedup(cat, r["threshold"], model=r["model"], mode=r["mode"], prefer=r["policy"])
+            dedup(cat, r["threshold"], model=r["model"], mode=r["mode"], prefer=prefer)
             app.state.weakest_cache.clear()
         return RedirectResponse(_with_flash("/runs", "reapplied"), status_code=303)
 
@@ -390,6 +393,13 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S) -> Fa
     app.add_api_route("/runs/{run_id}/reapply", _post_only, methods=["GET"], include_in_schema=False)
 
     return app
+
+
+def policy_spec(text: str | None) -> str | None:
+    """A run's stored policy (``"score desc,brightness desc,id asc"``) as ``dedup``'s ``prefer`` (``"score:desc,..."``)."""
+    if not text:
+        return None
+    return ",".join(":".join(p.split()) for p in text.split(",") if p.strip())
 
 
 def _post_only() -> Response:

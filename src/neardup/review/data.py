@@ -455,11 +455,25 @@ def clusters(cat: Catalog, strip: int = 10) -> dict[str, Any]:
     by: dict[int, list[dict[str, Any]]] = {}
     for p in picks:
         by.setdefault(p["cluster_id"], []).append(info.get(p["id"], {"id": p["id"], "overrides": set(), "has_pixels": False}))
+    extra = _cluster_table_rows(cat)
     total_before = sum(r["before"] for r in rows)
     for r in rows:
+        r.update(extra.get(r["cluster_id"], {}))
         r["strip"] = by.get(r["cluster_id"], [])
         r["kept_pct"] = 100.0 * r["after"] / r["before"] if r["before"] else 0.0
     return dict(clusters=rows, reason=None, total_before=total_before, total_after=sum(r["after"] for r in rows))
+
+
+def _cluster_table_rows(cat: Catalog) -> dict[int, dict[str, Any]]:
+    """Duplicate groups, largest group and browse hint per cluster from ``neardup.cluster``, when it has a labelling."""
+    try:
+        from ..cluster import cluster_table
+
+        table = cluster_table(cat)
+    except Exception:  # no clustering recorded (cluster ids came from elsewhere), or the module is absent
+        return {}
+    return {int(r["cluster"]): dict(groups=r.get("groups"), largest_group=r.get("largest_group"), browse=r.get("browse"))
+            for r in table.rows}
 
 
 # -- threshold explorer --------------------------------------------------------------------
