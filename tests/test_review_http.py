@@ -30,9 +30,10 @@ EVIL = "<script>alert(1)</script>"
 EVIL_PATH_ID = 'x"><img src=x onerror=alert(2)>.jpg'
 
 
-@pytest.fixture()
-def catalog(tmp_path: Path) -> dict:
+@pytest.fixture(scope="module")
+def _template(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A 600-image seed-shaped catalog, dedup'd at 0.98, with a hostile id inside the largest group."""
+    tmp_path = tmp_path_factory.mktemp("review_template")
     col = seed_shaped(600, seed=3)
     ids = col.ids.astype(object).copy()
     X = col.vectors
@@ -66,6 +67,20 @@ def catalog(tmp_path: Path) -> dict:
             "SELECT group_id, count(*) AS n FROM run_members WHERE run_id = ? GROUP BY 1", [run_id]).to_pylist()}
         no_pixels = next(i for i in ids.tolist() if i not in (pix_id, EVIL, EVIL_PATH_ID))
     return dict(db=db, run_id=run_id, pix_id=pix_id, no_pixels=no_pixels, sizes=sizes, png=png, secret=secret, tmp=tmp_path)
+
+
+@pytest.fixture()
+def catalog(_template: dict, tmp_path: Path) -> dict:
+    """A fresh copy of the template catalog (and its sidecar folder) for each test."""
+    import shutil
+
+    src: Path = _template["db"]
+    db = tmp_path / "cat.duckdb"
+    shutil.copy(src, db)
+    side = src.with_name(src.name + ".d")
+    if side.is_dir():
+        shutil.copytree(side, db.with_name(db.name + ".d"))
+    return dict(_template, db=db)
 
 
 @pytest.fixture()
