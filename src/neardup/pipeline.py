@@ -190,39 +190,37 @@ def embed(catalog: Catalog, model: str | EmbeddingModel | None = None, *, batch_
     nworkers = workers or os.cpu_count() or 1
     pool = ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="neardup-decode")
     try:
-        for start in range(0, len(groups), chunk_size):
-            chunk = groups[start:start + chunk_size]
-            ids: list[str] = []
-            shas: list[str | None] = []
-            vec_parts: list[np.ndarray] = []
-            failed: list[Skip] = []
-            failed_ids: list[str] = []
-            batch: list[Any] = []
-            batch_groups: list[list[dict[str, Any]]] = []
+        # One continuous stream (decoding never drains between commits). Commit every
+        # ``chunk_size`` images, but never spend more than ~10% of the time committing: each
+        # commit rewrites the model's vector file, so with many vectors commits get rarer.
+        ids: list[str] = []
+        shas: list[str | None] = []
+        vec_parts: list[np.ndarray] = []
+        failed: list[Skip] = []
+        failed_ids: list[str] = []
+        batch: list[Any] = []
+        batch_groups: list[list[dict[str, Any]]] = []
+        last_cost = 0.0
+        last_at = time.perf_counter()
 
-            def flush() -> None:
-                if not batch:
-                    return
-                v = m.embed_prepared(batch)
-                for g, vec in zip(batch_groups, v):
-                    for r in g:
-                        ids.append(r["id"])
-                        shas.append(r["sha256"])
-                    vec_parts.append(np.repeat(vec[None, :], len(g), axis=0))
-                batch.clear()
-                batch_groups.clear()
+        def flush_batch() -> int:
+            if not batch:
+                return 0
+            v = m.embed_prepared(batch)
+            n = 0
+            for g, vec in zip(batch_groups, v):
+                for r in g:
+                    ids.append(r["id"])
+                    shas.append(r["sha256"])
+                vec_parts.append(np.repeat(vec[None, :], len(g), axis=0))
+                n += len(g)
+            batch.clear()
+            batch_groups.clear()
+            return n
 
-            window = max(2 * batch_size, 2 * nworkers)
-            for g, item in zip(chunk, _ordered_prefetch(pool, lambda g: _decode_for(m, g[0]["path"], g[0]["sha256"]), chunk, window)):
-                if isinstance(item, Skip):
-                    failed.append(item)
-                    failed_ids.extend(r["id"] for r in g)
-                    continue
-                batch.append(item)
-                batch_groups.append(g)
-                if len(batch) >= batch_size:
-                    flush()
-            flush()
+        def commit() -> None:
+            nonlocal last_cost, last_at
+            c0 = time.perf_counter()
             if ids:
                 n_rep = len(vec_parts)
                 _commit(catalog, m.name, ids, np.concatenate(vec_parts), shas)
@@ -233,10 +231,32 @@ def embed(catalog: Catalog, model: str | EmbeddingModel | None = None, *, batch_
                 catalog.upsert_images(pa.table({"id": pa.array(failed_ids, pa.string()),
                                                 "status": pa.array([STATUS_UNREADABLE] * len(failed_ids), pa.string())}))
                 report.failed.extend(failed)
-            done += sum(len(g) for g in chunk)
+            ids.clear(), shas.clear(), vec_parts.clear(), failed.clear(), failed_ids.clear()
+            last_at = time.perf_counter()
+            last_cost = last_at - c0
+
+        window = max(2 * batch_size, 2 * nworkers)
+        decoded = _ordered_prefetch(pool, lambda g: _decode_for(m, g[0]["path"], g[0]["sha256"]), groups, window)
+        for g, item in zip(groups, decoded):
+            if isinstance(item, Skip):
+                failed.append(item)
+                failed_ids.extend(r["id"] for r in g)
+                done += len(g)
+            else:
+                batch.append(item)
+                batch_groups.append(g)
+                if len(batch) < batch_size:
+                    continue
+                done += flush_batch()
+            if len(ids) + len(failed_ids) >= chunk_size and time.perf_counter() - last_at >= 10 * last_cost:
+                commit()
             report.seconds = time.perf_counter() - t0
             if progress:
                 progress(done, report.pending)
+        done += flush_batch()
+        commit()
+        if progress:
+            progress(done, report.pending)
     except KeyboardInterrupt:
         report.interrupted = True
         report.seconds = time.perf_counter() - t0

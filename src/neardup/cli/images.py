@@ -57,8 +57,14 @@ def scan_cmd(
     """
     from ..sources import scan
 
-    with open_catalog(db, must_exist=False) as cat, _bar("scanning") as prog:
-        rep = scan(cat, [str(s) for s in sources], workers=workers, thumb_size=thumb_size, progress=prog)
+    with open_catalog(db, must_exist=False) as cat:
+        try:
+            with _bar("scanning") as prog:
+                rep = scan(cat, [str(s) for s in sources], workers=workers, thumb_size=thumb_size, progress=prog)
+        except KeyboardInterrupt:
+            err_console.print("interrupted: the files scanned before the stop are kept; run the same scan again "
+                              "to continue (unchanged files are not read twice)", highlight=False)
+            raise typer.Exit(130) from None
     console.print(f"scan: {rep.summary()}", highlight=False)
     _print_skips(rep.skipped)
 
