@@ -39,9 +39,6 @@ def review(
     from ..review import create_app
 
     open_catalog(db).close()  # a clear error now if it is missing, locked or not a catalog
-    if not is_loopback(host):
-        err_console.print(f"[bold yellow]warning:[/] binding {host}: anyone who can reach this machine on port "
-                          f"{port} can see the catalog's images and change its decisions (there is no login)")
     if port:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             try:
@@ -52,6 +49,9 @@ def review(
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
             s.bind((host.strip("[]"), 0))
             port = s.getsockname()[1]
+    if not is_loopback(host):
+        err_console.print(f"[bold yellow]warning:[/] binding {host}: anyone who can reach this machine on port "
+                          f"{port} can see the catalog's images and change its decisions (there is no login)")
     shown = f"[{host.strip('[]')}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     console.print(f"neardup review: {url}  (catalog {db}; Ctrl-C to stop)", highlight=False, soft_wrap=True)
