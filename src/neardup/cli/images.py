@@ -50,11 +50,7 @@ def scan_cmd(
 ) -> None:
     """Add images to the catalog: hash, size, brightness, EXIF capture time and a thumbnail for each.
 
-    Re-running is incremental: unchanged files are not read again, changed files are re-hashed
-    (and re-embedded by the next `embed`), vanished files are marked missing. Unreadable files
-    (corrupt, truncated, empty, unsupported, decompression bombs) are listed by `neardup skipped`.
-    Your images are only read, never modified, moved or deleted.
-    """
+    Re-running is incremental: unchanged files are not read again, changed files are re-hashed (and re-embedded by the next `embed`), vanished files are marked missing. Unreadable files (corrupt, truncated, empty, unsupported, decompression bombs) are listed by `neardup skipped`. Your images are only read, never modified, moved or deleted."""
     from ..sources import scan
 
     with open_catalog(db, must_exist=False) as cat:
@@ -79,9 +75,7 @@ def embed_cmd(
 ) -> None:
     """Embed every scanned image that has no up-to-date vector for the model.
 
-    Byte-identical files are embedded once. Resumable: interrupt with Ctrl-C and run again to
-    continue where it stopped.
-    """
+    Byte-identical files are embedded once. Resumable: interrupt with Ctrl-C and run again to continue where it stopped."""
     from ..embed import get_model
     from ..pipeline import EmbedInterrupted, embed
 
@@ -158,9 +152,7 @@ def find_cmd(
 ) -> None:
     """One shot: scan the folders, embed with the model, group near-duplicates and suppress all but one per group.
 
-    Suppression is a flag in the catalog — nothing is deleted or moved; undo with `neardup restore`.
-    Prints the threshold sweep around the chosen threshold and the run's summary.
-    """
+    Suppression is a flag in the catalog — nothing is deleted or moved; undo with `neardup restore`. Prints the threshold sweep around the chosen threshold and the run's summary."""
     from ..embed import get_model
     from ..pipeline import EmbedInterrupted, embed
     from ..sources import scan
@@ -200,11 +192,7 @@ def demo_cmd(
 ) -> None:
     """Build a sample collection (scikit-image's bundled photos + edited copies + burst frames) and run the whole job.
 
-    Works offline. The photos go to FOLDER/photos, the catalog to FOLDER/neardup.duckdb; then
-    scan, embed with the default model, and dedup at the model's default threshold, printing the
-    threshold sweep and the before/after. Explore further with e.g.
-    `neardup sweep --db FOLDER/neardup.duckdb` or `neardup review --db FOLDER/neardup.duckdb`.
-    """
+    Works offline. The photos go to FOLDER/photos, the catalog to FOLDER/neardup.duckdb; then scan, embed with the default model, and dedup at the model's default threshold, printing the threshold sweep and the before/after. Explore further with e.g. `neardup sweep --db FOLDER/neardup.duckdb` or `neardup review --db FOLDER/neardup.duckdb`."""
     from ..dedup import dedup
     from ..embed import get_model
     from ..pipeline import embed
