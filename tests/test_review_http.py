@@ -385,3 +385,65 @@ def test_cli_report_and_loopback_default(catalog: dict, tmp_path: Path) -> None:
 
     from neardup.cli.review import review
     assert inspect.signature(review).parameters["host"].default == "127.0.0.1"
+
+
+# -- other catalog states --------------------------------------------------------------------
+
+def test_pages_work_without_runs_and_without_embeddings(tmp_path: Path) -> None:
+    col = seed_shaped(300, seed=1)
+    with_vectors = tmp_path / "v.duckdb"
+    with Catalog(with_vectors) as cat:
+        import_embeddings(cat, col.vectors, col.ids, meta=col.meta_table())
+    empty = tmp_path / "e.duckdb"
+    Catalog(empty).close()
+    for db in (with_vectors, empty):
+        app = create_app(db, idle_close_s=0)
+        with TestClient(app, raise_server_exceptions=False) as c:
+            for url in ("/", "/groups", "/clusters", "/explore", "/runs"):
+                r = c.get(url)
+                assert r.status_code == 200, (db.name, url, r.text[:300])
+            assert "No dedup run yet" in c.get("/groups").text
+            assert c.get("/groups/1").status_code == 404
+        app.state.holder.close()
+    with Catalog(empty) as cat:
+        out = write_report(cat, tmp_path / "empty.html")
+    assert "No dedup run yet" in out.read_text()
+
+
+def test_leader_mode_groups_have_no_weakest_link(catalog: dict) -> None:
+    with Catalog(catalog["db"]) as cat:
+        run_id = dedup(cat, 0.98, mode="leader").run_id
+    app = create_app(catalog["db"], idle_close_s=0)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get(f"/groups/1?run={run_id}")
+        assert r.status_code == 200 and "Weakest link holding" not in r.text
+        assert "(leader)" in r.text
+    app.state.holder.close()
+
+
+def test_idle_server_lets_another_process_dedup_and_decisions_survive(catalog: dict) -> None:
+    """The app lets go of the catalog when idle, so a CLI run can write; a kept image stays visible after it."""
+    import subprocess
+    import sys
+    import time
+
+    app = create_app(catalog["db"], idle_close_s=0.3)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        t = token(c)
+        html = c.get("/groups/1?sort=id").text
+        victim = re.findall(r'data-image-id="(img[0-9]+)"', html)[-1]
+        r = c.post("/actions/override", data={"image_id": victim, "kind": "keep", "csrf": t}, follow_redirects=False)
+        assert r.status_code == 303
+        time.sleep(1.0)
+        code = ("import sys; from neardup.catalog import Catalog; from neardup.dedup import dedup\n"
+                "with Catalog(sys.argv[1]) as cat:\n"
+                "    cat.restore(None); s = dedup(cat, 0.97).summary; print(s['run_id'], s['overrides_respected']['keep'])")
+        out = subprocess.run([sys.executable, "-c", code, str(catalog["db"])], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        new_run, kept = map(int, out.stdout.split())
+        assert kept == 1
+        page = c.get("/groups").text
+        assert f"run {new_run} (applied)" in page
+        with app.state.holder.open() as cat:
+            assert cat.sql("SELECT is_suppressed FROM images WHERE id = ?", [victim]).to_pylist()[0]["is_suppressed"] is False
+    app.state.holder.close()
