@@ -1,0 +1,234 @@
+"""Ray backend: the similarity pass as tiles on a Ray cluster, and embedding as Ray Data batches.
+
+``ray_forest`` splits the upper triangle of the similarity matrix into (row block x column block)
+tiles, runs the exact tile kernel (:mod:`neardup.distributed.tiles`) on each as a Ray task and
+merges the tiles' local forests on the driver with Kruskal (``merge_forests``): only O(tile) edges
+travel per task, and the result is the forest of the single-machine exact pass. The vectors are
+put in the object store once (``ray.put``; workers read them zero-copy), never copied per task.
+
+A local cluster is started when none is running (``ray.init(num_cpus=...)``), or the one named
+by ``RAY_ADDRESS`` is joined. Install with ``pip install 'neardup[ray]'``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..similarity.forest import SimilarityForest, hist_bins, merge_forests
+from .tiles import TileScanner, tile_forest, upper_tiles
+
+ProgressFn = Callable[[int, int], None]
+RAY_MISSING = "Ray is not installed: install with pip install 'neardup[ray]'"
+
+
+def _ray() -> Any:
+    try:
+        import ray  # noqa: F401
+    except ImportError as e:  # pragma: no cover - exercised only without ray
+        raise ImportError(RAY_MISSING) from e
+    return ray
+
+
+def _ensure_ray(num_cpus: int | None) -> bool:
+    """Connect to RAY_ADDRESS or start a local cluster; True when this call started it."""
+    ray = _ray()
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, include_dashboard=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+    return True
+
+
+def _tile_task(X: np.ndarray, floor: float, rows: tuple[int, int], cols: tuple[int, int]):
+    import numba
+
+    numba.set_num_threads(1)  # one Ray CPU per task: do not oversubscribe the worker
+    t = time.perf_counter()
+    s, d, w, h = tile_forest(X, floor, rows, cols)
+    return s, d, w, h, time.perf_counter() - t
+
+
+def _partition_task(X: np.ndarray, probes: np.ndarray, floor: float, qs: np.ndarray):
+    import numba
+
+    from ..similarity.ann import _partition_forest
+
+    numba.set_num_threads(1)
+    t = time.perf_counter()
+    s, d, w, compared = _partition_forest(X, probes, floor, None, only=qs)
+    return s, d, w, compared, time.perf_counter() - t
+
+
+class _Merger:
+    """Accumulates edges from tasks and compacts them with Kruskal so memory stays O(N)."""
+
+    def __init__(self, n: int, floor: float) -> None:
+        self.n, self.floor = n, floor
+        self.forests: list[SimilarityForest] = []
+        self.pending = 0
+
+    def add(self, s: np.ndarray, d: np.ndarray, w: np.ndarray, h: np.ndarray | None) -> None:
+        self.forests.append(SimilarityForest(self.n, s, d, w, self.floor,
+                                             h if h is not None else np.zeros(hist_bins(self.floor), np.int64)))
+        self.pending += len(s)
+        if self.pending > 4 * self.n + 1_000_000:
+            self.forests = [merge_forests(self.forests, self.n)]
+            self.pending = len(self.forests[0].src)
+
+    def result(self) -> SimilarityForest:
+        if not self.forests:
+            return SimilarityForest(self.n, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
+                                    self.floor, np.zeros(hist_bins(self.floor), np.int64))
+        return merge_forests(self.forests, self.n)
+
+
+def _drain(refs: list, on_result: Callable[[Any], None], max_in_flight: int, submit: Callable[[], Any | None]) -> None:
+    ray = _ray()
+    in_flight = list(refs)
+    while True:
+        while len(in_flight) < max_in_flight:
+            r = submit()
+            if r is None:
+                break
+            in_flight.append(r)
+        if not in_flight:
+            return
+        done, in_flight = ray.wait(in_flight, num_returns=1)
+        on_result(ray.get(done[0]))
+
+
+def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress: ProgressFn | None = None, *,
+               tile_rows: int = 4096, tile_cols: int = 16384, num_cpus: int | None = None,
+               recall_sample: int = 2000) -> SimilarityForest:
+    """The similarity forest of ``vectors`` computed as Ray tasks (exact tiles, or ANN partitions).
+
+    ``index="exact"``: identical components, histogram and weights to ``exact_forest`` (up to
+    float32 rounding of the dot products in a different blocking). ``index="ann"``: the
+    partitions of :func:`neardup.similarity.ann.ann_forest` run as tasks; recall is estimated on
+    the driver exactly as the local ANN does. ``meta`` records tiles, task seconds and wall time.
+    """
+    ray = _ray()
+    if index not in ("exact", "ann", "auto"):
+        raise ValueError(f"index {index!r}: use exact, ann or auto")
+    if index == "auto":
+        from ..dedup import AUTO_EXACT_MAX
+
+        index = "exact" if len(vectors) <= AUTO_EXACT_MAX else "ann"
+    n = int(vectors.shape[0])
+    started = _ensure_ray(num_cpus)
+    try:
+        t0 = time.perf_counter()
+        X_ref = ray.put(np.ascontiguousarray(vectors, dtype=np.float32))
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        merger = _Merger(n, float(floor))
+        task_s: list[float] = []
+        if index == "exact":
+            tiles = upper_tiles(n, tile_rows, tile_cols)
+            total = n * (n - 1) // 2
+            done = [0]
+            remote = ray.remote(num_cpus=1)(_tile_task)
+            it = iter(tiles)
+
+            def submit():
+                nxt = next(it, None)
+                return None if nxt is None else remote.remote(X_ref, float(floor), *nxt)
+
+            def on_result(res):
+                s, d, w, h, sec = res
+                merger.add(s, d, w, h)
+                task_s.append(sec)
+
+            def on_result_p(res):
+                on_result(res)
+                if progress is not None:
+                    done[0] = min(total, done[0] + int(total / max(1, len(tiles))))
+                    progress(done[0], total)
+
+            _drain([], on_result_p, 2 * cpus, submit)
+            forest = merger.result()
+            forest.meta = {"engine": "ray", "index": "exact", "tiles": len(tiles), "tile_rows": tile_rows,
+                           "tile_cols": tile_cols, "cluster_cpus": cpus, "task_seconds_sum": round(sum(task_s), 2),
+                           "wall_seconds": round(time.perf_counter() - t0, 2)}
+            if progress is not None:
+                progress(total, total)
+            return forest
+        # ANN: partitions on the driver, tiles of partitions as tasks, recall on the driver
+        from ..similarity.ann import estimate_recall, partition
+
+        _, probes = partition(vectors)
+        P = int(probes.max()) + 1
+        probes_ref = ray.put(probes)
+        groups = np.array_split(np.arange(P), max(1, min(P, 8 * cpus)))
+        remote = ray.remote(num_cpus=1)(_partition_task)
+        it = iter(groups)
+        compared = [0]
+        done = [0]
+
+        def submit():
+            nxt = next(it, None)
+            return None if nxt is None else remote.remote(X_ref, probes_ref, float(floor), nxt)
+
+        def on_result(res):
+            s, d, w, c, sec = res
+            merger.add(s, d, w, None)
+            compared[0] += c
+            task_s.append(sec)
+            done[0] += 1
+            if progress is not None:
+                progress(done[0], len(groups))
+
+        _drain([], on_result, 2 * cpus, submit)
+        forest = merger.result()
+        meta = {"engine": "ray", "index": "ann", "partitions": P, "tasks": len(groups), "cluster_cpus": cpus,
+                "compared_fraction": float(compared[0] / max(1, n * (n - 1) / 2)),
+                "task_seconds_sum": round(sum(task_s), 2), "wall_seconds": round(time.perf_counter() - t0, 2)}
+        if recall_sample > 0:
+            recall, est = estimate_recall(vectors, forest, sample=recall_sample)
+            forest.hist = est
+            meta["recall"] = recall
+        meta["hist_estimated"] = True
+        forest.meta = meta
+        return forest
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def ray_embed(paths: Sequence[str], model_name: str, batch_size: int = 64) -> np.ndarray:
+    """Embed images as Ray Data ``map_batches`` over their paths; rows in the order of ``paths``."""
+    ray = _ray()
+    from ..embed import get_model
+
+    get_model(model_name).check_usable()  # one-line error on the driver, before any task starts
+
+    started = _ensure_ray(None)
+    try:
+        import ray.data
+
+        class _Embedder:
+            def __init__(self) -> None:
+                from ..embed import get_model as gm
+
+                self.model = gm(model_name)
+
+            def __call__(self, batch: dict) -> dict:
+                vecs = self.model.embed_files([str(p) for p in batch["path"]])
+                return {"pos": batch["pos"], "vector": np.asarray(vecs, dtype=np.float32)}
+
+        ds = ray.data.from_items([{"pos": i, "path": str(p)} for i, p in enumerate(paths)])
+        out = ds.map_batches(_Embedder, batch_size=batch_size, concurrency=1).take_all()
+        out.sort(key=lambda r: r["pos"])
+        return np.stack([r["vector"] for r in out]) if out else np.zeros((0, 0), np.float32)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+__all__ = ["ray_forest", "ray_embed", "tile_forest", "upper_tiles", "TileScanner", "RAY_MISSING"]
