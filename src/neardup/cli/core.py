@@ -126,7 +126,7 @@ def sweep(
 
 @app.command()
 def dedup(
-    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Cosine threshold in (0, 1]; pairs at or above it are duplicates.")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Cosine threshold in (0, 1]; pairs at or above it are duplicates. Default: the model's own (see `neardup models`; 0.98 for imported CLIP-style vectors).")] = None,
     mode: Annotated[str, typer.Option("--mode", help="components: transitive groups (A~B, B~C groups A, B, C). leader: each kept image suppresses only images within the threshold of itself.")] = "components",
     prefer: Annotated[str, typer.Option("--prefer", help="Master policy, in order: score, brightness, resolution, file_size, newest, oldest, path, id (add :asc/:desc). id asc is always the last tie-break.")] = "score,brightness",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write nothing.")] = False,
@@ -160,14 +160,11 @@ def dedup(
 
 
 def _default_threshold(cat: Any, model: str | None) -> float:
-    """The model's own default threshold (registry), else the seed's CLIP 0.98."""
-    name = model or cat.default_model()
-    try:
-        from ..embed import get_model
+    """The model's own default threshold (see `neardup models`), else the seed's CLIP 0.98."""
+    from ..embed import default_threshold
 
-        return float(get_model(name).default_threshold)
-    except Exception:
-        return 0.98
+    t = default_threshold(model or cat.default_model())
+    return 0.98 if t is None else float(t)
 
 
 @app.command()
