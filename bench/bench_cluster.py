@@ -57,6 +57,7 @@ def med(xs: list[float]) -> float:
 
 
 def emit(**kw: object) -> None:
+    kw["load1"] = round(os.getloadavg()[0], 1)  # other work on the machine skews timings: keep it on record
     print(json.dumps(kw), flush=True)
 
 
@@ -65,8 +66,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--k", type=int, default=25)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--skip-kmeans", action="store_true", help="skip the k-means steps (1 and 2)")
     ap.add_argument("--skip-exact", action="store_true", help="skip the exact 100k similarity pass")
     ap.add_argument("--skip-catalog", action="store_true", help="skip `cluster` through a 1M catalog")
+    ap.add_argument("--full-train", action="store_true",
+                    help="also train k-means on every vector once (quality/time of the sampled default vs all)")
     ap.add_argument("--cluster-n", type=int, default=50_000, help="collection size for the sweep --cluster timing")
     args = ap.parse_args()
 
@@ -84,51 +88,78 @@ def main() -> None:
          numba_threads=numba.get_num_threads(), date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     summary: dict[str, object] = {}
 
-    # 1. k-means on n x 512 (in memory), medians of several runs, and determinism
-    t = time.perf_counter()
-    X = clustered_vectors(args.n)
-    emit(step="generate", n=args.n, seconds=round(time.perf_counter() - t, 2))
-    times, first, same = [], None, True
-    for r in range(args.repeat):
+    if not args.skip_kmeans:
+        # 1. k-means on n x 512 (in memory), medians of several runs, and determinism
         t = time.perf_counter()
-        res = kmeans(X, args.k, seed=0)
-        times.append(time.perf_counter() - t)
-        if first is None:
-            first = res.labels.copy()
-        same = same and bool(np.array_equal(first, res.labels))
-        emit(step="kmeans", run=r, seconds=round(times[-1], 3), mean_cosine=round(res.mean_cosine, 4),
-             identical_to_first=bool(np.array_equal(first, res.labels)), largest=int(res.sizes[0]),
-             smallest=int(res.sizes[-1]))
-    summary["kmeans_median_s"] = round(med(times), 3)
-    summary["kmeans_runs_s"] = [round(x, 3) for x in times]
-    summary["kmeans_deterministic"] = same
-    # assignment-only share: one block pass of X against 25 centroids
-    C = res.centroids
-    t = time.perf_counter()
-    for s in range(0, len(X), 1 << 16):
-        (X[s:s + (1 << 16)] @ C.T).argmax(axis=1)
-    summary["assign_only_s"] = round(time.perf_counter() - t, 3)
-
-    # 2. the whole `cluster` command path on a catalog (memmapped vectors, DuckDB writes)
-    if not args.skip_catalog:
-        d = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-        try:
-            cat = Catalog(d / "cat.duckdb")
-            ids = np.asarray([f"img{i:07d}" for i in range(args.n)], dtype=object)
+        X = clustered_vectors(args.n)
+        emit(step="generate", n=args.n, seconds=round(time.perf_counter() - t, 2))
+        times, first, same = [], None, True
+        for r in range(args.repeat):
             t = time.perf_counter()
-            import_embeddings(cat, X, ids)
-            emit(step="import", seconds=round(time.perf_counter() - t, 2))
-            ctimes = []
-            for r in range(3):
+            res = kmeans(X, args.k, seed=0)
+            times.append(time.perf_counter() - t)
+            if first is None:
+                first = res.labels.copy()
+            same = same and bool(np.array_equal(first, res.labels))
+            emit(step="kmeans", run=r, seconds=round(times[-1], 3), mean_cosine=round(res.mean_cosine, 4),
+                 identical_to_first=bool(np.array_equal(first, res.labels)), largest=int(res.sizes[0]),
+                 smallest=int(res.sizes[-1]))
+        summary["kmeans_median_s"] = round(med(times), 3)
+        summary["kmeans_runs_s"] = [round(x, 3) for x in times]
+        summary["kmeans_deterministic"] = same
+        # assignment-only share: one block pass of X against 25 centroids
+        C = res.centroids
+        t = time.perf_counter()
+        for s in range(0, len(X), 1 << 16):
+            (X[s:s + (1 << 16)] @ C.T).argmax(axis=1)
+        summary["assign_only_s"] = round(time.perf_counter() - t, 3)
+
+        if args.full_train:
+            t = time.perf_counter()
+            full = kmeans(X, args.k, seed=0, max_points_per_centroid=-(-len(X) // args.k))
+            summary["kmeans_all_points_s"] = round(time.perf_counter() - t, 2)
+            summary["mean_cosine_sampled"] = round(res.mean_cosine, 5)
+            summary["mean_cosine_all_points"] = round(full.mean_cosine, 5)
+            emit(step="kmeans all points", seconds=summary["kmeans_all_points_s"], mean_cosine=round(full.mean_cosine, 5))
+
+        # 2. the whole `cluster` command path on a catalog (memmapped vectors, DuckDB writes)
+        if not args.skip_catalog:
+            d = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
+            try:
+                cat = Catalog(d / "cat.duckdb")
+                ids = np.asarray([f"img{i:07d}" for i in range(args.n)], dtype=object)
                 t = time.perf_counter()
-                c = cluster(cat, args.k, seed=0)
-                ctimes.append(time.perf_counter() - t)
-                emit(step="cluster(catalog)", run=r, seconds=round(ctimes[-1], 3), kmeans_seconds=round(c.seconds, 3))
-            summary["cluster_catalog_median_s"] = round(med(ctimes), 3)
-            cat.close()
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
-    del X
+                import_embeddings(cat, X, ids)
+                emit(step="import", seconds=round(time.perf_counter() - t, 2))
+                ctimes = []
+                for r in range(3):
+                    t = time.perf_counter()
+                    c = cluster(cat, args.k, seed=0)
+                    ctimes.append(time.perf_counter() - t)
+                    emit(step="cluster(catalog)", run=r, seconds=round(ctimes[-1], 3), kmeans_seconds=round(c.seconds, 3))
+                summary["cluster_catalog_median_s"] = round(med(ctimes), 3)
+                # sweep on the cluster nearest 2,000 images inside this 1M catalog (scoping cost included)
+                which = int(np.argmin(np.abs(np.asarray(c.sizes) - 2000)))
+                ts = [0.99, 0.98, 0.97, 0.95]
+                sweep(cat, ts, ids=cluster_ids(cat, which))
+                cold, warm = [], []
+                for r in range(args.repeat):
+                    shutil.rmtree(cat.sidecar / "forests", ignore_errors=True)
+                    t = time.perf_counter()
+                    sweep(cat, ts, ids=cluster_ids(cat, which))
+                    cold.append(time.perf_counter() - t)
+                    t = time.perf_counter()
+                    sweep(cat, ts, ids=cluster_ids(cat, which))
+                    warm.append(time.perf_counter() - t)
+                summary.update(sweep_1m_cluster_images=int(c.sizes[which]),
+                               sweep_1m_cluster_cold_median_s=round(med(cold), 4),
+                               sweep_1m_cluster_cached_median_s=round(med(warm), 4))
+                emit(step="sweep cluster in 1M catalog", images=int(c.sizes[which]), cold=[round(x, 3) for x in cold],
+                     cached=[round(x, 3) for x in warm])
+                cat.close()
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+        del X
 
     # 3. reference: one exact similarity pass over seed_shaped(100_000) (the core of an exact 100k dedup)
     if not args.skip_exact:

@@ -95,10 +95,13 @@ def plot_sweep(rows: Sequence[dict], forest: Any, out: str | os.PathLike[str], c
     def _pos(v: np.ndarray) -> np.ndarray:
         return np.where(v > 0, v, np.nan)  # log axes: zero means "none", drawn as a gap
 
+    def _largest(rs: Sequence[dict]) -> np.ndarray:  # no duplicate group: no "largest group" either
+        return np.where(get(rs, "groups") > 0, get(rs, "largest_group"), np.nan)
+
     ax2.plot(x, _pos(get(dense, "groups")), color="tab:blue", lw=2, label="duplicate groups")
-    ax2.plot(x, _pos(get(dense, "largest_group")), color="tab:purple", lw=2, label="largest group (images)")
+    ax2.plot(x, _largest(dense), color="tab:purple", lw=2, label="largest group (images)")
     ax2.plot(ts, _pos(get(rows, "groups")), "o", color="tab:blue", ms=5)
-    ax2.plot(ts, _pos(get(rows, "largest_group")), "o", color="tab:purple", ms=5)
+    ax2.plot(ts, _largest(rows), "o", color="tab:purple", ms=5)
     ax2.set_yscale("log")
     ax2.set_ylabel("count (log)")
     ax2.yaxis.set_major_formatter(thousands)
