@@ -86,7 +86,7 @@ def catalog(_template: dict, tmp_path: Path) -> dict:
 @pytest.fixture()
 def client(catalog: dict) -> TestClient:
     app = create_app(catalog["db"], idle_close_s=0)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False) as c:
         c.app_state = app.state  # type: ignore[attr-defined]
         yield c
     app.state.holder.close()
@@ -152,8 +152,14 @@ def test_weakest_link_matches_the_run_summary(client: TestClient, catalog: dict)
     html = re.sub(r"\s+", " ", client.get(f"/groups/{top['group_id']}").text)
     m = re.search(r"Weakest link holding the group together: <strong>([0-9.]+)</strong>", html)
     assert m and abs(float(m.group(1)) - top["weakest_link"]) < 1e-3
-    assert 'class="tag tag-weak"' in client.get(f"/groups/{top['group_id']}?sort=sim_desc&page=1").text or \
-        "weakest link" in html
+    # each end of the weakest link is found on the page the header links to, highlighted
+    ends = re.findall(r'<a href="(/groups/[^"]+)">on page (\d+) ›</a>', html)
+    ends += [(None, None)] * html.count("on this page")
+    assert len(ends) + html.count(">the master<") == 2
+    for href, _ in ends:
+        page = client.get(href.replace("&amp;", "&")).text if href else html
+        weak_cards = re.findall(r'<figure class="card img-card member weak[^"]*" data-image-id="([^"]*)"', page)
+        assert weak_cards, href
 
 
 # -- escaping --------------------------------------------------------------------------------
@@ -249,6 +255,20 @@ def test_redirects_stay_on_site(client: TestClient, catalog: dict) -> None:
         assert r.status_code == 303 and r.headers["location"].startswith("/?"), nxt
 
 
+def test_foreign_host_header_is_refused(client: TestClient, catalog: dict) -> None:
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the catalog."""
+    for host in ("evil.example", "evil.example:8765", "127.0.0.1.evil.example"):
+        r = client.get("/groups", headers={"Host": host})
+        assert r.status_code == 400, host
+        assert "group" not in r.text.lower()
+    for host in ("localhost:8765", "127.0.0.1", "[::1]:8765"):
+        assert client.get("/runs", headers={"Host": host}).status_code == 200, host
+    anywhere = create_app(catalog["db"], idle_close_s=0, allowed_hosts=["*"])
+    with TestClient(anywhere, base_url="http://192.168.1.20:8765") as c:
+        assert c.get("/runs").status_code == 200
+    anywhere.state.holder.close()
+
+
 def test_master_and_not_duplicate_survive_a_reapply(client: TestClient, catalog: dict) -> None:
     t = token(client)
     with check_catalog(catalog, client) as cat:
@@ -340,7 +360,7 @@ def test_a_locked_catalog_is_a_503_page(catalog: dict) -> None:
     try:
         assert holder.stdout.readline().strip() == "ready"
         app = create_app(catalog["db"], idle_close_s=0)
-        with TestClient(app, raise_server_exceptions=False) as c:
+        with TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False) as c:
             r = c.get("/groups")
         assert r.status_code == 503 and "in use" in r.text
     finally:
@@ -398,7 +418,7 @@ def test_pages_work_without_runs_and_without_embeddings(tmp_path: Path) -> None:
     Catalog(empty).close()
     for db in (with_vectors, empty):
         app = create_app(db, idle_close_s=0)
-        with TestClient(app, raise_server_exceptions=False) as c:
+        with TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False) as c:
             for url in ("/", "/groups", "/clusters", "/explore", "/runs"):
                 r = c.get(url)
                 assert r.status_code == 200, (db.name, url, r.text[:300])
@@ -414,7 +434,7 @@ def test_leader_mode_groups_have_no_weakest_link(catalog: dict) -> None:
     with Catalog(catalog["db"]) as cat:
         run_id = dedup(cat, 0.98, mode="leader").run_id
     app = create_app(catalog["db"], idle_close_s=0)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False) as c:
         r = c.get(f"/groups/1?run={run_id}")
         assert r.status_code == 200 and "Weakest link holding" not in r.text
         assert "(leader)" in r.text
@@ -428,7 +448,7 @@ def test_idle_server_lets_another_process_dedup_and_decisions_survive(catalog: d
     import time
 
     app = create_app(catalog["db"], idle_close_s=0.3)
-    with TestClient(app, raise_server_exceptions=False) as c:
+    with TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False) as c:
         t = token(c)
         html = c.get("/groups/1?sort=id").text
         victim = re.findall(r'data-image-id="(img[0-9]+)"', html)[-1]

@@ -57,7 +57,8 @@ def review(
     console.print(f"neardup review: {url}  (catalog {db}; Ctrl-C to stop)", highlight=False, soft_wrap=True)
     if not no_browser:
         threading.Timer(1.0, lambda: webbrowser.open(url)).start()
-    uvicorn.run(create_app(db), host=host.strip("[]"), port=port, log_level="warning")
+    allowed = None if is_loopback(host) else ["*"]
+    uvicorn.run(create_app(db, allowed_hosts=allowed), host=host.strip("[]"), port=port, log_level="warning")
 
 
 @app.command()

@@ -21,7 +21,7 @@ import time
 import urllib.parse
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator, Sequence
 
 from fastapi import FastAPI, Form, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +40,9 @@ HERE = Path(__file__).parent
 THUMB_SIZES = {"small": 256, "large": 1200}
 #: Seconds without a request after which the catalog connection is closed (so other processes can write).
 IDLE_CLOSE_S = 3.0
+
+#: Host names a loopback server answers to (anything else may be a DNS-rebinding attempt).
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 #: Messages shown after an action (keys travel in the redirect; the text never comes from the request).
 FLASH = {
@@ -106,6 +109,14 @@ class CatalogHolder:
                 self._cat = None
 
 
+def _host_name(host_header: str) -> str:
+    """``"127.0.0.1:8765"`` -> ``"127.0.0.1"``, ``"[::1]:8765"`` -> ``"::1"`` (lower case)."""
+    h = host_header.strip().lower()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
 def _safe_next(target: str | None, default: str = "/") -> str:
     """A redirect target that stays on this site (a path, not ``//host`` or a full URL)."""
     if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
@@ -164,9 +175,15 @@ def image_bytes(cat: Catalog, row: dict[str, Any], size: int) -> bytes | None:
         return None
 
 
-def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S) -> FastAPI:
-    """The review app for the catalog at ``db_path`` (opened per use; see :class:`CatalogHolder`)."""
+def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
+               allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+    """The review app for the catalog at ``db_path`` (opened per use; see :class:`CatalogHolder`).
+
+    ``allowed_hosts``: host names the ``Host`` header may carry (default: loopback names only,
+    which defeats DNS rebinding against a server on 127.0.0.1; ``["*"]`` allows any).
+    """
     db_path = Path(db_path)
+    hosts = {h.lower() for h in (allowed_hosts if allowed_hosts is not None else LOOPBACK_NAMES)}
     holder = CatalogHolder(db_path, idle_close_s)
     token = secrets.token_urlsafe(24)
 
@@ -235,6 +252,9 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S) -> Fa
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: Any) -> Response:
+        if "*" not in hosts and _host_name(request.headers.get("host", "")) not in hosts:
+            return HTMLResponse("<h1>400</h1><p>unexpected Host header (this server answers on loopback names only; "
+                                "see <code>neardup review --host</code>)</p>", status_code=400)
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -288,7 +308,9 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S) -> Fa
                 cache[key] = D.weakest_link(cat, r, group_id) if g["size"] > 2 else None
             wl = cache[key]
             wl_imgs = D.image_rows(cat, [wl.a, wl.b]) if wl else {}
-        return page(request, "group.html", active="groups", run=r, g=g, wl=wl, wl_imgs=wl_imgs, sorts=D.MEMBER_SORTS)
+            wl_pages = {x: D.member_page(cat, r["id"], group_id, x, sort) for x in ((wl.a, wl.b) if wl else ())}
+        return page(request, "group.html", active="groups", run=r, g=g, wl=wl, wl_imgs=wl_imgs, wl_pages=wl_pages,
+                    sorts=D.MEMBER_SORTS)
 
     @app.get("/clusters", response_class=HTMLResponse)
     def clusters(request: Request) -> HTMLResponse:

@@ -329,6 +329,23 @@ def group_detail(cat: Catalog, run_id: int, group_id: int, page: int = 1, per_pa
                 n_suppressed=n_supp, page=page, pages=pages, per_page=per_page, sort=sort)
 
 
+def member_page(cat: Catalog, run_id: int, group_id: int, image_id: str, sort: str = "sim_asc",
+                per_page: int = MEMBERS_PER_PAGE) -> int | None:
+    """The page of a group (in ``sort`` order) that shows ``image_id``; None for the master or a non-member."""
+    row = _one(cat, "SELECT sim_to_master, is_master FROM run_members WHERE run_id = ? AND group_id = ? AND image_id = ?",
+               [run_id, group_id, image_id])
+    if row is None or row[1]:
+        return None
+    sim = row[0]
+    before = {"sim_asc": "(sim_to_master < ? OR (sim_to_master = ? AND image_id < ?))",
+              "sim_desc": "(sim_to_master > ? OR (sim_to_master = ? AND image_id < ?))",
+              "id": "(image_id < ?)"}.get(sort, "(sim_to_master < ? OR (sim_to_master = ? AND image_id < ?))")
+    params = [image_id] if sort == "id" else [sim, sim, image_id]
+    n = _one(cat, f"SELECT count(*) FROM run_members WHERE run_id = ? AND group_id = ? AND NOT is_master AND {before}",
+             [run_id, group_id, *params])[0]
+    return int(n) // per_page + 1
+
+
 @dataclass
 class WeakestLink:
     """The lowest-similarity edge holding a group together (its bottleneck: below it the group splits)."""
