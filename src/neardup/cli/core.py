@@ -30,13 +30,21 @@ def _pass_progress(label: str) -> Iterator[Callable[[int, int], None]]:
 
 
 def _print_recall(forest: Any) -> None:
+    """Say how close to exact an approximate pass was (the ANN stores its own estimate)."""
     rec = (getattr(forest, "meta", None) or {}).get("recall")
-    if rec:
-        if isinstance(rec, dict):
-            detail = ", ".join(f"{k} {v}" for k, v in rec.items())
-            err_console.print(f"ANN similarity pass, estimated against exact on a sample: {detail}")
-        else:
-            err_console.print(f"ANN similarity pass, estimated pair recall {rec}")
+    if not rec:
+        return
+    if isinstance(rec, dict):
+        parts = []
+        if "pair_recall" in rec:
+            parts.append(f"pair recall {float(rec['pair_recall']):.4f}")
+        if "pair_recall_lower_95" in rec:
+            parts.append(f"95% lower bound {float(rec['pair_recall_lower_95']):.4f}")
+        if "sample" in rec:
+            parts.append(f"{int(rec['sample']):,} sampled rows checked against exact")
+        err_console.print("approximate similarity pass (ANN): " + ", ".join(parts or [str(rec)]))
+    else:
+        err_console.print(f"approximate similarity pass (ANN): estimated pair recall {rec}")
 
 
 @app.command("import-embeddings")
