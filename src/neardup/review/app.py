@@ -52,7 +52,7 @@ FLASH = {
     "removed": "Decision removed.",
     "restored": "Run restored: its images are visible again.",
     "restored_all": "All runs restored: every image is visible again.",
-    "reapplied": "Re-applied with your decisions: a new run replaced the old one.",
+    "reapplied": "Re-applied with your decisions: a new run replaced the old one.",  # + "run N" when known
     "nothing": "Nothing to restore.",
 }
 
@@ -129,7 +129,7 @@ def _safe_next(target: str | None, default: str = "/") -> str:
 
 def _with_flash(target: str, key: str, **extra: str) -> str:
     parts = urllib.parse.urlsplit(target)
-    q = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k not in ("flash", "img")]
+    q = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k not in ("flash", "img", "run_new")]
     q.append(("flash", key))
     q.extend(extra.items())
     return urllib.parse.urlunsplit(("", "", parts.path, urllib.parse.urlencode(q), parts.fragment))
@@ -210,6 +210,8 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
         flash = request.query_params.get("flash")
         ctx.setdefault("flash", FLASH.get(flash or ""))
         ctx.setdefault("flash_img", request.query_params.get("img") if flash else None)
+        new_run = request.query_params.get("run_new") if flash == "reapplied" else None
+        ctx.setdefault("flash_run", new_run if new_run and new_run.isdigit() else None)
         html = env.get_template(template).render(
             csrf_token=token, db_name=db_path.name, request_path=request.url.path,
             current_url=str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
@@ -404,9 +406,9 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
             prefer = policy_spec(r["policy"])
             parse_policy(prefer)  # refuse before touching the catalog if the stored policy cannot be read back
             cat.restore(run_id)
-            dedup(cat, r["threshold"], model=r["model"], mode=r["mode"], prefer=prefer)
+            res = dedup(cat, r["threshold"], model=r["model"], mode=r["mode"], prefer=prefer)
             app.state.weakest_cache.clear()
-        return RedirectResponse(_with_flash("/runs", "reapplied"), status_code=303)
+        return RedirectResponse(_with_flash("/runs", "reapplied", run_new=str(res.run_id)), status_code=303)
 
     # GET on an action URL: say it is POST-only (405) rather than 404
     for path in ("/actions/override", "/actions/override/remove", "/runs/restore-all"):
