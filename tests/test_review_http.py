@@ -467,3 +467,30 @@ def test_idle_server_lets_another_process_dedup_and_decisions_survive(catalog: d
         with app.state.holder.open() as cat:
             assert cat.sql("SELECT is_suppressed FROM images WHERE id = ?", [victim]).to_pylist()[0]["is_suppressed"] is False
     app.state.holder.close()
+
+
+def test_large_collections_use_the_cached_pass_for_the_sweep(catalog: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above SWEEP_AUTO_MAX the overview never starts a similarity pass: it uses the cached one or says how."""
+    import shutil
+
+    from neardup.review import data as D
+
+    monkeypatch.setattr(D, "SWEEP_AUTO_MAX", 10)
+    forests = catalog["db"].with_name(catalog["db"].name + ".d") / "forests"
+    assert sorted(p.name.rsplit("-f", 1)[1] for p in forests.glob("*.npz")) == ["0.980000.npz"]
+    app = create_app(catalog["db"], idle_close_s=0)
+    with TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False) as c:
+        html = re.sub(r"\s+", " ", c.get("/").text)
+        assert "limited to 0.98–1.00" in html
+        shown = [float(t) for t in re.findall(r"<tr(?: class=\"chosen-row\")?><td>([0-9.]+)</td>", html)]
+        assert shown and min(shown) >= 0.98 and 0.98 in shown
+        with Catalog(catalog["db"]) as cat:  # the numbers are the library's own sweep
+            want = {r["threshold"]: r["suppressed"] for r in __import__("neardup.sweep", fromlist=["sweep"]).sweep(cat, [0.98, 0.99])}
+        for t, supp in want.items():
+            assert re.search(rf"<td>{t}</td><td>[0-9,]+</td><td>[0-9,]+</td><td>{supp:,}</td>", html), t
+        app.state.holder.close()
+        shutil.rmtree(forests)
+        html = c.get("/").text
+        assert "run `neardup sweep --thresholds 0.95,1.0` once" in html and 'class="chart"' not in html
+        assert not forests.exists() or not list(forests.glob("*.npz"))
+    app.state.holder.close()

@@ -31,8 +31,8 @@ MEMBER_SORTS = {
 }
 #: Largest group for which the weakest link is found by a dense maximum spanning tree.
 DENSE_MST_MAX = 5000
-#: Sweep is computed on page load only up to this many vectors (or when the forest is cached).
-SWEEP_AUTO_MAX = 150_000
+#: The similarity pass for the sweep is computed on page load only up to this many vectors (~3 s at 12k).
+SWEEP_AUTO_MAX = 25_000
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 
@@ -140,35 +140,35 @@ def sweep_range(chosen: float | None) -> tuple[float, float]:
     return max(0.05, round(chosen - 0.1, 2)), 1.0
 
 
-def _forest_cached(cat: Catalog, model: str, floor: float) -> bool:
-    """Whether a whole-collection similarity forest with floor <= ``floor`` is already on disk."""
+def cached_floor(cat: Catalog, model: str) -> float | None:
+    """The lowest floor of a whole-collection similarity forest already on disk for ``model`` (None: none)."""
     d = cat.sidecar / "forests"
     if not d.is_dir():
-        return False
+        return None
     try:
         version = _one(cat, "SELECT version FROM embedding_sets WHERE model = ?", [model])
     except Exception:
-        return False
+        return None
     if version is None:
-        return False
-    prefix = f"{model}-v{version[0]}-all-"
-    for p in d.glob(prefix + "*-f*.npz"):
+        return None
+    best: float | None = None
+    for p in d.glob(f"{model}-v{version[0]}-all-*-f*.npz"):
         try:
             f = float(p.name.rsplit("-f", 1)[1][:-4])
         except ValueError:
             continue
-        if f <= floor + 1e-9:
-            return True
-    return False
+        best = f if best is None else min(best, f)
+    return best
 
 
 def sweep_data(cat: Catalog, chosen: float | None, model: str | None = None, *,
                compute: bool | None = None) -> dict[str, Any]:
     """Sweep rows over :func:`sweep_range` (plus the chosen threshold) or why there are none.
 
-    Built from one similarity pass (cached beside the catalog). On page load it is computed for
-    collections up to :data:`SWEEP_AUTO_MAX` vectors or when the pass is cached; otherwise the
-    page says which command computes it.
+    Built from one similarity pass (cached beside the catalog). On page load the pass is
+    computed only for collections up to :data:`SWEEP_AUTO_MAX` vectors; above that the chart
+    uses whatever pass is cached (a dedup at 0.98 caches one for 0.98–1.00) and says which
+    command widens it.
     """
     lo, hi = sweep_range(chosen)
     edges = {round(x, 6) for band in bands_for(chosen) for x in band}
@@ -182,15 +182,28 @@ def sweep_data(cat: Catalog, chosen: float | None, model: str | None = None, *,
         return dict(rows=[], chosen=chosen, lo=lo, hi=hi, reason="no embeddings in this catalog yet")
     model = model or cat.default_model()
     n = next((m["count"] for m in models if m["model"] == model), 0)
+    note = None
     if compute is None:
-        compute = n <= SWEEP_AUTO_MAX or _forest_cached(cat, model, lo)
+        compute = n <= SWEEP_AUTO_MAX
+        if not compute:
+            f = cached_floor(cat, model)
+            if f is not None and f < 1.0:
+                compute = True
+                if f > lo + 1e-9:
+                    lo = math.ceil(f * 1000 - 1e-6) / 1000
+                    ts = [t for t in ts if t >= f - 1e-12]
+                    if len(ts) < 5:
+                        ts = sorted({round(float(x), 4) for x in np.linspace(max(lo, f), hi, 11)} | set(ts))
+                        ts = [t for t in ts if t >= f - 1e-12]
+                    note = (f"limited to {f:g}–1.00 (the similarity pass cached by the last run); "
+                            f"`neardup sweep --thresholds {sweep_range(chosen)[0]},{hi}` widens it")
     if not compute:
         return dict(rows=[], chosen=chosen, lo=lo, hi=hi, model=model,
                     reason=f"{n:,} vectors: run `neardup sweep --thresholds {lo},{hi}` once to compute the sweep")
     from ..sweep import sweep
 
     rows = sweep(cat, ts, model=model)
-    return dict(rows=rows, chosen=chosen, lo=lo, hi=hi, model=model, reason=None)
+    return dict(rows=rows, chosen=chosen, lo=lo, hi=hi, model=model, reason=None, note=note)
 
 
 def sweep_svg(sweep: dict[str, Any], width: int = 720, height: int = 300) -> str:
