@@ -213,9 +213,15 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
                         cand_w.append(out_w[t, :k].copy())
                 if np.all(row_lo >= row_hi):
                     break
-        src = np.concatenate(cand_src)
-        dst = np.concatenate(cand_dst)
-        w = np.concatenate(cand_w)
+        # sort only the new edges; the forest is already sorted, so the stable sort of the
+        # concatenation is a linear merge of two runs (timsort)
+        src = np.concatenate(cand_src[1:]) if len(cand_src) > 1 else np.zeros(0, np.int64)
+        dst = np.concatenate(cand_dst[1:]) if len(cand_dst) > 1 else np.zeros(0, np.int64)
+        w = np.concatenate(cand_w[1:]) if len(cand_w) > 1 else np.zeros(0, np.float32)
+        order = np.argsort(-w)  # ties may land in any order: any maximum spanning forest will do
+        src = np.concatenate([f_src, src[order]])
+        dst = np.concatenate([f_dst, dst[order]])
+        w = np.concatenate([f_w, w[order]])
         order = np.argsort(-w, kind="stable")
         src, dst, w = src[order], dst[order], w[order]
         keep = _kruskal(n, src, dst)
