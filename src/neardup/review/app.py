@@ -240,7 +240,14 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
     @app.exception_handler(CatalogError)
     async def catalog_error(request: Request, exc: CatalogError) -> Response:
         text = str(exc)
-        status = 503 if "in use" in text else 409 if "already" in text else 404 if text.startswith("no run") else 500
+        if "in use" in text or "no catalog" in text or "cannot open" in text:
+            status = 503
+        elif "already" in text:
+            status = 409
+        elif text.startswith("no run"):
+            status = 404
+        else:
+            status = 500
         return error_page(request, status, text)
 
     @app.exception_handler(NeardupError)
