@@ -28,6 +28,7 @@ from neardup.synthetic import seed_shaped
 
 EVIL = "<script>alert(1)</script>"
 EVIL_PATH_ID = 'x"><img src=x onerror=alert(2)>.jpg'
+HOSTILE_PATH = '/no/such/dir/"><script>alert(3)</script>.jpg'
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def _template(tmp_path_factory: pytest.TempPathFactory) -> dict:
         m = r.members.to_pylist()
         big = [x for x in m if x["group_id"] == 1 and not x["is_master"]]
         evil_old, pix_old, bad_old = big[0]["image_id"], big[1]["image_id"], big[2]["image_id"]
+        hostile_path_id = big[3]["image_id"]
     db.unlink()
     for f in tmp_path.glob("cat.duckdb*"):
         if f.is_dir():
@@ -60,7 +62,8 @@ def _template(tmp_path_factory: pytest.TempPathFactory) -> dict:
     secret.write_text("top secret, not an image\n")
     with Catalog(db) as cat:
         import_embeddings(cat, X, ids, meta=meta)
-        cat.upsert_images(pa.table({"id": [pix_id, EVIL_PATH_ID, EVIL], "path": [str(png), str(secret), "/etc/passwd"]}))
+        cat.upsert_images(pa.table({"id": [pix_id, EVIL_PATH_ID, EVIL, hostile_path_id],
+                                    "path": [str(png), str(secret), "/etc/passwd", HOSTILE_PATH]}))
         res = dedup(cat, 0.98)
         run_id = res.run_id
         sizes = {r["group_id"]: r["n"] for r in cat.sql(
@@ -175,6 +178,7 @@ def test_hostile_ids_are_escaped_everywhere(client: TestClient, catalog: dict) -
     joined = "\n".join(pages)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in joined
     assert EVIL not in joined
+    assert "alert(3)" in joined and "<script>alert(3)" not in joined  # a hostile path (title attribute) is escaped too
     assert "<img src=x onerror" not in joined
     assert "onerror=alert(2)" not in joined or "&#34;&gt;&lt;img" in joined or "&quot;&gt;&lt;img" in joined
     # the flash after an action echoes the id: escaped too
@@ -494,3 +498,30 @@ def test_large_collections_use_the_cached_pass_for_the_sweep(catalog: dict, monk
         assert "run `neardup sweep --thresholds 0.95,1.0` once" in html and 'class="chart"' not in html
         assert not forests.exists() or not list(forests.glob("*.npz"))
     app.state.holder.close()
+
+
+def test_explorer_pairs_are_real_pairs_in_their_band(client: TestClient, catalog: dict) -> None:
+    """Every sampled pair's similarity is the vectors' dot product, inside its band; the grouped/apart tag is the run's."""
+    import html as htmlmod
+
+    text = client.get("/explore?per_band=4").text
+    sections = re.split(r'<section class="card band', text)[1:]
+    assert len(sections) == 5
+    with check_catalog(catalog, client) as cat:
+        es = cat.load_embeddings()
+        row = {k: i for i, k in enumerate(es.ids.tolist())}
+        group = {r["image_id"]: r["group_id"] for r in cat.run_members(catalog["run_id"]).to_pylist()}
+    n_pairs = 0
+    for sec in sections:
+        lo, hi = map(float, re.search(r"<h2>([0-9.]+) – ([0-9.]+)", sec).groups())
+        for a, sim, tag, b in re.findall(
+                r'<div class="pair">.*?<div class="cap id" title="([^"]*)">.*?<div class="pair-sim">([0-9.]+)'
+                r'(?:<br><span class="tag [^"]*" title="[^"]*">(grouped|apart)</span>)?</div>.*?'
+                r'<div class="cap id" title="([^"]*)">', sec, flags=re.S):
+            a, b = htmlmod.unescape(a), htmlmod.unescape(b)
+            true = float(np.dot(es.vectors[row[a]], es.vectors[row[b]]))
+            assert abs(true - float(sim)) < 1e-4
+            assert lo - 1e-6 <= true < hi + 1e-6
+            assert tag == ("grouped" if group[a] == group[b] else "apart")
+            n_pairs += 1
+    assert n_pairs >= 8

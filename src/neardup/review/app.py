@@ -336,9 +336,10 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
             chosen = r["threshold"] if r else None
             bands = D.bands_for(chosen, lo, step)
             ex = D.sample_pairs(cat, bands, per_band, model=r["model"] if r else None, seed=seed)
+            D.mark_grouped(cat, ex, r["id"] if r else None)
             sw = D.sweep_data(cat, chosen, r["model"] if r else None)
             band_counts = D.band_pair_counts(sw, bands)
-        return page(request, "explore.html", active="explore", ex=ex, chosen=chosen, band_counts=band_counts,
+        return page(request, "explore.html", active="explore", ex=ex, chosen=chosen, band_counts=band_counts, run=r,
                     step=round(bands[0][1] - bands[0][0], 6) if bands else step, lo=bands[0][0] if bands else lo, seed=seed, per_band=per_band)
 
     @app.get("/runs", response_class=HTMLResponse)

@@ -594,6 +594,26 @@ def sample_pairs(cat: Catalog, bands: Sequence[tuple[float, float]], per_band: i
     return dict(bands=out, reason=None, model=es.model, searched=min(n, qs + qstep), n=n)
 
 
+def mark_grouped(cat: Catalog, ex: dict[str, Any], run_id: int | None) -> None:
+    """Tag each sampled pair with whether the run put both images in one group (``p["same_group"]``)."""
+    if run_id is None:
+        return
+    ids = sorted({p[k] for band in ex.get("bands", []) for p in band["pairs"] for k in ("a", "b")})
+    if not ids:
+        return
+    group: dict[str, int] = {}
+    for s in range(0, len(ids), 500):
+        chunk = ids[s:s + 500]
+        for image_id, gid in cat.con.execute(
+                f"SELECT image_id, group_id FROM run_members WHERE run_id = ? AND image_id IN ({', '.join('?' * len(chunk))})",
+                [run_id, *chunk]).fetchall():
+            group[image_id] = gid
+    for band in ex["bands"]:
+        for p in band["pairs"]:
+            ga, gb = group.get(p["a"]), group.get(p["b"])
+            p["same_group"] = None if ga is None or gb is None else ga == gb
+
+
 def band_pair_counts(sweep: dict[str, Any], bands: Sequence[tuple[float, float]]) -> dict[tuple[float, float], int]:
     """Pairs per band from the sweep's pair counts (pairs >= lo minus pairs >= hi), where both are known."""
     by_t = {round(r["threshold"], 4): r["pairs"] for r in sweep.get("rows") or []}

@@ -85,12 +85,14 @@ def write_report(cat: Catalog, out_html: str | os.PathLike[str], *, max_groups: 
     chosen = run["threshold"] if run else None
     bands = D.bands_for(chosen)
     ex = D.sample_pairs(cat, bands, pairs_per_band, model=run["model"] if run else None)
+    D.mark_grouped(cat, ex, run["id"] if run else None)
+    decisions = cat.sql("SELECT image_id, kind, created_at FROM overrides ORDER BY created_at DESC LIMIT 1000").to_pylist()
     html = env.get_template("report.html").render(
         css=(HERE / "static" / "review.css").read_text(encoding="utf-8"),
         db_name=cat.path.name, generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         groups=groups, n_groups=n_groups, c=D.clusters(cat, strip=cluster_strip), ex=ex,
         band_counts=D.band_pair_counts(ctx["sweep"], bands), chosen=chosen, static=True,
-        csrf_token="", current_url="", flash=None, **{**ctx, "run": run})
+        decisions=decisions, csrf_token="", current_url="", flash=None, **{**ctx, "run": run})
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(html, encoding="utf-8")
