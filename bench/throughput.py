@@ -8,10 +8,14 @@ Then, alternating in each repeat so that background load hits both alike:
 
 - **bare**: the model's onnxruntime session on tensors decoded and resized beforehand
   (batch ``--batch-size``), i.e. the model alone;
-- **end to end**: a fresh catalog, ``scan`` (hash, decode, thumbnail, brightness) then ``embed``
-  (decode in a thread pool, batches through the same session, commits) — what a user waits for.
+- **scan, then embed**: a fresh catalog, ``neardup scan`` (hash, decode, thumbnail, brightness)
+  then ``neardup embed`` (read, hash check and decode again in a thread pool, batches through the
+  same session, commits);
+- **find path** (``scan_and_embed``, what ``neardup find`` and ``demo`` run): one read and decode
+  per file feeding both the scan and the model, the model on one chunk while the pool decodes
+  the next.
 
-Prints medians and the ratio; ``--memory`` also runs end-to-end in subprocesses at n and 4n
+Prints medians and the ratio; ``--memory`` also runs the find path in subprocesses at n and 4n
 images and prints each peak RSS (flat = streamed).
 """
 
@@ -63,6 +67,21 @@ def bare(model, tensors: np.ndarray, batch: int) -> float:
     return len(tensors) / (time.perf_counter() - t0)
 
 
+def fused(model_name: str, photos: Path, batch: int, tag: str = "fused") -> float:
+    """``scan_and_embed`` (what ``neardup find``/``demo`` run): one read and decode per file."""
+    from neardup.catalog import Catalog
+    from neardup.pipeline import scan_and_embed
+
+    db = RAW / f"{tag}.duckdb"
+    if db.exists():
+        db.unlink()
+    shutil.rmtree(Path(str(db) + ".d"), ignore_errors=True)
+    t0 = time.perf_counter()
+    with Catalog(db) as cat:
+        _, er = scan_and_embed(cat, [photos], model_name, batch_size=batch)
+    return er.embedded / (time.perf_counter() - t0)
+
+
 def end_to_end(model_name: str, photos: Path, batch: int, tag: str = "e2e") -> tuple[float, float, float]:
     from neardup.catalog import Catalog
     from neardup.pipeline import embed
@@ -94,7 +113,7 @@ def main() -> None:
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
     if args._e2e:
-        rate, _, _ = end_to_end(args.model, Path(args._e2e), args.batch_size, tag=f"mem_{Path(args._e2e).name}")
+        rate = fused(args.model, Path(args._e2e), args.batch_size, tag=f"mem_{Path(args._e2e).name}")
         print(json.dumps({"rate": rate, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return
     from neardup.embed import get_model
@@ -105,17 +124,20 @@ def main() -> None:
     files = sorted(str(p) for p in photos.glob("*.jpg"))
     tensors = np.stack([m.prepare(load_rgb(f, m.input_size)) for f in files])
     m.embed_prepared(list(tensors[:2]))  # session warm-up
-    bares, e2es, scans, embeds = [], [], [], []
+    bares, e2es, scans, embeds, fuseds = [], [], [], [], []
     for _ in range(args.repeats):
         bares.append(bare(m, tensors, args.batch_size))
+        fuseds.append(fused(args.model, photos, args.batch_size))
         r, ts, te = end_to_end(args.model, photos, args.batch_size)
         e2es.append(r), scans.append(ts), embeds.append(te)
     out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f} at the end",
            "command": " ".join(["python", "bench/throughput.py", *sys.argv[1:]]), "model": args.model, "n": args.n,
            "size": args.size, "bare_img_s": bares, "e2e_img_s": e2es, "scan_s": scans, "embed_s": embeds,
-           "bare_median": statistics.median(bares), "e2e_median": statistics.median(e2es),
-           "ratio_median": statistics.median(e / b for e, b in zip(e2es, bares))}
+           "fused_img_s": fuseds, "bare_median": statistics.median(bares), "e2e_median": statistics.median(e2es),
+           "fused_median": statistics.median(fuseds),
+           "ratio_median": statistics.median(e / b for e, b in zip(e2es, bares)),
+           "fused_ratio_median": statistics.median(f / b for f, b in zip(fuseds, bares))}
     if args.memory:
         mem = {}
         for n in (args.n, 4 * args.n):

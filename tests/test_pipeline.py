@@ -192,3 +192,29 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
     assert code == 2 and "threshold" in err
     code, out, _ = _cli(["models"], capsys)
     assert code == 0 and "sscd-distilled" in out and "clip-vit-b-32" in out
+
+
+def test_scan_and_embed_decodes_once_and_matches_the_two_step_path(tmp_path: Path, photos) -> None:
+    from neardup.pipeline import scan_and_embed
+    from neardup.samples import save_exif_rotated
+
+    d = tmp_path / "p"
+    d.mkdir()
+    for n, im in photos.items():
+        im.resize((im.width * 3, im.height * 3)).save(d / f"{n}.jpg", quality=90)   # big enough for JPEG draft
+    shutil.copy(d / "coffee.jpg", d / "coffee_copy.jpg")
+    save_exif_rotated(photos["rocket"], d / "rocket_rot.jpg")
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff")
+    with Catalog(tmp_path / "two.duckdb") as two:
+        scan(two, [d])
+        embed(two, MODEL)
+        ref = _vectors(two)
+    with Catalog(tmp_path / "one.duckdb") as one:
+        sr, er = scan_and_embed(one, [d], MODEL, batch_size=2, chunk_size=2)
+        got = _vectors(one)
+        assert pending_images(one, MODEL).num_rows == 0
+    assert sr.n_skipped == 1 and sr.added == 6
+    assert (er.embedded, er.copied) == (5, 1)           # 6 files, 5 distinct contents
+    assert set(got) == set(ref)
+    for k in ref:
+        assert float(got[k] @ ref[k]) > 0.9999, k

@@ -281,6 +281,82 @@ def _commit(catalog: Catalog, model: str, ids: list[str], vectors: np.ndarray, s
             con.unregister("_ef")
 
 
+def scan_and_embed(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], model: str | EmbeddingModel | None = None,
+                   *, batch_size: int = 32, chunk_size: int = 1024, workers: int | None = None,
+                   progress: ProgressFn | None = None) -> tuple[ScanReport, EmbedReport]:
+    """:func:`~neardup.sources.scan` and :func:`embed` in one pass: each new or changed file is
+    read and decoded once, and the model runs on one chunk while the pool decodes the next.
+
+    Vectors are committed like :func:`embed` does (every ``chunk_size`` images, ≤ ~10% of the
+    time); a final :func:`embed` call then handles whatever the pass did not (byte-identical
+    copies of already-embedded files, files scanned earlier but never embedded). Ctrl-C raises
+    :class:`EmbedInterrupted`; scanned rows and committed vectors are kept.
+    """
+    m = model if isinstance(model, EmbeddingModel) else get_model(model)
+    m.check_usable()
+    _ensure_table(catalog)
+    fused = EmbedReport(model=m.name)
+    acc_ids: list[str] = []
+    acc_shas: list[str | None] = []
+    acc_vecs: list[np.ndarray] = []
+    computed: dict[str, np.ndarray] = {}     # sha -> vector, for the current commit window
+    state = {"last_cost": 0.0, "last_at": time.perf_counter()}
+    window = {"embedded": 0, "copied": 0}      # counts not committed yet
+    t0 = time.perf_counter()
+
+    def commit() -> None:
+        if not acc_ids:
+            return
+        c0 = time.perf_counter()
+        _commit(catalog, m.name, list(acc_ids), np.stack(acc_vecs), list(acc_shas))
+        fused.embedded += window["embedded"]
+        fused.copied += window["copied"]
+        window["embedded"] = window["copied"] = 0
+        acc_ids.clear(), acc_shas.clear(), acc_vecs.clear(), computed.clear()
+        state["last_at"] = time.perf_counter()
+        state["last_cost"] = state["last_at"] - c0
+
+    def on_chunk(items: list[tuple[str, Any]]) -> None:
+        reuse = _reusable_vectors(catalog, m.name, [info.sha256 for _, info in items])
+        todo = [(fid, info) for fid, info in items if info.sha256 not in reuse and info.prepared is not None]
+        fresh: dict[str, Any] = {}
+        for _, info in todo:
+            if info.sha256 not in computed:
+                fresh.setdefault(info.sha256, info.prepared)
+        shas = list(fresh)
+        for b in range(0, len(shas), batch_size):
+            part = shas[b:b + batch_size]
+            vecs = m.embed_prepared([fresh[h] for h in part])
+            for h, v in zip(part, vecs):
+                computed[h] = v
+        window["embedded"] += len(shas)
+        for fid, info in todo:
+            acc_ids.append(fid)
+            acc_shas.append(info.sha256)
+            acc_vecs.append(computed[info.sha256])
+        window["copied"] += len(todo) - len(shas)
+        if len(acc_ids) >= chunk_size and time.perf_counter() - state["last_at"] >= 10 * state["last_cost"]:
+            commit()
+
+    scan_chunk = max(2 * batch_size, 2 * (workers or os.cpu_count() or 1))
+    try:
+        sr = scan(catalog, sources, workers=workers, chunk_size=scan_chunk, progress=progress,
+                  prepare=m.prepare, decode_size=m.input_size, on_chunk=on_chunk)
+        commit()
+    except KeyboardInterrupt:
+        fused.interrupted = True
+        fused.seconds = time.perf_counter() - t0
+        raise EmbedInterrupted(fused) from None
+    fused.seconds = time.perf_counter() - t0
+    rest = embed(catalog, m, batch_size=batch_size, chunk_size=chunk_size, workers=workers)
+    rest.embedded += fused.embedded
+    rest.copied += fused.copied
+    rest.up_to_date -= fused.embedded + fused.copied
+    rest.pending += fused.embedded + fused.copied
+    rest.seconds += fused.seconds
+    return sr, rest
+
+
 @dataclass
 class FindResult:
     """The three stages of :func:`find`: what was scanned, embedded, and the dedup result."""
@@ -309,8 +385,7 @@ def find(sources: Sequence[str | os.PathLike[str]], db: str | os.PathLike[str] |
         raise InputError(f"threshold {t}: must be in (0, 1]")
     cat = db if isinstance(db, Catalog) else Catalog(db)
     try:
-        sr = scan(cat, sources, progress=scan_progress)
-        er = embed(cat, m, batch_size=batch_size, progress=embed_progress)
+        sr, er = scan_and_embed(cat, sources, m, batch_size=batch_size, progress=scan_progress)
         if not cat.embedding_models():
             raise InputError("no readable images found in " + ", ".join(str(s) for s in sources))
         result = dedup(cat, t, model=m.name, mode=mode, dry_run=dry_run)

@@ -72,6 +72,7 @@ class ImageInfo:
     captured_at: dt.datetime | None
     file_size: int
     mtime: float
+    prepared: Any = None      # the model input, when the scan was asked to prepare one
 
 
 @dataclass
@@ -250,8 +251,14 @@ def _classify(exc: BaseException) -> str:
 
 
 def inspect_image(path: str, *, thumbs_dir: Path | None = None, thumb_size: int = THUMB_SIZE,
-                  max_pixels: int = MAX_PIXELS) -> ImageInfo | Skip:
-    """Hash, decode (EXIF-upright, any mode), measure and thumbnail one file; a :class:`Skip` if unusable."""
+                  max_pixels: int = MAX_PIXELS, prepare: Callable[[Image.Image], Any] | None = None,
+                  decode_size: int | None = None) -> ImageInfo | Skip:
+    """Hash, decode (EXIF-upright, any mode), measure and thumbnail one file; a :class:`Skip` if unusable.
+
+    With ``prepare`` (a model's :meth:`~neardup.embed.EmbeddingModel.prepare`) the same decode
+    also yields the model input (``ImageInfo.prepared``), decoded at ≥ ``decode_size`` — so
+    ``find`` reads and decodes each file once, not once to scan and again to embed.
+    """
     try:
         st = os.stat(path)
         if st.st_size == 0:
@@ -281,12 +288,15 @@ def inspect_image(path: str, *, thumbs_dir: Path | None = None, thumb_size: int 
             w, h = h, w
         captured = _exif_time(im)
         if im.format == "JPEG":
-            s = 2 * thumb_size / max(1, min(im.size))
+            s = max(thumb_size, decode_size or 0) / max(1, min(im.size))
             if s < 1:
                 im.draft("RGB", (int(im.size[0] * s) + 1, int(im.size[1] * s) + 1))
         im.load()                                    # full decode: truncated/corrupt data fails here
         im = ImageOps.exif_transpose(im)
         rgb = to_rgb(im)
+        prepared = prepare(rgb) if prepare is not None else None
+        if prepared is rgb:          # the thumbnail below shrinks in place
+            rgb = rgb.copy()
         rgb.thumbnail((thumb_size, thumb_size), Image.BILINEAR)
         lum = np.asarray(rgb.convert("L"), dtype=np.float32)
         brightness = float(lum.mean() / 255.0) if lum.size else 0.0
@@ -299,7 +309,7 @@ def inspect_image(path: str, *, thumbs_dir: Path | None = None, thumb_size: int 
                 os.replace(tmp, tp)
     except (Exception, MemoryError) as exc:  # any decoder failure is a skip, never a crash
         return Skip(path, _classify(exc))
-    return ImageInfo(path, sha, int(w), int(h), brightness, captured, int(st.st_size), float(st.st_mtime))
+    return ImageInfo(path, sha, int(w), int(h), brightness, captured, int(st.st_size), float(st.st_mtime), prepared)
 
 
 # -- the scan ----------------------------------------------------------------------------------
@@ -335,12 +345,19 @@ def _record_skips(cat: Catalog, skips: list[Skip], ok_paths: list[str]) -> None:
 
 def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers: int | None = None,
          thumb_size: int = THUMB_SIZE, max_pixels: int = MAX_PIXELS, chunk_size: int = 512,
-         progress: Callable[[int, int], None] | None = None) -> ScanReport:
+         progress: Callable[[int, int], None] | None = None,
+         prepare: Callable[[Image.Image], Any] | None = None, decode_size: int | None = None,
+         on_chunk: Callable[[list[tuple[str, ImageInfo]]], None] | None = None) -> ScanReport:
     """Add the images in ``sources`` to the catalog (incremental; see the module docstring).
 
     ``progress(done, total)`` is called as files are processed. Decoding runs in a thread pool
-    of ``workers`` (default: CPU count). Raises :class:`InputError` only for a bad *source*
-    (missing folder, table without a path column); bad *files* are skipped and reported.
+    of ``workers`` (default: CPU count), one chunk ahead of the catalog writes. Raises
+    :class:`InputError` only for a bad *source* (missing folder, table without a path column);
+    bad *files* are skipped and reported.
+
+    ``prepare``/``decode_size``/``on_chunk`` let a caller embed during the scan: each chunk's
+    readable files, as ``(id, ImageInfo)`` with ``prepared`` set, go to ``on_chunk`` on the
+    calling thread after the chunk's rows are written, while the pool decodes the next chunk.
     """
     files, roots = collect(sources)
     _ensure_columns(catalog)
@@ -381,14 +398,22 @@ def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers
     if progress:
         progress(done, total)
     seen_paths: set[str] = set(unchanged_paths)
-    with ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="neardup-scan") as pool:
-        for start in range(0, len(todo), chunk_size):
-            chunk = todo[start:start + chunk_size]
-            results = list(pool.map(lambda item: inspect_image(item[0].path, thumbs_dir=thumbs, thumb_size=thumb_size,
-                                                                 max_pixels=max_pixels), chunk))
+    chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
+    pool = ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="neardup-scan")
+
+    def submit(chunk: list[tuple[SourceFile, str]]) -> list[Any]:
+        return [pool.submit(inspect_image, f.path, thumbs_dir=thumbs, thumb_size=thumb_size, max_pixels=max_pixels,
+                            prepare=prepare, decode_size=decode_size) for f, _ in chunk]
+
+    try:
+        ahead = submit(chunks[0]) if chunks else []
+        for k, chunk in enumerate(chunks):
+            results = [fut.result() for fut in ahead]
+            ahead = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
             rows: list[dict[str, Any]] = []
             skips: list[Skip] = []
             ok_paths: list[str] = []
+            ok_items: list[tuple[str, ImageInfo]] = []
             now = _now()
             for (f, fid), res in zip(chunk, results):
                 old = by_path.get(f.path)
@@ -400,6 +425,7 @@ def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers
                     continue
                 seen_paths.add(f.path)
                 ok_paths.append(f.path)
+                ok_items.append((fid, res))
                 if old is None:
                     report.added += 1
                 elif old["sha256"] != res.sha256:
@@ -420,9 +446,14 @@ def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers
                 _upsert_rows(catalog, rows)
             _record_skips(catalog, skips, ok_paths)
             report.skipped.extend(skips)
+            if on_chunk is not None and ok_items:
+                on_chunk(ok_items)
+            del results, ok_items
             done += len(chunk)
             if progress:
                 progress(done, total)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
     # vanished: rows under a walked folder (or named explicitly) that we did not see now
     named = {f.path for f in files if f.explicit}

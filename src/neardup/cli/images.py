@@ -154,8 +154,7 @@ def find_cmd(
 
     Suppression is a flag in the catalog — nothing is deleted or moved; undo with `neardup restore`. Prints the threshold sweep around the chosen threshold and the run's summary."""
     from ..embed import get_model
-    from ..pipeline import EmbedInterrupted, embed
-    from ..sources import scan
+    from ..pipeline import EmbedInterrupted, scan_and_embed
 
     m = get_model(model)
     m.check_usable()
@@ -165,17 +164,15 @@ def find_cmd(
     from ..dedup import dedup
 
     with open_catalog(db, must_exist=False) as cat:
-        with _bar("scanning") as prog:
-            srep = scan(cat, [str(s) for s in sources], progress=prog)
-        console.print(f"scan: {srep.summary()}", highlight=False)
-        _print_skips(srep.skipped)
         try:
-            with _bar(f"embedding ({m.name})") as prog:
-                erep = embed(cat, m, batch_size=batch_size, progress=prog)
+            with _bar(f"scanning + embedding ({m.name})") as prog:
+                srep, erep = scan_and_embed(cat, [str(s) for s in sources], m, batch_size=batch_size, progress=prog)
         except EmbedInterrupted as exc:
             err_console.print(f"interrupted: {exc.report.embedded + exc.report.copied} image(s) embedded are kept; "
                               "run the same command again to continue", highlight=False)
             raise typer.Exit(130) from None
+        console.print(f"scan: {srep.summary()}", highlight=False)
+        _print_skips(srep.skipped)
         console.print(f"embed: {erep.summary()}", highlight=False)
         _print_skips(erep.failed)
         if not any(x["model"] == m.name for x in cat.embedding_models()):
@@ -195,9 +192,8 @@ def demo_cmd(
     Works offline. The photos go to FOLDER/photos, the catalog to FOLDER/neardup.duckdb; then scan, embed with the default model, and dedup at the model's default threshold, printing the threshold sweep and the before/after. Explore further with e.g. `neardup sweep --db FOLDER/neardup.duckdb` or `neardup review --db FOLDER/neardup.duckdb`."""
     from ..dedup import dedup
     from ..embed import get_model
-    from ..pipeline import embed
+    from ..pipeline import scan_and_embed
     from ..samples import build_collection, read_labels
-    from ..sources import scan
 
     m = get_model(model)
     m.check_usable()
@@ -214,12 +210,10 @@ def demo_cmd(
                   "an EXIF-rotated copy and one truncated file", highlight=False)
     db = folder / "neardup.duckdb"
     with open_catalog(db, must_exist=False) as cat:
-        with _bar("scanning") as prog:
-            srep = scan(cat, [photos], progress=prog)
+        with _bar(f"scanning + embedding ({m.name})") as prog:
+            srep, erep = scan_and_embed(cat, [photos], m, progress=prog)
         console.print(f"scan: {srep.summary()}", highlight=False)
         _print_skips(srep.skipped)
-        with _bar(f"embedding ({m.name})") as prog:
-            erep = embed(cat, m, progress=prog)
         console.print(f"embed: {erep.summary()}", highlight=False)
         # a re-run of the demo starts from the same state: undo earlier demo runs first
         cat.restore(None)
