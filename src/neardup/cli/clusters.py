@@ -21,6 +21,7 @@ def cluster_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed on the same embeddings gives the same clusters.")] = 0,
     niter: Annotated[int, typer.Option("--niter", help="k-means iterations.", min=1)] = 20,
     sample_per_centroid: Annotated[int, typer.Option("--sample-per-centroid", help="Train on at most k x this many sampled vectors, then assign all (faiss' default 256).", min=1)] = 256,
+    redo: Annotated[int, typer.Option("--redo", help="k-means++ starts on the training sample; the tightest is kept (more = better clusters, slower training).", min=1)] = 3,
     model: _ModelOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the labelling (id, sizes, timing) as JSON.")] = False,
     db: DbOption = DEFAULT_DB_PATH,
@@ -37,7 +38,8 @@ def cluster_cmd(
     with open_catalog(db) as cat:
         with progress_bar("k-means") as bar:
             bar.add_task("k-means", total=None)
-            c = cluster(cat, k, seed=seed, niter=niter, model=model, max_points_per_centroid=sample_per_centroid)
+            c = cluster(cat, k, seed=seed, niter=niter, model=model, max_points_per_centroid=sample_per_centroid,
+                        redo=redo)
     if as_json:
         typer.echo(json.dumps(dict(clustering=c.id, model=c.model, k=c.k, seed=c.seed, niter=c.niter,
                                    images=c.n_images, train_points=c.train_points, mean_cosine=round(c.mean_cosine, 6),
