@@ -135,7 +135,7 @@ def _with_flash(target: str, key: str, **extra: str) -> str:
     return urllib.parse.urlunsplit(("", "", parts.path, urllib.parse.urlencode(q), parts.fragment))
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=256)
 def _encode_image(path: str, mtime: float, size: int) -> bytes:
     """A JPEG of the image at ``path`` no larger than ``size`` px (cached by path and mtime)."""
     from PIL import Image, ImageOps
