@@ -46,9 +46,9 @@ def ari(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def collection():
-    X = seed_shaped(12_000, 128, seed=11).vectors
+    X = seed_shaped(8_000, 128, seed=11).vectors
     floor = 0.95
-    f = ann_forest(X, floor, target=150, nprobe=4, recall_sample=1500, seed=3)
+    f = ann_forest(X, floor, target=100, nprobe=4, recall_sample=1500, seed=3)
     return X, floor, f
 
 

@@ -60,8 +60,8 @@ def tiled_forest(X: np.ndarray, floor: float, tr: int, tc: int) -> SimilarityFor
     return merge_forests(fs, len(X))
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(seed=st.integers(0, 10_000), n=st.integers(2, 70), d=st.integers(2, 12),
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 60), d=st.integers(2, 12),
        spread=st.floats(0.05, 0.6), floor=st.floats(0.5, 0.99), tr=st.integers(4, 24), mult=st.integers(1, 3))
 def test_tiles_merge_equals_whole(seed, n, d, spread, floor, tr, mult):
     X = clustered(seed, n, d, spread)

@@ -55,7 +55,7 @@ def test_ray_tiles_identical_to_exact_20k(ray_cluster):
 
 
 def test_ray_ann_partitions(ray_cluster):
-    X = seed_shaped(6_000, 64, seed=22).vectors
+    X = seed_shaped(4_000, 64, seed=22).vectors
     f = ray_forest(X, 0.97, index="ann", recall_sample=500)
     assert f.meta["engine"] == "ray" and f.meta["index"] == "ann"
     assert f.meta["recall"]["pair_recall"] >= 0.995
@@ -69,3 +69,16 @@ def test_compute_forest_dispatches_to_ray(ray_cluster):
     X = seed_shaped(3_000, 64, seed=23).vectors
     f = compute_forest(X, 0.98, engine="ray")
     assert np.array_equal(f.components(0.98), exact_forest(X, 0.98).components(0.98))
+
+
+def test_ray_tiles_from_a_memory_mapped_npy(ray_cluster, tmp_path):
+    """share='mmap': tasks memory-map the file instead of receiving a copy."""
+    X = seed_shaped(3_000, 64, seed=24).vectors
+    np.save(tmp_path / "v.npy", X)
+    M = np.load(tmp_path / "v.npy", mmap_mode="r")
+    f = ray_forest(M, 0.97, share="mmap", tile_rows=512, tile_cols=1024)
+    fe = exact_forest(X, 0.97)
+    assert np.array_equal(f.hist, fe.hist)
+    assert np.array_equal(f.components(0.98), fe.components(0.98))
+    with pytest.raises(ValueError):
+        ray_forest(np.asarray(X), 0.97, share="mmap")

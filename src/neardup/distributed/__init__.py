@@ -46,10 +46,16 @@ def _ensure_ray(num_cpus: int | None) -> bool:
     return True
 
 
-def _tile_task(X: np.ndarray, floor: float, rows: tuple[int, int], cols: tuple[int, int]):
+def _open(X: Any) -> np.ndarray:
+    """The task's view of the vectors: the object-store array, or a memory map of a shared .npy."""
+    return np.load(X, mmap_mode="r") if isinstance(X, str) else X
+
+
+def _tile_task(X: Any, floor: float, rows: tuple[int, int], cols: tuple[int, int]):
     import numba
 
     numba.set_num_threads(1)  # one Ray CPU per task: do not oversubscribe the worker
+    X = _open(X)
     t = time.perf_counter()
     s, d, w, h = tile_forest(X, floor, rows, cols)
     return s, d, w, h, time.perf_counter() - t
@@ -61,9 +67,38 @@ def _partition_task(X: np.ndarray, probes: np.ndarray, floor: float, qs: np.ndar
     from ..similarity.ann import _partition_forest
 
     numba.set_num_threads(1)
+    X = _open(X)
     t = time.perf_counter()
     s, d, w, compared = _partition_forest(X, probes, floor, None, only=qs)
     return s, d, w, compared, time.perf_counter() - t
+
+
+def _npy_path(vectors: np.ndarray) -> str | None:
+    """Path of the .npy file when ``vectors`` is a memory map of that whole file's array, else None."""
+    fn = getattr(vectors, "filename", None) if isinstance(vectors, np.memmap) else None
+    if fn is None or not str(fn).endswith(".npy"):
+        return None
+    try:
+        whole = np.load(fn, mmap_mode="r")
+    except Exception:
+        return None
+    if (whole.shape != vectors.shape or whole.dtype != np.float32 or vectors.dtype != np.float32
+            or whole.strides != vectors.strides or len(whole) == 0
+            or not (np.array_equal(whole[0], vectors[0]) and np.array_equal(whole[-1], vectors[-1]))):
+        return None
+    return str(fn)
+
+
+def _share(vectors: np.ndarray, share: str) -> Any:
+    ray = _ray()
+    if share not in ("auto", "object_store", "mmap"):
+        raise ValueError(f"share {share!r}: use auto, object_store or mmap")
+    path = _npy_path(vectors) if share in ("auto", "mmap") else None
+    if share == "mmap" and path is None:
+        raise ValueError("share='mmap' needs the vectors as a memory map of a whole float32 .npy file")
+    if path is not None:
+        return path
+    return ray.put(np.ascontiguousarray(vectors, dtype=np.float32))
 
 
 class _Merger:
@@ -106,11 +141,16 @@ def _drain(refs: list, on_result: Callable[[Any], None], max_in_flight: int, sub
 
 def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress: ProgressFn | None = None, *,
                tile_rows: int = 4096, tile_cols: int = 16384, num_cpus: int | None = None,
-               recall_sample: int = 2000) -> SimilarityForest:
+               recall_sample: int = 2000, share: str = "auto") -> SimilarityForest:
     """The similarity forest of ``vectors`` computed as Ray tasks (exact tiles, or ANN partitions).
 
     ``index="exact"``: identical components, histogram and weights to ``exact_forest`` (up to
-    float32 rounding of the dot products in a different blocking). ``index="ann"``: the
+    float32 rounding of the dot products in a different blocking). ``share``: how tasks see the
+    vectors: ``"object_store"`` (``ray.put`` once; zero-copy in workers on each node),
+    ``"mmap"`` (each task memory-maps the ``.npy`` behind a ``np.memmap``/``np.load(mmap_mode=)``
+    array, which must be on storage every node can read; nothing is copied, the only option when
+    the vectors exceed a node's object store) or ``"auto"`` (mmap when the vectors are a
+    file-backed ``.npy`` memory map, else object store). ``index="ann"``: the
     partitions of :func:`neardup.similarity.ann.ann_forest` run as tasks; recall is estimated on
     the driver exactly as the local ANN does. ``meta`` records tiles, task seconds and wall time.
     """
@@ -125,7 +165,7 @@ def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress
     started = _ensure_ray(num_cpus)
     try:
         t0 = time.perf_counter()
-        X_ref = ray.put(np.ascontiguousarray(vectors, dtype=np.float32))
+        X_ref = _share(vectors, share)
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         merger = _Merger(n, float(floor))
         task_s: list[float] = []

@@ -23,6 +23,7 @@ estimated from the same sample, scaled to N, and flagged ``meta["hist_estimated"
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Callable
 
@@ -33,6 +34,7 @@ from ..distributed.tiles import TileScanner
 from .forest import HIST_STEP, SimilarityForest, hist_bins
 
 ProgressFn = Callable[[int, int], None]
+log = logging.getLogger(__name__)
 RECALL_THRESHOLDS = (0.95, 0.96, 0.97, 0.98, 0.99)
 
 
@@ -51,16 +53,19 @@ def _kmeans(X: np.ndarray, k: int, seed: int, niter: int, max_points_per_centroi
     return np.ascontiguousarray(km.centroids, dtype=np.float32)
 
 
-def _nearest(X: np.ndarray, C: np.ndarray, k: int, chunk: int = 65536) -> np.ndarray:
-    """Indices of the k nearest centroids (inner product) of every row, streamed in chunks."""
+def _nearest(X: np.ndarray, C: np.ndarray, k: int, rows: np.ndarray | None = None, chunk: int = 32768
+             ) -> np.ndarray:
+    """Indices of the k nearest centroids (inner product) of every row (or ``rows``), in chunks."""
     import faiss
 
     index = faiss.IndexFlatIP(C.shape[1])
     index.add(C)
     k = min(k, len(C))
-    out = np.empty((len(X), k), dtype=np.int32)
-    for a, b in _chunks(len(X), chunk):
-        _, I = index.search(np.ascontiguousarray(X[a:b], dtype=np.float32), k)
+    m = len(X) if rows is None else len(rows)
+    out = np.empty((m, k), dtype=np.int32)
+    for a, b in _chunks(m, chunk):
+        Xc = X[a:b] if rows is None else X[rows[a:b]]
+        _, I = index.search(np.ascontiguousarray(Xc, dtype=np.float32), k)
         out[a:b] = I
     return out
 
@@ -69,7 +74,8 @@ def partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 8, split_facto
               seed: int = 0, niter: int = 12, train_points: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Balanced partitions and probes: (centroids, probes[n, nprobe]); probes[:, 0] is the own partition.
 
-    Partitions bigger than ``split_factor * target`` are split by a second k-means.
+    Partitions bigger than ``split_factor * target`` are split by a second k-means; only the
+    vectors that probed a split partition are searched again (against all new centroids).
     """
     n = len(X)
     rng = np.random.default_rng(seed)
@@ -77,7 +83,8 @@ def partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 8, split_facto
     ntrain = min(n, max(k * train_points, 10_000))
     sample = np.sort(rng.choice(n, ntrain, replace=False)) if ntrain < n else np.arange(n)
     C = _kmeans(np.asarray(X[sample]), k, seed, niter, train_points)
-    own = _nearest(X, C, 1)[:, 0]
+    probes = _nearest(X, C, nprobe)
+    own = probes[:, 0]
     sizes = np.bincount(own, minlength=len(C))
     big = np.flatnonzero(sizes > split_factor * target)
     if len(big):
@@ -92,7 +99,11 @@ def partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 8, split_facto
             parts.append(_kmeans(np.asarray(X[sub]), int(np.ceil(sizes[p] / target)), seed + 1 + int(p),
                                  niter, train_points))
         C = np.concatenate(parts)
-    probes = _nearest(X, C, nprobe)
+        remap = np.full(len(keep), -1, np.int32)
+        remap[keep] = np.arange(int(keep.sum()), dtype=np.int32)
+        affected = np.flatnonzero(np.isin(probes, big).any(axis=1))
+        probes = remap[probes]
+        probes[affected] = _nearest(X, C, nprobe, rows=affected)
     return C, probes
 
 
@@ -243,10 +254,13 @@ def ann_forest(vectors: np.ndarray, floor: float, *, progress: ProgressFn | None
     t0 = time.perf_counter()
     C, probes = partition(X, target=target, nprobe=nprobe, split_factor=split_factor, seed=seed)
     t1 = time.perf_counter()
+    log.info("ann: %d partitions (largest %d) in %.1f s", int(probes.max()) + 1,
+             int(np.bincount(probes[:, 0]).max()), t1 - t0)
     src, dst, w, compared = _partition_forest(X, probes, float(floor), progress)
     t2 = time.perf_counter()
     forest = SimilarityForest.from_edges(n, src, dst, w, floor)
     t3 = time.perf_counter()
+    log.info("ann: tiles %.1f s, merge %.1f s, %d forest edges", t2 - t1, t3 - t2, len(forest.src))
     sizes = np.bincount(probes[:, 0], minlength=len(C))
     meta.update(partitions=int(len(C)), largest_partition=int(sizes.max()),
                 median_partition=float(np.median(sizes[sizes > 0])),

@@ -1,0 +1,174 @@
+"""Scale benchmarks for issue 6: ANN at 1M, ANN vs exact at a sample size, Ray tiles vs exact.
+
+    python bench/bench_scale.py gen   --n 1000000 --out /tmp/neardup_seed1m.npy
+    python bench/bench_scale.py ann   --vectors /tmp/neardup_seed1m.npy --floor 0.98 [--subset 200000]
+    python bench/bench_scale.py exact --vectors /tmp/neardup_seed1m.npy --floor 0.98 --subset 200000
+    python bench/bench_scale.py compare --a ann.npz --b exact.npz --floor 0.98
+    python bench/bench_scale.py ray   --vectors /tmp/neardup_seed1m.npy --floor 0.98 --subset 100000
+
+Each command prints one JSON line (wall seconds, peak RSS from getrusage, and what it measured)
+and can save the forest (--save) so the exact and ANN runs are compared without recomputing.
+Run each under `/usr/bin/time -v` too if you want the kernel's view of peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+
+import numpy as np
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def gemm_gflops(reps: int = 3) -> float:
+    """Median GFLOP/s of a 2048x512 @ 512x8192 float32 product now (the machine is shared: this
+    is the yardstick that makes wall times from different loads comparable)."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((2048, 512), dtype=np.float32)
+    B = rng.standard_normal((512, 8192), dtype=np.float32)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        A @ B
+        ts.append(time.perf_counter() - t)
+    return round(2 * 2048 * 512 * 8192 / float(np.median(ts)) / 1e9, 1)
+
+
+def ari(a: np.ndarray, b: np.ndarray) -> float:
+    """Adjusted Rand index of two labelings (pair-counting, no sklearn)."""
+    _, a = np.unique(a, return_inverse=True)
+    _, b = np.unique(b, return_inverse=True)
+    n = len(a)
+    pairs = lambda c: float((c.astype(np.float64) * (c - 1) / 2).sum())  # noqa: E731
+    sij = pairs(np.unique(a.astype(np.int64) * (int(b.max()) + 1) + b, return_counts=True)[1])
+    sa, sb = pairs(np.bincount(a)), pairs(np.bincount(b))
+    tot = n * (n - 1) / 2
+    exp = sa * sb / tot
+    mx = (sa + sb) / 2
+    return 1.0 if mx == exp else (sij - exp) / (mx - exp)
+
+
+def load(path: str, subset: int | None, seed: int = 0) -> np.ndarray:
+    X = np.load(path, mmap_mode="r")
+    if subset and subset < len(X):
+        rows = np.sort(np.random.default_rng(seed).choice(len(X), subset, replace=False))
+        return np.ascontiguousarray(X[rows])
+    return X
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("cmd", choices=["gen", "ann", "exact", "compare", "ray"])
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--out", default="/tmp/neardup_seed1m.npy")
+    p.add_argument("--vectors", default="/tmp/neardup_seed1m.npy")
+    p.add_argument("--subset", type=int, default=None)
+    p.add_argument("--floor", type=float, default=0.98)
+    p.add_argument("--save", default=None)
+    p.add_argument("--a")
+    p.add_argument("--b")
+    p.add_argument("--thresholds", default="0.98,0.99")
+    p.add_argument("--nprobe", type=int, default=8)
+    p.add_argument("--target", type=int, default=1000)
+    p.add_argument("--num-cpus", type=int, default=2)
+    p.add_argument("--exact-seconds", type=float, default=None)
+    args = p.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        if done >= total or done / max(total, 1) - last[0] >= 0.05:
+            last[0] = done / max(total, 1)
+            logging.info("progress %.1f%%", 100 * done / max(total, 1))
+
+    out: dict = {"cmd": args.cmd, "argv": sys.argv[1:], "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    out["gemm_gflops_before"] = gemm_gflops()
+    out["loadavg_before"] = open("/proc/loadavg").read().split()[:3]
+    t0 = time.perf_counter()
+    if args.cmd == "gen":
+        from neardup.synthetic import seed_shaped
+
+        c = seed_shaped(args.n, 512, seed=1)
+        np.save(args.out, c.vectors)
+    elif args.cmd in ("ann", "exact"):
+        X = load(args.vectors, args.subset)
+        out["n"] = int(len(X))
+        t0 = time.perf_counter()
+        if args.cmd == "ann":
+            from neardup.similarity.ann import ann_forest
+
+            f = ann_forest(X, args.floor, nprobe=args.nprobe, target=args.target, progress=progress)
+        else:
+            from neardup.similarity.exact import exact_forest
+
+            f = exact_forest(X, args.floor, progress=progress)
+        out["meta"] = f.meta
+        out["forest_edges"] = int(len(f.src))
+        out["sweep"] = f.sweep([t for t in map(float, args.thresholds.split(",")) if t >= args.floor])
+        if args.save:
+            f.save(args.save)
+    elif args.cmd == "compare":
+        from neardup.similarity.forest import SimilarityForest
+
+        fa, fb = SimilarityForest.load(args.a), SimilarityForest.load(args.b)
+        out["ari"] = {}
+        for t in map(float, args.thresholds.split(",")):
+            la, lb = fa.components(t), fb.components(t)
+            out["ari"][t] = {"ari": ari(la, lb), "groups_a": int(len(np.unique(la))),
+                             "groups_b": int(len(np.unique(lb))), "identical": bool(
+                                 len(np.unique(la)) == len(np.unique(lb)) == len(np.unique(la * (lb.max() + 1) + lb)))}
+            out["ari"][t]["pairs_a"] = fa.pair_count(t)
+            out["ari"][t]["pairs_b"] = fb.pair_count(t)
+    elif args.cmd == "ray":
+        import os
+
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        import ray
+
+        from neardup.distributed import ray_forest
+        from neardup.similarity.exact import exact_forest
+
+        X = load(args.vectors, args.subset)
+        out["n"] = int(len(X))
+        t = time.perf_counter()
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+        out["ray_init_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        fr = ray_forest(X, args.floor)
+        out["ray_s"] = time.perf_counter() - t
+        out["ray_meta"] = fr.meta
+        ray.shutdown()
+        if args.b:  # a saved exact forest of the same vectors (bench_scale.py exact --save)
+            from neardup.similarity.forest import SimilarityForest
+
+            fe = SimilarityForest.load(args.b)
+            out["exact_s"] = float(args.exact_seconds) if args.exact_seconds else None
+        else:
+            t = time.perf_counter()
+            fe = exact_forest(X, args.floor)
+            out["exact_s"] = time.perf_counter() - t
+        out["identical"] = {}
+        for th in map(float, args.thresholds.split(",")):
+            if th >= args.floor:
+                out["identical"][th] = bool(np.array_equal(fr.components(th), fe.components(th)))
+        out["hist_identical"] = bool(np.array_equal(fr.hist, fe.hist))
+        out["overhead"] = out["ray_s"] / out["exact_s"] if out["exact_s"] else None
+    out["wall_s"] = round(time.perf_counter() - t0, 2)
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    out["cpu_s"] = round(ru.ru_utime + ru.ru_stime, 1)
+    out["gemm_gflops_after"] = gemm_gflops()
+    out["loadavg_after"] = open("/proc/loadavg").read().split()[:3]
+    out["peak_rss_gb"] = round(peak_rss_gb(), 3)
+    print(json.dumps(out, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    main()
