@@ -23,7 +23,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Sequence
 
-from fastapi import FastAPI, Form, HTTPException, Query, Request
+from fastapi import FastAPI, Form, HTTPException, Path as PathParam, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -41,6 +41,8 @@ THUMB_SIZES = {"small": 256, "large": 1200}
 #: Seconds without a request after which the catalog connection is closed (so other processes can write).
 IDLE_CLOSE_S = 3.0
 
+#: Largest run or group id a URL may carry (DuckDB INTEGER for runs).
+MAX_ID = 2**31 - 1
 #: Host names a loopback server answers to (anything else may be a DNS-rebinding attempt).
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
@@ -275,7 +277,7 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
         return response
 
     def check_post(request: Request, csrf: str | None) -> None:
-        if not csrf or not secrets.compare_digest(csrf, token):
+        if not csrf or not secrets.compare_digest(csrf.encode("utf-8", "surrogatepass"), token.encode("ascii")):
             raise HTTPException(403, "missing or stale form token: reload the page and try again")
         origin = request.headers.get("origin")
         if origin and origin != "null":
@@ -291,7 +293,7 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
         return page(request, "overview.html", active="overview", **ctx)
 
     @app.get("/groups", response_class=HTMLResponse)
-    def groups(request: Request, run: int | None = Query(None, ge=1), page_: int = Query(1, ge=1, le=10**7, alias="page")) -> HTMLResponse:
+    def groups(request: Request, run: int | None = Query(None, ge=1, le=MAX_ID), page_: int = Query(1, ge=1, le=10**7, alias="page")) -> HTMLResponse:
         with holder.open() as cat:
             r = D.pick_run(cat, run)
             if run is not None and r is None:
@@ -301,7 +303,7 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
         return page(request, "groups.html", active="groups", run=r, gl=gl, runs=all_runs)
 
     @app.get("/groups/{group_id}", response_class=HTMLResponse)
-    def group(request: Request, group_id: int, run: int | None = Query(None, ge=1),
+    def group(request: Request, group_id: int = PathParam(..., ge=1, le=MAX_ID), run: int | None = Query(None, ge=1, le=MAX_ID),
               page_: int = Query(1, ge=1, le=10**7, alias="page"),
               sort: str = Query("sim_asc", pattern="^(sim_asc|sim_desc|id)$")) -> HTMLResponse:
         with holder.open() as cat:
@@ -368,7 +370,8 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
                      kind: str = Form(..., pattern="^(keep|master|not_duplicate)$"),
                      csrf: str | None = Form(None), next: str | None = Form(None)) -> Response:
         check_post(request, csrf)
-        assert kind in OVERRIDE_KINDS
+        if kind not in OVERRIDE_KINDS:  # already checked by the form pattern; kept as the catalog's own rule
+            raise HTTPException(400, f"unknown decision {kind!r}")
         with holder.open() as cat:
             if D.image_row(cat, image_id) is None:
                 raise HTTPException(404, "no such image in the catalog")
@@ -385,7 +388,7 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
         return RedirectResponse(_with_flash(_safe_next(next), "removed", img=image_id), status_code=303)
 
     @app.post("/runs/{run_id}/restore")
-    def restore_run(request: Request, run_id: int, csrf: str | None = Form(None)) -> Response:
+    def restore_run(request: Request, run_id: int = PathParam(..., ge=1, le=MAX_ID), csrf: str | None = Form(None)) -> Response:
         check_post(request, csrf)
         with holder.open() as cat:
             cat.restore(run_id)
@@ -399,7 +402,7 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
         return RedirectResponse(_with_flash("/runs", "restored_all" if done else "nothing"), status_code=303)
 
     @app.post("/runs/{run_id}/reapply")
-    def reapply(request: Request, run_id: int, csrf: str | None = Form(None)) -> Response:
+    def reapply(request: Request, run_id: int = PathParam(..., ge=1, le=MAX_ID), csrf: str | None = Form(None)) -> Response:
         """Restore an applied run and dedup again with its settings, so the reviewer's decisions take effect."""
         check_post(request, csrf)
         from ..dedup import dedup
