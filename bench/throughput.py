@@ -60,6 +60,12 @@ def make_images(n: int, size: tuple[int, int]) -> Path:
     return d
 
 
+def cpu_s() -> float:
+    """CPU seconds used by this process so far, all threads (onnxruntime's and the decode pool's)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def bare(model, tensors: np.ndarray, batch: int) -> float:
     t0 = time.perf_counter()
     for s in range(0, len(tensors), batch):
@@ -125,11 +131,20 @@ def main() -> None:
     tensors = np.stack([m.prepare(load_rgb(f, m.input_size)) for f in files])
     m.embed_prepared(list(tensors[:2]))  # session warm-up
     bares, e2es, scans, embeds, fuseds = [], [], [], [], []
+    cpu = {"bare": [], "fused": [], "two_step": []}
+    n = len(files)
     for _ in range(args.repeats):
+        c0 = cpu_s()
         bares.append(bare(m, tensors, args.batch_size))
+        c1 = cpu_s()
         fuseds.append(fused(args.model, photos, args.batch_size))
+        c2 = cpu_s()
         r, ts, te = end_to_end(args.model, photos, args.batch_size)
+        c3 = cpu_s()
         e2es.append(r), scans.append(ts), embeds.append(te)
+        cpu["bare"].append(1000 * (c1 - c0) / n)
+        cpu["fused"].append(1000 * (c2 - c1) / n)
+        cpu["two_step"].append(1000 * (c3 - c2) / n)
     out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
            "machine": f"{platform.machine()}, {os.cpu_count()} cores, load avg {os.getloadavg()[0]:.1f} at the end",
            "command": " ".join(["python", "bench/throughput.py", *sys.argv[1:]]), "model": args.model, "n": args.n,
@@ -137,7 +152,10 @@ def main() -> None:
            "fused_img_s": fuseds, "bare_median": statistics.median(bares), "e2e_median": statistics.median(e2es),
            "fused_median": statistics.median(fuseds),
            "ratio_median": statistics.median(e / b for e, b in zip(e2es, bares)),
-           "fused_ratio_median": statistics.median(f / b for f, b in zip(fuseds, bares))}
+           "fused_ratio_median": statistics.median(f / b for f, b in zip(fuseds, bares)),
+           "cpu_ms_per_image": cpu,
+           "cpu_ratio_fused": statistics.median(cpu["bare"]) / statistics.median(cpu["fused"]),
+           "cpu_ratio_two_step": statistics.median(cpu["bare"]) / statistics.median(cpu["two_step"])}
     if args.memory:
         mem = {}
         for n in (args.n, 4 * args.n):

@@ -12,6 +12,7 @@ from PIL import Image
 from neardup.catalog import Catalog
 from neardup.cli import main
 from neardup.embed import get_model
+from neardup.errors import InputError
 from neardup.pipeline import EmbedInterrupted, embed, pending_images
 from neardup.samples import apply_edit, build_collection, load_photo, read_labels
 from neardup.sources import scan
@@ -218,3 +219,24 @@ def test_scan_and_embed_decodes_once_and_matches_the_two_step_path(tmp_path: Pat
     assert set(got) == set(ref)
     for k in ref:
         assert float(got[k] @ ref[k]) > 0.9999, k
+
+
+def test_library_find_dry_run_writes_no_run(tmp_path: Path, photos) -> None:
+    from neardup.pipeline import find
+
+    d = tmp_path / "p"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for n in ("astronaut", "coffee"):
+        photos[n].save(d / f"{n}.png")
+        apply_edit(photos[n], "jpeg", rng).save(d / f"{n}_q.jpg", quality=95)
+    res = find([d], tmp_path / "c.duckdb", model=MODEL, dry_run=True)
+    assert res.threshold == get_model(MODEL).default_threshold
+    groups: dict[int, set[str]] = {}
+    for r in res.dedup.members.to_pylist():
+        groups.setdefault(r["group_id"], set()).add(r["image_id"].split("_")[0].split(".")[0])
+    assert sorted(map(sorted, groups.values())) == [["astronaut"], ["coffee"]]
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        assert cat.runs() == [] and cat.sql("SELECT count(*) FROM images WHERE is_suppressed").column(0)[0].as_py() == 0
+    with pytest.raises(InputError, match="threshold"):
+        find([d], tmp_path / "c.duckdb", model=MODEL, threshold=0)

@@ -370,7 +370,7 @@ class FindResult:
 
 def find(sources: Sequence[str | os.PathLike[str]], db: str | os.PathLike[str] | Catalog, *, model: str | None = None,
          threshold: float | None = None, mode: str = "components", dry_run: bool = False, batch_size: int = 32,
-         scan_progress: ProgressFn | None = None, embed_progress: ProgressFn | None = None) -> FindResult:
+         progress: ProgressFn | None = None) -> FindResult:
     """One shot: scan ``sources`` into the catalog ``db``, embed with ``model``, dedup at ``threshold``.
 
     ``threshold`` defaults to the model's calibrated default. Nothing is deleted or moved:
@@ -385,7 +385,7 @@ def find(sources: Sequence[str | os.PathLike[str]], db: str | os.PathLike[str] |
         raise InputError(f"threshold {t}: must be in (0, 1]")
     cat = db if isinstance(db, Catalog) else Catalog(db)
     try:
-        sr, er = scan_and_embed(cat, sources, m, batch_size=batch_size, progress=scan_progress)
+        sr, er = scan_and_embed(cat, sources, m, batch_size=batch_size, progress=progress)
         if not cat.embedding_models():
             raise InputError("no readable images found in " + ", ".join(str(s) for s in sources))
         result = dedup(cat, t, model=m.name, mode=mode, dry_run=dry_run)
