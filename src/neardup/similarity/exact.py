@@ -22,7 +22,7 @@ from typing import Callable
 import numba as nb
 import numpy as np
 
-from .forest import HIST_STEP, SimilarityForest, _find, _kruskal, hist_bins
+from .forest import HIST_STEP, SimilarityForest, _find, _kruskal, _union, hist_bins
 
 ProgressFn = Callable[[int, int], None]
 LEVEL_RATIO = 1.15  # consecutive levels' gaps (1 - level) differ by this factor
@@ -56,24 +56,10 @@ def _refresh_labels(n: int, src: np.ndarray, dst: np.ndarray, w: np.ndarray, lev
     e = 0
     for lv in range(levels.shape[0]):
         while e < w.shape[0] and w[e] >= levels[lv]:
-            a = _find(parent, src[e])
-            b = _find(parent, dst[e])
-            if a != b:
-                if a < b:
-                    parent[b] = a
-                else:
-                    parent[a] = b
+            _union(parent, src[e], dst[e])
             e += 1
         for i in range(n):
             flat[lv, i] = _find(parent, i)
-
-
-@nb.njit(cache=True, inline="always")
-def _find32(parent: np.ndarray, x: int) -> int:
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
 
 
 @nb.njit(cache=True, parallel=True)
@@ -128,9 +114,7 @@ def _scan_block(S, row0, col0, diagonal, floor, levels, lev_of_bin, flat, uf, hi
                         j = col0 + c
                         if flat[la, i] == flat[la, j]:
                             continue
-                        ri = _find32(uf[t, la], i)
-                        rj = _find32(uf[t, la], j)
-                        if ri == rj:
+                        if _find(uf[t, la], i) == _find(uf[t, la], j):
                             continue
                         out_src[t, cnt] = i
                         out_dst[t, cnt] = j
@@ -139,16 +123,8 @@ def _scan_block(S, row0, col0, diagonal, floor, levels, lev_of_bin, flat, uf, hi
                         lv = la
                         while lv < nlev and levels[lv] > sd:
                             lv += 1
-                        while lv < nlev:  # levels are nested: once joined at one level, joined below it
-                            p = uf[t, lv]
-                            a = _find32(p, i)
-                            bb = _find32(p, j)
-                            if a == bb:
-                                break
-                            if a < bb:
-                                p[bb] = a
-                            else:
-                                p[a] = bb
+                        # levels are nested: once joined at one level, joined at every level below
+                        while lv < nlev and _union(uf[t, lv], i, j):
                             lv += 1
                 c_lo = c_hi
             r += 1

@@ -30,20 +30,27 @@ def _find(parent: np.ndarray, x: int) -> int:
     return x
 
 
+@nb.njit(cache=True, inline="always")
+def _union(parent: np.ndarray, x: int, y: int) -> bool:
+    """Join the sets of x and y (the smaller root index becomes the root); False if already joined."""
+    a = _find(parent, x)
+    b = _find(parent, y)
+    if a == b:
+        return False
+    if a < b:
+        parent[b] = a
+    else:
+        parent[a] = b
+    return True
+
+
 @nb.njit(cache=True)
 def _kruskal(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Keep mask of a spanning forest of edges given heaviest first."""
     parent = np.arange(n, dtype=np.int64)
     keep = np.zeros(src.shape[0], dtype=np.bool_)
     for e in range(src.shape[0]):
-        a = _find(parent, src[e])
-        b = _find(parent, dst[e])
-        if a != b:
-            if a < b:
-                parent[b] = a
-            else:
-                parent[a] = b
-            keep[e] = True
+        keep[e] = _union(parent, src[e], dst[e])
     return keep
 
 
@@ -52,13 +59,7 @@ def _labels(n: int, src: np.ndarray, dst: np.ndarray, k: int) -> np.ndarray:
     """Component label (smallest member index) of every node using the first k edges."""
     parent = np.arange(n, dtype=np.int64)
     for e in range(k):
-        a = _find(parent, src[e])
-        b = _find(parent, dst[e])
-        if a != b:
-            if a < b:
-                parent[b] = a
-            else:
-                parent[a] = b
+        _union(parent, src[e], dst[e])
     out = np.empty(n, dtype=np.int64)
     for i in range(n):
         out[i] = _find(parent, i)
