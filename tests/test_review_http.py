@@ -566,3 +566,24 @@ def urllib_quote(s: str) -> str:
     import urllib.parse
 
     return urllib.parse.quote(s.encode("utf-8", "surrogatepass"), safe="")
+
+
+def test_clusters_page_before_after_per_cluster(catalog: dict) -> None:
+    """Before/after per cluster equal the images table's own counts; strips show only visible images."""
+    from neardup.cluster import cluster
+
+    with Catalog(catalog["db"]) as cat:
+        cluster(cat, k=4, seed=0)
+        want = {r["cluster_id"]: (r["before"], r["after"]) for r in cat.sql(
+            "SELECT cluster_id, count(*) AS before, sum(CASE WHEN is_suppressed THEN 0 ELSE 1 END) AS after "
+            "FROM images GROUP BY cluster_id").to_pylist()}
+        visible = set(cat.sql("SELECT id FROM visible").column(0).to_pylist())
+    app = create_app(catalog["db"], idle_close_s=0)
+    with TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False) as c:
+        html = re.sub(r"\s+", " ", c.get("/clusters").text)
+    app.state.holder.close()
+    rows = re.findall(r'<td class="cid">(\d+)</td><td>([0-9,]+)</td><td><strong>([0-9,]+)</strong></td>', html)
+    assert {int(a): (int(b.replace(",", "")), int(c_.replace(",", ""))) for a, b, c_ in rows} == want
+    import html as htmlmod
+    strip_ids = [htmlmod.unescape(x) for x in re.findall(r'<div class="thumb placeholder[^"]*" title="[^"]*"><span>([^<]*)</span>', html)]
+    assert strip_ids and set(strip_ids) <= visible

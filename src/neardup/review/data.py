@@ -461,7 +461,7 @@ def _max_spanning_min_edge(X: np.ndarray) -> tuple[int, int, float]:
 
 # -- clusters ------------------------------------------------------------------------------
 
-def clusters(cat: Catalog, strip: int = 10) -> dict[str, Any]:
+def clusters(cat: Catalog, strip: int = 10, limit: int | None = None) -> dict[str, Any]:
     """Per cluster: images before (all) and after (visible), and a strip of its unique members.
 
     Uses ``neardup.cluster`` output (``images.cluster_id``); the strip shows visible images,
@@ -475,23 +475,28 @@ def clusters(cat: Catalog, strip: int = 10) -> dict[str, Any]:
            FROM images WHERE cluster_id IS NOT NULL GROUP BY cluster_id ORDER BY before DESC, cluster_id""").to_pylist()
     if not rows:
         return dict(clusters=[], reason="no clusters yet: run `neardup cluster --k 25`")
+    n_all = len(rows)
+    totals = (sum(r["before"] for r in rows), sum(r["after"] for r in rows))
+    if limit is not None:
+        rows = rows[:limit]
     order = "score DESC NULLS LAST, " if "score" in have else ""
     picks = cat.sql(
         f"""SELECT cluster_id, id FROM (
               SELECT cluster_id, id, row_number() OVER (PARTITION BY cluster_id ORDER BY {order}id) AS k
               FROM images WHERE cluster_id IS NOT NULL AND NOT is_suppressed)
             WHERE k <= ? ORDER BY cluster_id, k""", [strip]).to_pylist()
+    shown = {r["cluster_id"] for r in rows}
+    picks = [p for p in picks if p["cluster_id"] in shown]
     info = image_rows(cat, [p["id"] for p in picks])
     by: dict[int, list[dict[str, Any]]] = {}
     for p in picks:
         by.setdefault(p["cluster_id"], []).append(info.get(p["id"], {"id": p["id"], "overrides": set(), "has_pixels": False}))
     extra = _cluster_table_rows(cat)
-    total_before = sum(r["before"] for r in rows)
     for r in rows:
         r.update(extra.get(r["cluster_id"], {}))
         r["strip"] = by.get(r["cluster_id"], [])
         r["kept_pct"] = 100.0 * r["after"] / r["before"] if r["before"] else 0.0
-    return dict(clusters=rows, reason=None, total_before=total_before, total_after=sum(r["after"] for r in rows))
+    return dict(clusters=rows, reason=None, total_before=totals[0], total_after=totals[1], n_clusters=n_all)
 
 
 def _cluster_table_rows(cat: Catalog) -> dict[int, dict[str, Any]]:

@@ -43,12 +43,13 @@ def _thumb_data_uri(cat: Catalog, row: dict[str, Any], px: int) -> str | None:
 
 def write_report(cat: Catalog, out_html: str | os.PathLike[str], *, max_groups: int = 30,
                  members_per_group: int = 24, cluster_strip: int = 10, pairs_per_band: int = 6,
-                 thumb_px: int = 160, run_id: int | None = None) -> Path:
+                 thumb_px: int = 160, run_id: int | None = None, max_clusters: int = 50) -> Path:
     """Write the overview, largest groups, clusters, threshold explorer and runs to one HTML file.
 
     ``run_id`` picks the run shown (default: the latest applied one). Groups are the
     ``max_groups`` largest, each with its master and its ``members_per_group`` members least
-    similar to the master (where a wrong grouping would show). Written atomically.
+    similar to the master (where a wrong grouping would show); clusters the ``max_clusters``
+    largest. Written atomically.
     """
     out = Path(out_html)
     cache: dict[str, str | None] = {}
@@ -90,7 +91,7 @@ def write_report(cat: Catalog, out_html: str | os.PathLike[str], *, max_groups: 
     html = env.get_template("report.html").render(
         css=(HERE / "static" / "review.css").read_text(encoding="utf-8"),
         db_name=cat.path.name, generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        groups=groups, n_groups=n_groups, c=D.clusters(cat, strip=cluster_strip), ex=ex,
+        groups=groups, n_groups=n_groups, c=D.clusters(cat, strip=cluster_strip, limit=max_clusters), ex=ex,
         band_counts=D.band_pair_counts(ctx["sweep"], bands), chosen=chosen, static=True,
         decisions=decisions, csrf_token="", current_url="", flash=None, **{**ctx, "run": run})
     out.parent.mkdir(parents=True, exist_ok=True)
