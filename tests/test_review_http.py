@@ -587,3 +587,31 @@ def test_clusters_page_before_after_per_cluster(catalog: dict) -> None:
     import html as htmlmod
     strip_ids = [htmlmod.unescape(x) for x in re.findall(r'<div class="thumb placeholder[^"]*" title="[^"]*"><span>([^<]*)</span>', html)]
     assert strip_ids and set(strip_ids) <= visible
+
+
+def test_cli_review_serves_on_loopback_and_prints_the_url(catalog: dict) -> None:
+    """`neardup review --port 0 --no-browser` prints a 127.0.0.1 URL that serves the pages."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "neardup", "review", "--db", str(catalog["db"]), "--port", "0",
+                             "--no-browser"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"(http://127\.0\.0\.1:(\d+)/)", line)
+        assert m, line + proc.stderr.read() if proc.poll() is not None else line
+        url = m.group(1)
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(url + "runs", timeout=5) as r:
+                    assert r.status == 200 and b"Runs &amp; decisions" in r.read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            raise AssertionError("server did not answer")
+    finally:
+        proc.terminate()
+        proc.wait(10)
