@@ -171,3 +171,13 @@ def test_threshold_checked(db):
         for bad in (0, -0.1, 1.01, float("nan")):
             with pytest.raises(InputError, match="outside"):
                 dedup(cat, bad)
+
+
+def test_policy_text_stored_on_runs_parses_back():
+    from neardup.policy import parse_policy
+
+    pol = parse_policy("score,brightness:asc,newest")
+    text = ",".join(f"{k} {'desc' if d else 'asc'}" for k, d in pol)
+    assert parse_policy(text) == pol
+    with pytest.raises(InputError, match="direction must be asc or desc"):
+        parse_policy("score sideways")

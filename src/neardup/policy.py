@@ -29,7 +29,7 @@ DEFAULT_POLICY = "score,brightness"
 
 
 def parse_policy(spec: str | Sequence[str] | None) -> list[tuple[str, bool]]:
-    """Parse ``"score,brightness"`` (or ``"score:asc,-brightness"``) into ``[(key, descending)]``.
+    """Parse ``"score,brightness"`` (or ``"score:asc,-brightness"``, ``"score desc"``) into ``[(key, descending)]``.
 
     ``id asc`` is always appended as the final, total tie-break.
     """
@@ -42,8 +42,8 @@ def parse_policy(spec: str | Sequence[str] | None) -> list[tuple[str, bool]]:
         desc = None
         if p.startswith("-"):
             p, desc = p[1:], False
-        if ":" in p:
-            p, d = p.split(":", 1)
+        if ":" in p or " " in p:  # "score:asc", or "score asc" as runs.policy stores it
+            p, d = (x.strip() for x in (p.split(":", 1) if ":" in p else p.split(None, 1)))
             if d not in ("asc", "desc"):
                 raise InputError(f"policy key {raw!r}: direction must be asc or desc")
             desc = d == "desc"
