@@ -138,23 +138,26 @@ def main() -> None:
                     ctimes.append(time.perf_counter() - t)
                     emit(step="cluster(catalog)", run=r, seconds=round(ctimes[-1], 3), kmeans_seconds=round(c.seconds, 3))
                 summary["cluster_catalog_median_s"] = round(med(ctimes), 3)
-                # sweep on the cluster nearest 2,000 images inside this 1M catalog (scoping cost included)
-                which = int(np.argmin(np.abs(np.asarray(c.sizes) - 2000)))
+                # sweep on 2,000 images of one cluster inside this 1M catalog (k=25 clusters of 1M are
+                # ~40k each, so the first 2,000 ids of the smallest stand in for a 2k cluster; the
+                # scoping cost, which grows with the collection, is the same)
+                which = len(c.sizes) - 1
                 ts = [0.99, 0.98, 0.97, 0.95]
-                sweep(cat, ts, ids=cluster_ids(cat, which))
+                sub = cluster_ids(cat, which)[:2000]
+                sweep(cat, ts, ids=sub)
                 cold, warm = [], []
                 for r in range(args.repeat):
                     shutil.rmtree(cat.sidecar / "forests", ignore_errors=True)
                     t = time.perf_counter()
-                    sweep(cat, ts, ids=cluster_ids(cat, which))
+                    sweep(cat, ts, ids=cluster_ids(cat, which)[:2000])
                     cold.append(time.perf_counter() - t)
                     t = time.perf_counter()
-                    sweep(cat, ts, ids=cluster_ids(cat, which))
+                    sweep(cat, ts, ids=cluster_ids(cat, which)[:2000])
                     warm.append(time.perf_counter() - t)
-                summary.update(sweep_1m_cluster_images=int(c.sizes[which]),
+                summary.update(sweep_1m_cluster_images=len(sub),
                                sweep_1m_cluster_cold_median_s=round(med(cold), 4),
                                sweep_1m_cluster_cached_median_s=round(med(warm), 4))
-                emit(step="sweep cluster in 1M catalog", images=int(c.sizes[which]), cold=[round(x, 3) for x in cold],
+                emit(step="sweep 2k ids in 1M catalog", images=len(sub), cold=[round(x, 3) for x in cold],
                      cached=[round(x, 3) for x in warm])
                 cat.close()
             finally:
