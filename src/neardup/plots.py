@@ -182,7 +182,7 @@ def contact_sheet(pairs: Sequence[dict], out: str | os.PathLike[str], *, title: 
         draw.text((pad, head + pad), "no pairs in this band", fill="black", font=font)
 
     def short(s: str, n: int = 60) -> str:
-        return s if len(s) <= n else "…" + s[-(n - 1):]
+        return s if len(s) <= n else "..." + s[-(n - 3):]
 
     for k, p in enumerate(pairs):
         y = head + k * row_h + pad
