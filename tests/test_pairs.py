@@ -127,3 +127,18 @@ def test_bad_arguments(cat):
         sample_pairs(cat, "0.9:0.95", 5, cluster=0, ids=["img0000001"])
     with pytest.raises(InputError, match="does not exist"):
         sample_pairs(cat, "0.9:0.95", 5, cluster=99)
+
+
+def test_several_bands_in_one_pass(col, cat):
+    from neardup.pairs import bands_pairs, sample_bands
+
+    X = col.vectors[:800]
+    bands = [(0.95, 0.97), (0.97, 0.99), (0.96, 0.98), (0.99, 1.0)]  # overlapping bands are allowed
+    many = bands_pairs(X, bands, 10, seed=4, block_rows=256, col_chunk=512)
+    for (lo, hi), (count, i, j, s) in zip(bands, many):
+        assert abs(count - len(brute(X, lo, hi)[0])) <= near_edge(X, lo, hi)
+        one = band_pairs(X, lo, hi, 10, seed=4)
+        assert one[0] == count and (one[1] == i).all() and (one[2] == j).all()
+    res = sample_bands(cat, ["0.9:0.95", "0.95:1"], 3, cluster=0)
+    assert [r.band for r in res] == [(0.9, 0.95), (0.95, 1.0)] and all(r.scope == "cluster 0" for r in res)
+    assert res[0].pairs == sample_pairs(cat, "0.9:0.95", 3, cluster=0).pairs

@@ -93,65 +93,71 @@ def _sift_up(key: np.ndarray, hi_: np.ndarray, hj: np.ndarray, hs: np.ndarray, c
 
 
 @nb.njit(cache=True, parallel=True)
-def _scan_band(S: np.ndarray, row0: int, col0: int, diagonal: bool, lo: np.float32, hi: np.float32,
-               seed: np.uint64, k: int, hkey: np.ndarray, hi_: np.ndarray, hj: np.ndarray, hs: np.ndarray,
-               hn: np.ndarray, counts: np.ndarray, row_lo: np.ndarray, row_hi: np.ndarray) -> None:
-    """Count pairs with lo <= s < hi in block S and offer each to thread t's bottom-k heap."""
+def _scan_bands(S: np.ndarray, row0: int, col0: int, diagonal: bool, los: np.ndarray, his: np.ndarray,
+                seed: np.uint64, k: int, hkey: np.ndarray, hi_: np.ndarray, hj: np.ndarray, hs: np.ndarray,
+                hn: np.ndarray, counts: np.ndarray, row_lo: np.ndarray, row_hi: np.ndarray) -> None:
+    """Count pairs with los[b] <= s < his[b] in block S and offer each to thread t's bottom-k heap of band b."""
     T = row_lo.shape[0]
+    B = los.shape[0]
+    lo_min = los.min()
+    hi_max = his.max()
     for t in nb.prange(T):
-        cnt = 0
-        m = hn[t]
         for r in range(row_lo[t], row_hi[t]):
             gi = row0 + r
             c_start = r + 1 if diagonal else 0
             for c in range(c_start, S.shape[1]):
                 s = S[r, c]
-                if s >= lo and s < hi:
-                    cnt += 1
-                    if k == 0:
-                        continue
-                    key = _key(gi, col0 + c, seed)
-                    if m < k:
-                        hkey[t, m] = key
-                        hi_[t, m] = gi
-                        hj[t, m] = col0 + c
-                        hs[t, m] = s
-                        _sift_up(hkey[t], hi_[t], hj[t], hs[t], m)
-                        m += 1
-                    elif key < hkey[t, 0]:
-                        hkey[t, 0] = key
-                        hi_[t, 0] = gi
-                        hj[t, 0] = col0 + c
-                        hs[t, 0] = s
-                        _sift_down(hkey[t], hi_[t], hj[t], hs[t], m)
-        hn[t] = m
-        counts[t] += cnt
+                if s < lo_min or s >= hi_max:
+                    continue
+                key = _key(gi, col0 + c, seed)
+                for bb in range(B):
+                    if s >= los[bb] and s < his[bb]:
+                        counts[t, bb] += 1
+                        if k == 0:
+                            continue
+                        m = hn[t, bb]
+                        if m < k:
+                            hkey[t, bb, m] = key
+                            hi_[t, bb, m] = gi
+                            hj[t, bb, m] = col0 + c
+                            hs[t, bb, m] = s
+                            _sift_up(hkey[t, bb], hi_[t, bb], hj[t, bb], hs[t, bb], m)
+                            hn[t, bb] = m + 1
+                        elif key < hkey[t, bb, 0]:
+                            hkey[t, bb, 0] = key
+                            hi_[t, bb, 0] = gi
+                            hj[t, bb, 0] = col0 + c
+                            hs[t, bb, 0] = s
+                            _sift_down(hkey[t, bb], hi_[t, bb], hj[t, bb], hs[t, bb], m)
 
 
-def band_pairs(vectors: np.ndarray, lo: float, hi: float, sample: int = 20, *, seed: int = 0,
-               block_rows: int = 2048, col_chunk: int = 8192,
-               progress: ProgressFn | None = None) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """Exact count of pairs i < j with ``lo <= sim < hi`` (``hi >= 1``: no upper limit) and a seeded sample.
+BandResult = tuple[int, np.ndarray, np.ndarray, np.ndarray]
 
-    Returns ``(count, i, j, sim)``: the sampled pairs' rows (i < j) and similarities, most similar first.
-    """
-    lo, hi = parse_band((lo, hi))
+
+def bands_pairs(vectors: np.ndarray, bands: Sequence[tuple[float, float]], sample: int = 20, *, seed: int = 0,
+                block_rows: int = 2048, col_chunk: int = 8192,
+                progress: ProgressFn | None = None) -> list[BandResult]:
+    """:func:`band_pairs` for several bands (they may overlap) in one pass over the pairs."""
+    bands = [parse_band(b) for b in bands]
+    if not bands:
+        raise InputError("no band given")
     if not (0 <= int(sample) <= MAX_SAMPLE):
         raise InputError(f"sample {sample}: give 0 to {MAX_SAMPLE:,} pairs")
     k = int(sample)
     X = vectors
     n = int(X.shape[0])
-    lo32 = np.float32(lo)
-    hi32 = np.float32(np.inf) if hi >= 1.0 else np.float32(hi)
+    B = len(bands)
+    los = np.array([lo for lo, _ in bands], dtype=np.float32)
+    his = np.array([np.inf if hi >= 1.0 else hi for _, hi in bands], dtype=np.float32)
     seed64 = np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF)
     T = max(1, int(nb.get_num_threads()))
     kk = max(k, 1)
-    hkey = np.zeros((T, kk), np.uint64)
-    hi_ = np.zeros((T, kk), np.int64)
-    hj = np.zeros((T, kk), np.int64)
-    hs = np.zeros((T, kk), np.float32)
-    hn = np.zeros(T, np.int64)
-    counts = np.zeros(T, np.int64)
+    hkey = np.zeros((T, B, kk), np.uint64)
+    hi_ = np.zeros((T, B, kk), np.int64)
+    hj = np.zeros((T, B, kk), np.int64)
+    hs = np.zeros((T, B, kk), np.float32)
+    hn = np.zeros((T, B), np.int64)
+    counts = np.zeros((T, B), np.int64)
     buf = np.empty(min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)), dtype=np.float32)
     total = n * (n - 1) // 2
     done = 0
@@ -172,20 +178,33 @@ def band_pairs(vectors: np.ndarray, lo: float, hi: float, sample: int = 20, *, s
             else:
                 bounds = np.linspace(0, rb, T + 1).astype(np.int64)
             bounds = np.maximum.accumulate(bounds.astype(np.int64))
-            _scan_band(S, a, c0, c0 == a, lo32, hi32, seed64, k, hkey, hi_, hj, hs, hn, counts,
-                       bounds[:-1].copy(), bounds[1:].copy())
+            _scan_bands(S, a, c0, c0 == a, los, his, seed64, k, hkey, hi_, hj, hs, hn, counts,
+                        bounds[:-1].copy(), bounds[1:].copy())
         done += rb * (n - a) - rb * (rb + 1) // 2
         if progress is not None:
             progress(done, total)
-    # merge the per-thread heaps: the k smallest keys overall
-    sel_key = np.concatenate([hkey[t, :hn[t]] for t in range(T)])
-    sel_i = np.concatenate([hi_[t, :hn[t]] for t in range(T)])
-    sel_j = np.concatenate([hj[t, :hn[t]] for t in range(T)])
-    sel_s = np.concatenate([hs[t, :hn[t]] for t in range(T)])
-    keep = np.argsort(sel_key, kind="stable")[:k]
-    sel_i, sel_j, sel_s = sel_i[keep], sel_j[keep], sel_s[keep]
-    order = np.lexsort((sel_j, sel_i, -sel_s))
-    return int(counts.sum()), sel_i[order], sel_j[order], sel_s[order]
+    out: list[BandResult] = []
+    for bb in range(B):
+        # merge the per-thread heaps: the k smallest keys overall
+        sel_key = np.concatenate([hkey[t, bb, :hn[t, bb]] for t in range(T)])
+        sel_i = np.concatenate([hi_[t, bb, :hn[t, bb]] for t in range(T)])
+        sel_j = np.concatenate([hj[t, bb, :hn[t, bb]] for t in range(T)])
+        sel_s = np.concatenate([hs[t, bb, :hn[t, bb]] for t in range(T)])
+        keep = np.argsort(sel_key, kind="stable")[:k]
+        sel_i, sel_j, sel_s = sel_i[keep], sel_j[keep], sel_s[keep]
+        order = np.lexsort((sel_j, sel_i, -sel_s))
+        out.append((int(counts[:, bb].sum()), sel_i[order], sel_j[order], sel_s[order]))
+    return out
+
+
+def band_pairs(vectors: np.ndarray, lo: float, hi: float, sample: int = 20, *, seed: int = 0,
+               block_rows: int = 2048, col_chunk: int = 8192, progress: ProgressFn | None = None) -> BandResult:
+    """Exact count of pairs i < j with ``lo <= sim < hi`` (``hi >= 1``: no upper limit) and a seeded sample.
+
+    Returns ``(count, i, j, sim)``: the sampled pairs' rows (i < j) and similarities, most similar first.
+    """
+    return bands_pairs(vectors, [(lo, hi)], sample, seed=seed, block_rows=block_rows, col_chunk=col_chunk,
+                       progress=progress)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,9 +253,18 @@ def sample_pairs(cat: Catalog, band: str | tuple[float, float], sample: int = 20
     Each pair: ``a``, ``b`` (image ids), ``sim``, and ``path_a``/``path_b``, ``thumb_a``/``thumb_b``
     where the catalog knows them (else None).
     """
+    return sample_bands(cat, [band], sample, cluster=cluster, ids=ids, model=model, seed=seed, progress=progress)[0]
+
+
+def sample_bands(cat: Catalog, bands: Sequence[str | tuple[float, float]], sample: int = 20, *,
+                 cluster: int | None = None, ids: Sequence[str] | None = None, model: str | None = None,
+                 seed: int = 0, progress: ProgressFn | None = None) -> list[PairSample]:
+    """:func:`sample_pairs` for several bands at once (one pass over the pairs), one result per band."""
     from .dedup import load_scope
 
-    lo, hi = parse_band(band)
+    parsed = [parse_band(b) for b in bands]
+    if not parsed:
+        raise InputError("no band given")
     if cluster is not None and ids is not None:
         raise InputError("give a cluster or an id list, not both")
     label = "all"
@@ -252,17 +280,16 @@ def sample_pairs(cat: Catalog, band: str | tuple[float, float], sample: int = 20
         label = f"{len(ids)} ids"
     t0 = time.perf_counter()
     scope = load_scope(cat, model, ids)
-    count, i, j, s = band_pairs(scope.vectors, lo, hi, sample, seed=seed, progress=progress)
-    a_ids = scope.ids[i].tolist()
-    b_ids = scope.ids[j].tolist()
+    results = bands_pairs(scope.vectors, parsed, sample, seed=seed, progress=progress)
+    all_ids = sorted({x for _, i, j, _ in results for x in scope.ids[np.r_[i, j]].tolist()})
     info: dict[str, dict] = {}
-    if a_ids:
+    if all_ids:
         cols = set(cat.image_columns())
         want = [c for c in ("path", "sha256") if c in cols]
         if want:
             import pyarrow as pa
 
-            t = pa.table({"id": pa.array(sorted(set(a_ids + b_ids)), pa.string())})
+            t = pa.table({"id": pa.array(all_ids, pa.string())})
             with cat._lock:
                 cat.con.register("_pair_ids", t)
                 try:
@@ -270,14 +297,18 @@ def sample_pairs(cat: Catalog, band: str | tuple[float, float], sample: int = 20
                 finally:
                     cat.con.unregister("_pair_ids")
             info = {r[0]: dict(zip(want, r[1:])) for r in rows}
-    pairs = []
-    for a, b, sim in zip(a_ids, b_ids, s.tolist()):
-        ia, ib = info.get(a, {}), info.get(b, {})
-        pairs.append(dict(a=a, b=b, sim=round(float(sim), 6), path_a=ia.get("path"), path_b=ib.get("path"),
-                          thumb_a=_thumb_path(cat.sidecar, ia.get("sha256")),
-                          thumb_b=_thumb_path(cat.sidecar, ib.get("sha256"))))
-    return PairSample(band=(lo, hi), scope=label, model=scope.model, n_images=len(scope), in_band=count,
-                      pairs=pairs, seed=int(seed), seconds=time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    out = []
+    for (lo, hi), (count, i, j, s) in zip(parsed, results):
+        pairs = []
+        for a, b, sim in zip(scope.ids[i].tolist(), scope.ids[j].tolist(), s.tolist()):
+            ia, ib = info.get(a, {}), info.get(b, {})
+            pairs.append(dict(a=a, b=b, sim=round(float(sim), 6), path_a=ia.get("path"), path_b=ib.get("path"),
+                              thumb_a=_thumb_path(cat.sidecar, ia.get("sha256")),
+                              thumb_b=_thumb_path(cat.sidecar, ib.get("sha256"))))
+        out.append(PairSample(band=(lo, hi), scope=label, model=scope.model, n_images=len(scope), in_band=count,
+                              pairs=pairs, seed=int(seed), seconds=seconds))
+    return out
 
 
-__all__ = ["parse_band", "band_pairs", "sample_pairs", "PairSample", "MAX_SAMPLE"]
+__all__ = ["parse_band", "band_pairs", "bands_pairs", "sample_pairs", "sample_bands", "PairSample", "MAX_SAMPLE"]
