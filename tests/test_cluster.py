@@ -201,6 +201,12 @@ def test_cli_cluster_clusters_pairs(tmp_path, col, capsys):
     assert "browse" in run("clusters")
     pairs = _json.loads(run("pairs", "--band", "0.97:0.98", "--sample", "4", "--cluster", "0", "--json"))
     assert pairs["scope"] == "cluster 0" and len(pairs["sample"]) == min(4, pairs["pairs_in_band"])
+    sheet = tmp_path / "sheet.png"
+    two = _json.loads(run("pairs", "--band", "0.9:0.97,0.97:0.98", "--sample", "2", "--cluster", "0", "--json",
+                          "--sheet", str(sheet)))
+    assert [b["band"] for b in two] == [[0.9, 0.97], [0.97, 0.98]] and two[1] == pairs | {"sample": two[1]["sample"],
+                                                                                           "seconds": two[1]["seconds"]}
+    assert sheet.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         main(["pairs", "--band", "0.97", "--db", db])

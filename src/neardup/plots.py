@@ -162,8 +162,9 @@ def _load_thumb(sources: Sequence[str | os.PathLike[str] | None], size: int):  #
 def contact_sheet(pairs: Sequence[dict], out: str | os.PathLike[str], *, title: str = "", thumb: int = 160) -> Path:
     """Draw example pairs side by side (PNG): thumbnails A | B and the similarity, ids and paths.
 
-    Each pair dict has ``a``, ``b``, ``sim`` and optionally ``path_a``/``path_b`` and
-    ``thumb_a``/``thumb_b`` (the catalog's thumbnails, tried first). Where no image can be read
+    Each pair dict has ``a``, ``b``, ``sim`` and optionally ``path_a``/``path_b``,
+    ``thumb_a``/``thumb_b`` (the catalog's thumbnails, tried first) and ``note`` (shown after the
+    similarity, e.g. the band). Where no image can be read
     the cell shows the id instead.
     """
     from PIL import Image, ImageDraw, ImageFont
@@ -198,7 +199,8 @@ def contact_sheet(pairs: Sequence[dict], out: str | os.PathLike[str], *, title: 
             else:
                 sheet.paste(im, (x + (thumb - im.width) // 2, y + (thumb - im.height) // 2))
         tx = pad + 2 * (thumb + pad)
-        lines = [f"similarity {p['sim']:.5f}", f"A: {short(str(p['a']))}", f"B: {short(str(p['b']))}"]
+        lines = [f"similarity {p['sim']:.5f}" + (f"   ({p['note']})" if p.get("note") else ""),
+                 f"A: {short(str(p['a']))}", f"B: {short(str(p['b']))}"]
         if p.get("path_a") or p.get("path_b"):
             lines += [f"A path: {short(str(p.get('path_a') or '-'))}", f"B path: {short(str(p.get('path_b') or '-'))}"]
         for i, line in enumerate(lines):

@@ -95,14 +95,14 @@ def clusters_cmd(
 
 @app.command("pairs")
 def pairs_cmd(
-    band: Annotated[str, typer.Option("--band", help="Similarity band LOW:HIGH, e.g. 0.97:0.98 (LOW <= sim < HIGH; a band ending at 1 includes 1).")],
-    sample: Annotated[int, typer.Option("--sample", help="How many example pairs (a uniform sample of the band; 0 = count only).")] = 20,
+    band: Annotated[str, typer.Option("--band", help="Similarity band LOW:HIGH, e.g. 0.97:0.98 (LOW <= sim < HIGH; a band ending at 1 includes 1). Several bands, comma-separated, are sampled in one pass: 0.95:0.96,0.98:0.99.")],
+    sample: Annotated[int, typer.Option("--sample", help="How many example pairs per band (a uniform sample of the band; 0 = count only).")] = 20,
     cluster: Annotated[Optional[int], typer.Option("--cluster", help="Only pairs inside this cluster (see `neardup clusters`).")] = None,
     ids_file: Annotated[Optional[Path], typer.Option("--ids", help="Only pairs among the ids in this file (one per line).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed: the same seed gives the same pairs.")] = 0,
-    sheet: Annotated[Optional[Path], typer.Option("--sheet", help="Also write a contact sheet PNG: thumbnails side by side with their similarity.")] = None,
+    sheet: Annotated[Optional[Path], typer.Option("--sheet", help="Also write a contact sheet PNG: thumbnails side by side with their similarity (the id where there is no image).")] = None,
     model: _ModelOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the count and the pairs as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the count and the pairs as JSON (one object; a list of them for several bands).")] = False,
     db: DbOption = DEFAULT_DB_PATH,
 ) -> None:
     """Example pairs at a similarity band, to see what that band means before choosing a threshold.
@@ -110,9 +110,11 @@ def pairs_cmd(
     Every pair of the scope is checked (exact), so the count of pairs in the band is exact; on a
     whole large collection that is an all-pairs pass (minutes at 100k+): use --cluster there.
     """
-    from ..pairs import parse_band, sample_pairs
+    from ..pairs import parse_band, sample_bands
 
-    lo_hi = parse_band(band)
+    bands = [parse_band(b) for b in band.split(",") if b.strip()]
+    if not bands:
+        raise InputError(f"band {band!r}: give it as LOW:HIGH, e.g. 0.97:0.98")
     if cluster is not None and ids_file is not None:
         raise InputError("give --cluster or --ids, not both")
     ids = None
@@ -123,36 +125,49 @@ def pairs_cmd(
     with open_catalog(db, read_only=True) as cat:
         with progress_bar("pairs") as bar:
             task = bar.add_task("pairs", total=None)
-            res = sample_pairs(cat, lo_hi, sample, cluster=cluster, ids=ids, model=model, seed=seed,
-                               progress=lambda d, t: bar.update(task, completed=d, total=t))
-    lo, hi = res.band
+            results = sample_bands(cat, bands, sample, cluster=cluster, ids=ids, model=model, seed=seed,
+                                   progress=lambda d, t: bar.update(task, completed=d, total=t))
+    first = results[0]
     if sheet is not None:
         from ..plots import contact_sheet
 
-        title = (f"{res.scope}, band {lo:g} <= sim < {hi:g}: {res.in_band:,} of {res.total_pairs:,} pairs; "
-                 f"{len(res.pairs)} shown (seed {res.seed})")
-        contact_sheet(res.pairs, sheet, title=title)
+        shown = []
+        for res in results:
+            lo, hi = res.band
+            shown += [dict(p, note=f"band {lo:g}:{hi:g}") for p in res.pairs] if len(results) > 1 else res.pairs
+        if len(results) == 1:
+            lo, hi = first.band
+            title = (f"{first.scope}, band {lo:g} <= sim < {hi:g}: {first.in_band:,} of {first.total_pairs:,} pairs; "
+                     f"{len(first.pairs)} shown (seed {first.seed})")
+        else:
+            title = (f"{first.scope}: " + "; ".join(f"{r.band[0]:g}:{r.band[1]:g} {r.in_band:,}" for r in results)
+                     + f" of {first.total_pairs:,} pairs (seed {first.seed})")
+        contact_sheet(shown, sheet, title=title)
         err_console.print(f"contact sheet written to {sheet}")
     if as_json:
-        typer.echo(json.dumps(res.to_dict()))
+        payload = [r.to_dict() for r in results]
+        typer.echo(json.dumps(payload[0] if len(payload) == 1 else payload))
         return
-    pct = 100.0 * res.in_band / res.total_pairs if res.total_pairs else 0.0
-    console.print(f"{res.scope} ({res.n_images:,} images, model {res.model}): {res.in_band:,} pairs with "
-                  f"{lo:g} <= sim < {hi:g}{' (1 included)' if hi >= 1 else ''} — {pct:.3g}% of {res.total_pairs:,} pairs",
+    console.print(f"{first.scope}: {first.n_images:,} images, model {first.model}, {first.total_pairs:,} pairs",
                   highlight=False)
-    if not res.pairs:
-        return
-    t = Table(title=f"{len(res.pairs)} example pairs (seed {res.seed})", title_justify="left")
-    t.add_column("sim", justify="right")
-    t.add_column("A")
-    t.add_column("B")
-    has_paths = any(p["path_a"] or p["path_b"] for p in res.pairs)
-    if has_paths:
-        t.add_column("A path", overflow="fold")
-        t.add_column("B path", overflow="fold")
-    for p in res.pairs:
-        cells = [f"{p['sim']:.5f}", p["a"], p["b"]]
+    for res in results:
+        lo, hi = res.band
+        pct = 100.0 * res.in_band / res.total_pairs if res.total_pairs else 0.0
+        console.print(f"{res.in_band:,} pairs with {lo:g} <= sim < {hi:g}{' (1 included)' if hi >= 1 else ''} "
+                      f"({pct:.3g}%)", highlight=False)
+        if not res.pairs:
+            continue
+        t = Table(title=f"{len(res.pairs)} example pairs in {lo:g}:{hi:g} (seed {res.seed})", title_justify="left")
+        t.add_column("sim", justify="right")
+        t.add_column("A")
+        t.add_column("B")
+        has_paths = any(p["path_a"] or p["path_b"] for p in res.pairs)
         if has_paths:
-            cells += [p["path_a"] or "-", p["path_b"] or "-"]
-        t.add_row(*cells)
-    console.print(t)
+            t.add_column("A path", overflow="fold")
+            t.add_column("B path", overflow="fold")
+        for p in res.pairs:
+            cells = [f"{p['sim']:.5f}", p["a"], p["b"]]
+            if has_paths:
+                cells += [p["path_a"] or "-", p["path_b"] or "-"]
+            t.add_row(*cells)
+        console.print(t)
