@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -164,7 +165,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-def centroids_path(cat: Catalog, clustering_id: int):  # -> Path
+def centroids_path(cat: Catalog, clustering_id: int) -> Path:
     """Where a labelling's centroids are kept (``.npy``, row c = cluster c), for assigning new images."""
     return cat.sidecar / "clusters" / f"clustering-{clustering_id}.npy"
 

@@ -140,8 +140,8 @@ def plot_sweep(rows: Sequence[dict], forest: Any, out: str | os.PathLike[str], c
 # --------------------------------------------------------------------------------------------
 # contact sheet of example pairs
 # --------------------------------------------------------------------------------------------
-def _load_thumb(sources: Sequence[str | os.PathLike[str] | None], size: int):  # -> PIL.Image | None
-    """The first of ``sources`` that opens as an image, as an RGB thumbnail (files are only read)."""
+def _load_thumb(sources: Sequence[str | os.PathLike[str] | None], size: int) -> Any:
+    """The first of ``sources`` that opens as an image, as an RGB PIL thumbnail, or None (files are only read)."""
     from PIL import Image, ImageOps
 
     for src in sources:
