@@ -226,3 +226,33 @@ def test_table_flags_images_added_after_clustering(tmp_path, col):
     tab = cluster_table(c)
     assert tab.unclustered == 50 and tab.stale and tab.total["images"] == 300
     c.close()
+
+
+def test_cli_sweep_cluster_and_plot_equal_the_cluster_alone(tmp_path, col, capsys):
+    """`neardup sweep --cluster C --plot` (the core command calling cluster_ids / plot_sweep)."""
+    import json as _json
+
+    from neardup.cli import main
+    from neardup.plots import SWEEP_SIZE
+
+    db = tmp_path / "s.duckdb"
+    c = Catalog(db)
+    import_embeddings(c, col.vectors[:800], col.ids[:800])
+    cluster(c, 5, seed=0)
+    ids = cluster_ids(c, 2)
+    c.close()
+    alone = Catalog(tmp_path / "alone.duckdb")
+    pos = {k: i for i, k in enumerate(col.ids[:800].tolist())}
+    import_embeddings(alone, col.vectors[[pos[i] for i in ids]], np.asarray(ids, dtype=object))
+    want = sweep(alone, [0.99, 0.98, 0.97, 0.95])
+    alone.close()
+    capsys.readouterr()
+    try:
+        main(["sweep", "--cluster", "2", "--json", "--plot", str(tmp_path / "p.png"), "--chosen", "0.98", "--db", str(db)])
+    except SystemExit as exc:
+        assert not exc.code
+    assert _json.loads(capsys.readouterr().out) == want
+    import struct
+
+    head = (tmp_path / "p.png").read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == SWEEP_SIZE
