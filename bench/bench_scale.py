@@ -64,7 +64,7 @@ def load(path: str, subset: int | None, seed: int = 0) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("cmd", choices=["gen", "ann", "exact", "compare", "ray"])
+    p.add_argument("cmd", choices=["gen", "ann", "exact", "compare", "ray", "tile"])
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--out", default="/tmp/neardup_seed1m.npy")
     p.add_argument("--vectors", default="/tmp/neardup_seed1m.npy")
@@ -127,6 +127,31 @@ def main(argv: list[str] | None = None) -> None:
                                  len(np.unique(la)) == len(np.unique(lb)) == len(np.unique(la * (lb.max() + 1) + lb)))}
             out["ari"][t]["pairs_a"] = fa.pair_count(t)
             out["ari"][t]["pairs_b"] = fb.pair_count(t)
+    elif args.cmd == "tile":
+        # per-tile throughput of the Ray tile kernel, one thread (what one Ray CPU does)
+        import numba
+
+        from neardup.distributed.tiles import tile_forest
+
+        numba.set_num_threads(1)
+        X = np.load(args.vectors, mmap_mode="r")
+        n = len(X)
+        rng = np.random.default_rng(0)
+        tile_forest(X, args.floor, (0, 256), (0, 1024))  # compile / warm
+        rows = []
+        for k in range(5):
+            a = int(rng.integers(0, n // 4096 - 8)) * 4096
+            c = (a // 16384 + 1 + k) * 16384
+            c0 = time.process_time()
+            w0 = time.perf_counter()
+            s, d, w, h = tile_forest(X, args.floor, (a, a + 4096), (c, c + 16384))
+            rows.append({"cpu_s": time.process_time() - c0, "wall_s": time.perf_counter() - w0,
+                         "pairs_ge_floor": int(h.sum()), "edges_out": int(len(s))})
+        out["tiles"] = rows
+        out["tile_pairs"] = 4096 * 16384
+        med = float(np.median([r["cpu_s"] for r in rows]))
+        out["median_cpu_s_per_tile"] = med
+        out["pairs_per_cpu_s"] = 4096 * 16384 / med
     elif args.cmd == "ray":
         import os
 

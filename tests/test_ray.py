@@ -76,7 +76,9 @@ def test_ray_tiles_from_a_memory_mapped_npy(ray_cluster, tmp_path):
     X = seed_shaped(3_000, 64, seed=24).vectors
     np.save(tmp_path / "v.npy", X)
     M = np.load(tmp_path / "v.npy", mmap_mode="r")
-    f = ray_forest(M, 0.97, share="mmap", tile_rows=512, tile_cols=1024)
+    calls = []
+    f = ray_forest(M, 0.97, share="mmap", tile_rows=512, tile_cols=1024, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (3000 * 2999 // 2,) * 2 and all(a[0] <= b[0] for a, b in zip(calls, calls[1:]))
     fe = exact_forest(X, 0.97)
     assert np.array_equal(f.hist, fe.hist)
     assert np.array_equal(f.components(0.98), fe.components(0.98))

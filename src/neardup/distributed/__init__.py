@@ -58,7 +58,7 @@ def _tile_task(X: Any, floor: float, rows: tuple[int, int], cols: tuple[int, int
     X = _open(X)
     t = time.perf_counter()
     s, d, w, h = tile_forest(X, floor, rows, cols)
-    return s, d, w, h, time.perf_counter() - t
+    return s, d, w, h, time.perf_counter() - t, _tile_pairs(rows, cols)
 
 
 def _partition_task(X: np.ndarray, probes: np.ndarray, floor: float, qs: np.ndarray):
@@ -124,6 +124,14 @@ class _Merger:
         return merge_forests(self.forests, self.n)
 
 
+def _tile_pairs(rows: tuple[int, int], cols: tuple[int, int]) -> int:
+    a, b = rows
+    c, d = cols
+    if c <= a:  # diagonal tile: pairs (i, j) with j > i inside [c, d)
+        return (b - a) * (d - 1) - (b * (b - 1) // 2 - a * (a - 1) // 2)
+    return (b - a) * (d - c)
+
+
 def _drain(refs: list, on_result: Callable[[Any], None], max_in_flight: int, submit: Callable[[], Any | None]) -> None:
     ray = _ray()
     in_flight = list(refs)
@@ -180,16 +188,13 @@ def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress
                 nxt = next(it, None)
                 return None if nxt is None else remote.remote(X_ref, float(floor), *nxt)
 
-            def on_result(res):
-                s, d, w, h, sec = res
+            def on_result_p(res):
+                s, d, w, h, sec, npairs = res
                 merger.add(s, d, w, h)
                 task_s.append(sec)
-
-            def on_result_p(res):
-                on_result(res)
                 if progress is not None:
-                    done[0] = min(total, done[0] + int(total / max(1, len(tiles))))
-                    progress(done[0], total)
+                    done[0] += npairs
+                    progress(min(done[0], total), total)
 
             _drain([], on_result_p, 2 * cpus, submit)
             forest = merger.result()
