@@ -18,7 +18,7 @@ a subprocess (``_worker`` sub-command) of the right interpreter:
 Per run the driver records the wall time of the dedup call itself (measured inside the
 worker around that call only: no interpreter start, no import, no file load), the peak RSS of
 the worker process (``getrusage`` via ``os.wait4``: the largest single process in the tree)
-and the peak of the summed PSS of the worker's whole process tree, sampled every 50 ms from
+and the peak of the summed PSS of the worker's whole process tree, sampled every 0.1 s from
 /proc (imagededup forks similarity workers; fastdup runs native threads in-process).
 
 Agreement with the exact reference (all pairs cos >= t, connected components):
@@ -93,10 +93,10 @@ def ensure_venv() -> None:
 # measurement of a subprocess: wall time comes from the worker, memory from here
 # --------------------------------------------------------------------------------------------
 
-def _children_map() -> dict[int, list[int]]:
+def _children_map(min_pid: int = 0) -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
-        if not d.isdigit():
+        if not d.isdigit() or int(d) < min_pid:   # descendants are newer (barring pid wrap)
             continue
         try:
             with open(f"/proc/{d}/stat", "rb") as f:
@@ -119,25 +119,29 @@ def _pss_kb(pid: int) -> int:
     return 0
 
 
-def _tree_pss_kb(root: int) -> int:
-    kids = _children_map()
-    total, stack = 0, [root]
+def _tree(root: int) -> list[int]:
+    kids = _children_map(root)
+    out, stack = [], [root]
     while stack:
         p = stack.pop()
-        total += _pss_kb(p)
+        out.append(p)
         stack.extend(kids.get(p, ()))
-    return total
+    return out
 
 
-def measured(cmd: list[str], env: dict | None = None, interval: float = 0.05) -> dict:
+def measured(cmd: list[str], env: dict | None = None, interval: float = 0.1) -> dict:
     """Run ``cmd``; return its JSON result (last stdout line) plus memory peaks."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     peak = [0]
     stop = threading.Event()
 
-    def sample():
+    def sample():   # PSS of the process tree every 0.1 s; the tree itself re-read every 0.5 s
+        k, pids = 0, [proc.pid]
         while not stop.is_set():
-            peak[0] = max(peak[0], _tree_pss_kb(proc.pid))
+            if k % 5 == 0:
+                pids = _tree(proc.pid)
+            k += 1
+            peak[0] = max(peak[0], sum(_pss_kb(p) for p in pids))
             stop.wait(interval)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -243,7 +247,7 @@ def w_reference(X, t, outdir):
     return {"seconds": sec, "pairs": int(len(i))}
 
 
-def w_imagededup(X, t, outdir):
+def w_imagededup(X, t, outdir, scores=True):
     import numpy as np
     _torchvision_without_ops()
     import torch
@@ -257,20 +261,20 @@ def w_imagededup(X, t, outdir):
     import warnings
     warnings.simplefilter("ignore")
     t0 = time.perf_counter()
-    res = cnn.find_duplicates(encoding_map=enc, min_similarity_threshold=float(t), scores=True)
+    res = cnn.find_duplicates(encoding_map=enc, min_similarity_threshold=float(t), scores=bool(scores))
     sec = time.perf_counter() - t0
     del cnn
     ii, jj = [], []
     for k, dups in res.items():
         a = int(k)
-        for name, _score in dups:
-            b = int(name)
+        for d in dups:
+            b = int(d[0] if isinstance(d, tuple) else d)
             if a < b:
                 ii.append(a); jj.append(b)
     i, j = np.asarray(ii, np.int64), np.asarray(jj, np.int64)
     np.save(outdir / "pairs.npy", np.stack([i, j]))
     np.save(outdir / "labels.npy", _labels_from_pairs(len(X), i, j))
-    return {"seconds": sec, "pairs": int(len(i)),
+    return {"seconds": sec, "pairs": int(len(i)), "scores": bool(scores),
             "note": "groups = connected components of the returned duplicate map (scipy, untimed)"}
 
 
@@ -295,12 +299,17 @@ def w_fastdup(X, t, outdir, k=None):
     labels[miss] = labels.max() + 1 + np.arange(int(miss.sum()))
     sim = fd.similarity()
     a, b = sim["from"].to_numpy(np.int64), sim["to"].to_numpy(np.int64)
+    # fastdup's "distance" column is a cosine similarity (1 = identical): check it against
+    # the float32 dot products of the same rows (the vectors are unit-norm)
+    dots = np.einsum("ij,ij->i", X[a], X[b]) if len(a) else np.zeros(0, np.float32)
+    dist_err = float(np.abs(sim["distance"].to_numpy(np.float64) - dots).max()) if len(a) else 0.0
     lo, hi = np.minimum(a, b), np.maximum(a, b)
     p = np.unique(np.stack([lo, hi]), axis=1) if len(lo) else np.zeros((2, 0), np.int64)
     np.save(outdir / "pairs.npy", p)
     np.save(outdir / "labels.npy", labels)
     shutil.rmtree(wd, ignore_errors=True)
     return {"seconds": sec, "seconds_run_only": t_run, "pairs": int(p.shape[1]),
+            "max_abs_distance_minus_dot": dist_err,
             "nearest_neighbors_k": kw.get("nearest_neighbors_k", "default(2)")}
 
 
@@ -410,6 +419,8 @@ def run(args) -> dict:
     tools = [s for s in args.tools.split(",") if s]
     spec = {"gemm": (nd_py, nd_env, {}), "neardup": (nd_py, nd_env, {}),
             "imagededup": (str(PEERS_PY), pe_env, {}), "fastdup": (str(PEERS_PY), pe_env, {})}
+    if args.imagededup_no_scores:
+        spec["imagededup_noscores"] = (str(PEERS_PY), pe_env, {"scores": False})
     for k in (args.fastdup_k or "").split(","):
         if k:
             spec[f"fastdup_k{k}"] = (str(PEERS_PY), pe_env, {"k": int(k)})
@@ -437,17 +448,18 @@ def run(args) -> dict:
 
     names = []
     for tool in tools:
-        names += [k for k in spec if k == tool or (tool == "fastdup" and k.startswith("fastdup_k"))]
+        names += [k for k in spec if k == tool or (tool == "fastdup" and k.startswith("fastdup_k"))
+                  or (tool == "imagededup" and k == "imagededup_noscores")]
     if args.fastdup_k and "fastdup" in tools and not args.fastdup_default:
         names.remove("fastdup")
     # interleave repeats (round-robin) so background load hits every tool alike
     for rep in range(args.repeats):
         print(f"repeat {rep + 1}/{args.repeats}", flush=True)
         for name in names:
-            if name == "imagededup" and rep >= args.imagededup_repeats:
+            if name.startswith("imagededup") and rep >= args.imagededup_repeats:
                 continue
             py, env, kw = spec[name]
-            tool = "fastdup" if name.startswith("fastdup") else name
+            tool = name.split("_")[0]
             try:
                 r = one(name, tool, py, env, kw, work / f"{name}-{rep}")
             except Exception as e:  # record and go on
@@ -522,6 +534,8 @@ def main() -> None:
     r.add_argument("--repeats", type=int, default=3)
     r.add_argument("--tools", default="gemm,neardup,imagededup,fastdup")
     r.add_argument("--imagededup-repeats", type=int, default=3)
+    r.add_argument("--imagededup-no-scores", action="store_true",
+                   help="also run imagededup with scores=False (its faster path)")
     r.add_argument("--fastdup-k", default="", help="extra fastdup runs with these nearest_neighbors_k, e.g. 16")
     r.add_argument("--fastdup-default", action="store_true", help="with --fastdup-k, keep the default-k run too")
     r.add_argument("--reference", choices=["scipy", "neardup"], default="scipy",
