@@ -165,7 +165,7 @@ def main() -> None:
             mem[n] = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"error": r.stderr[-300:]}
         out["memory"] = mem
     RAW.mkdir(parents=True, exist_ok=True)
-    dest = ROOT / "bench" / "results" / f"throughput-{args.model}.json"
+    dest = ROOT / "bench" / "results" / f"throughput-{args.model}-{args.size}.json"
     dest.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
 

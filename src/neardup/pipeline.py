@@ -159,7 +159,8 @@ def embed(catalog: Catalog, model: str | EmbeddingModel | None = None, *, batch_
     report = EmbedReport(model=m.name)
     todo = pending_images(catalog, m.name).to_pylist()
     report.pending = len(todo)
-    total_with_path = catalog.sql("SELECT count(*) FROM images WHERE path IS NOT NULL").column(0)[0].as_py()
+    ok = "coalesce(status, 'ok') = 'ok'" if "status" in catalog.image_columns() else "true"
+    total_with_path = catalog.sql(f"SELECT count(*) FROM images WHERE path IS NOT NULL AND {ok}").column(0)[0].as_py()
     report.up_to_date = int(total_with_path) - len(todo)
     t0 = time.perf_counter()
     done = 0
