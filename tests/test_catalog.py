@@ -226,3 +226,24 @@ def test_second_process_gets_a_clear_error(db):
     finally:
         done.set()
         p.join(30)
+
+
+def test_reserved_metadata_columns_refused(tmp_path, db, base):
+    before = snapshot(db)
+    (tmp_path / "m.csv").write_text("id,cluster_id\na1,3\n")
+    with Catalog(db) as cat, pytest.raises(InputError, match="'cluster_id' is set by neardup itself"):
+        import_embeddings(cat, np.ones((1, 8), np.float32), ["a1"], meta=tmp_path / "m.csv")
+    assert snapshot(db) == before
+
+
+def test_scope_of_some_ids_is_a_join(db, base):
+    from neardup.dedup import load_scope
+
+    X, ids = base
+    with Catalog(db) as cat:
+        sc = load_scope(cat, ids=["a7", "a2", "a11"])
+        assert sc.ids.tolist() == ["a2", "a7", "a11"] and sc.rows.tolist() == [2, 7, 11]
+        assert np.allclose(sc.vectors[1], X[7] / np.linalg.norm(X[7]), atol=1e-6)
+        with pytest.raises(InputError, match="1 ids have no precomputed embedding"):
+            load_scope(cat, ids=["a1", "zz"])
+        assert "a3" not in load_scope(cat, exclude=["a3"]).ids.tolist()

@@ -44,6 +44,8 @@ CORE_IMAGE_COLUMNS: dict[str, str] = {
 }
 
 OVERRIDE_KINDS = ("keep", "master", "not_duplicate")
+#: derived by neardup (runs, clustering, scan time): never taken from user metadata
+RESERVED_IMAGE_COLUMNS = ("is_suppressed", "added_at", "cluster_id")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -191,11 +193,14 @@ class Catalog:
         """Insert new images and update the given columns of existing ones (matched on ``id``).
 
         Columns that the images table lacks are added (user metadata is kept). Returns
-        ``(inserted, updated)``. ``is_suppressed`` and ``added_at`` cannot be set this way.
+        ``(inserted, updated)``. Columns neardup derives itself (:data:`RESERVED_IMAGE_COLUMNS`)
+        are refused.
         """
         if "id" not in table.column_names:
             raise InputError("image table has no 'id' column")
-        table = table.drop_columns([c for c in ("is_suppressed", "added_at") if c in table.column_names])
+        reserved = [c for c in RESERVED_IMAGE_COLUMNS if c in table.column_names]
+        if reserved:
+            raise InputError(f"column {reserved[0]!r} is set by neardup itself and cannot be imported; rename it")
         ctx = contextlib.nullcontext() if _in_transaction else self.transaction()
         with ctx:
             existing = self.image_columns()
@@ -256,6 +261,39 @@ class Catalog:
 
     def load_embeddings(self, model: str | None = None) -> EmbeddingSet:
         """The model's vectors, memory-mapped (read-only), and the image id of each row."""
+        model, version, vectors = self.embedding_vectors(model)
+        ids = self.sql("SELECT image_id FROM embedding_rows WHERE model = ? ORDER BY row", [model]).column(0)
+        return EmbeddingSet(model=model, ids=np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object),
+                            vectors=vectors, version=version)
+
+    def embedding_rows(self, model: str, ids: Sequence[str] | None = None,
+                       exclude: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, ids)`` of a model's embedding matrix for some ids (or all but ``exclude``), in row order.
+
+        The lookup runs in DuckDB, so a 2,000-id cluster of a million-image catalog is a join,
+        not a Python scan of every id.
+        """
+        conds, tables = ["r.model = ?"], {}
+        if ids is not None:
+            tables["_want"] = pa.table({"id": pa.array([str(i) for i in ids], pa.string())})
+            conds.append("r.image_id IN (SELECT id FROM _want)")
+        if exclude:
+            tables["_drop"] = pa.table({"id": pa.array([str(i) for i in exclude], pa.string())})
+            conds.append("r.image_id NOT IN (SELECT id FROM _drop)")
+        with self._lock:
+            for name, t in tables.items():
+                self.con.register(name, t)
+            try:
+                t = self.con.sql(f"SELECT r.row, r.image_id FROM embedding_rows r WHERE {' AND '.join(conds)} ORDER BY r.row",
+                                 params=[model]).to_arrow_table()
+            finally:
+                for name in tables:
+                    self.con.unregister(name)
+        return (np.asarray(t["row"].to_numpy(), dtype=np.int64),
+                np.asarray(t["image_id"].to_numpy(zero_copy_only=False), dtype=object))
+
+    def embedding_vectors(self, model: str | None = None) -> tuple[str, int, np.ndarray]:
+        """``(model, version, vectors)`` without loading the ids (memory-mapped, read-only)."""
         model = model or self.default_model()
         row = self.one("SELECT file, count, dim, version FROM embedding_sets WHERE model = ?", [model])
         if row is None:
@@ -265,8 +303,7 @@ class Catalog:
         vectors = np.load(self.sidecar / "embeddings" / file, mmap_mode="r")
         if vectors.shape != (count, dim):
             raise CatalogError(f"{self.path}: embeddings file {file} has shape {vectors.shape}, catalog says {(count, dim)}")
-        ids = self.sql("SELECT image_id FROM embedding_rows WHERE model = ? ORDER BY row", [model]).column(0)
-        return EmbeddingSet(model=model, ids=np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object), vectors=vectors, version=int(version))
+        return model, int(version), vectors
 
     def put_embeddings(self, model: str, ids: Sequence[str] | np.ndarray, vectors: np.ndarray,
                        images: pa.Table | None = None) -> tuple[int, int]:

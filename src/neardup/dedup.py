@@ -53,23 +53,18 @@ class Scope:
 def load_scope(catalog: Catalog, model: str | None = None, ids: Sequence[str] | None = None,
                exclude: Sequence[str] | None = None) -> Scope:
     """The embeddings of ``ids`` (default: all), minus ``exclude``, for ``model``."""
-    es: EmbeddingSet = catalog.load_embeddings(model)
     if ids is None and not exclude:
+        es: EmbeddingSet = catalog.load_embeddings(model)
         return Scope(es.model, es.version, es.ids, None, es.vectors, "all")
-    all_ids = es.ids
-    mask = np.ones(len(all_ids), dtype=bool)
+    name, version, vectors = catalog.embedding_vectors(model)
+    rows, scope_ids = catalog.embedding_rows(name, ids, exclude)
     if ids is not None:
         wanted = set(map(str, ids))
-        mask &= np.fromiter((i in wanted for i in all_ids.tolist()), dtype=bool, count=len(all_ids))
-        missing = wanted - set(all_ids[mask].tolist())
-        if missing:
-            raise InputError(f"{len(missing)} ids have no {es.model} embedding (e.g. {sorted(missing)[0]!r})")
-    if exclude:
-        ex = set(map(str, exclude))
-        mask &= np.fromiter((i not in ex for i in all_ids.tolist()), dtype=bool, count=len(all_ids))
-    rows = np.flatnonzero(mask)
-    digest = hashlib.sha1("\n".join(all_ids[rows].tolist()).encode()).hexdigest()[:16]
-    return Scope(es.model, es.version, all_ids[rows], rows, np.ascontiguousarray(es.vectors[rows]), digest)
+        if len(wanted) != len(scope_ids) + len(wanted & set(map(str, exclude or ()))):
+            missing = sorted(wanted - set(scope_ids.tolist()) - set(map(str, exclude or ())))
+            raise InputError(f"{len(missing)} ids have no {name} embedding (e.g. {missing[0]!r})")
+    digest = hashlib.sha1("\n".join(scope_ids.tolist()).encode()).hexdigest()[:16]
+    return Scope(name, version, scope_ids, rows, np.ascontiguousarray(vectors[rows]), digest)
 
 
 def compute_forest(vectors: np.ndarray, floor: float, *, index: str = "exact", engine: str = "local",
