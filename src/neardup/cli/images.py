@@ -192,7 +192,7 @@ def demo_cmd(
     Works offline. The photos go to FOLDER/photos, the catalog to FOLDER/neardup.duckdb; then scan, embed with the default model, and dedup at the model's default threshold, printing the threshold sweep and the before/after. Explore further with e.g. `neardup sweep --db FOLDER/neardup.duckdb` or `neardup review --db FOLDER/neardup.duckdb`."""
     from ..dedup import dedup
     from ..embed import get_model
-    from ..pipeline import scan_and_embed
+    from ..pipeline import EmbedInterrupted, scan_and_embed
     from ..samples import build_collection, read_labels
 
     m = get_model(model)
@@ -210,8 +210,13 @@ def demo_cmd(
                   "an EXIF-rotated copy and one truncated file", highlight=False)
     db = folder / "neardup.duckdb"
     with open_catalog(db, must_exist=False) as cat:
-        with _bar(f"scanning + embedding ({m.name})") as prog:
-            srep, erep = scan_and_embed(cat, [photos], m, progress=prog)
+        try:
+            with _bar(f"scanning + embedding ({m.name})") as prog:
+                srep, erep = scan_and_embed(cat, [photos], m, progress=prog)
+        except EmbedInterrupted:
+            err_console.print("interrupted: what was scanned and embedded is kept; run `neardup demo` again to continue",
+                              highlight=False)
+            raise typer.Exit(130) from None
         console.print(f"scan: {srep.summary()}", highlight=False)
         _print_skips(srep.skipped)
         console.print(f"embed: {erep.summary()}", highlight=False)
