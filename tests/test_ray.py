@@ -84,3 +84,22 @@ def test_ray_tiles_from_a_memory_mapped_npy(ray_cluster, tmp_path):
     assert np.array_equal(f.components(0.98), fe.components(0.98))
     with pytest.raises(ValueError):
         ray_forest(np.asarray(X), 0.97, share="mmap")
+
+
+def test_ray_embed_matches_local_embedding(ray_cluster):
+    """Ray Data map_batches over image paths = the model's own embed_files, in path order."""
+    import skimage
+
+    from neardup.distributed import ray_embed
+    from neardup.embed import get_model
+
+    model = get_model("sscd-distilled")
+    if not model.availability().usable:
+        pytest.skip("sscd-distilled weights not available")
+    data = os.path.join(os.path.dirname(skimage.__file__), "data")
+    paths = [os.path.join(data, f) for f in ("astronaut.png", "camera.png", "coffee.png", "chelsea.png", "rocket.jpg")]
+    paths = [p for p in paths if os.path.exists(p)]
+    V = ray_embed(paths, "sscd-distilled", batch_size=2)
+    ref = model.embed_files(paths)
+    assert V.shape == ref.shape
+    assert np.allclose(V, ref, atol=1e-4)

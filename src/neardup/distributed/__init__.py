@@ -56,9 +56,9 @@ def _tile_task(X: Any, floor: float, rows: tuple[int, int], cols: tuple[int, int
 
     numba.set_num_threads(1)  # one Ray CPU per task: do not oversubscribe the worker
     X = _open(X)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     s, d, w, h = tile_forest(X, floor, rows, cols)
-    return s, d, w, h, time.perf_counter() - t, _tile_pairs(rows, cols)
+    return s, d, w, h, (time.perf_counter() - t, time.process_time() - c), _tile_pairs(rows, cols)
 
 
 def _partition_task(X: np.ndarray, probes: np.ndarray, floor: float, qs: np.ndarray):
@@ -68,9 +68,9 @@ def _partition_task(X: np.ndarray, probes: np.ndarray, floor: float, qs: np.ndar
 
     numba.set_num_threads(1)
     X = _open(X)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     s, d, w, compared = _partition_forest(X, probes, floor, None, only=qs)
-    return s, d, w, compared, time.perf_counter() - t
+    return s, d, w, compared, (time.perf_counter() - t, time.process_time() - c)
 
 
 def _npy_path(vectors: np.ndarray) -> str | None:
@@ -160,7 +160,9 @@ def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress
     the vectors exceed a node's object store) or ``"auto"`` (mmap when the vectors are a
     file-backed ``.npy`` memory map, else object store). ``index="ann"``: the
     partitions of :func:`neardup.similarity.ann.ann_forest` run as tasks; recall is estimated on
-    the driver exactly as the local ANN does. ``meta`` records tiles, task seconds and wall time.
+    the driver exactly as the local ANN does. ``meta`` records tiles, the tasks' summed wall and
+    CPU seconds (Ray runs workers at nice 15: on a shared machine their wall time says little)
+    and the driver's wall time.
     """
     ray = _ray()
     if index not in ("exact", "ann", "auto"):
@@ -176,7 +178,7 @@ def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress
         X_ref = _share(vectors, share)
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         merger = _Merger(n, float(floor))
-        task_s: list[float] = []
+        task_s: list[tuple[float, float]] = []  # (wall, cpu) seconds per task
         if index == "exact":
             tiles = upper_tiles(n, tile_rows, tile_cols)
             total = n * (n - 1) // 2
@@ -199,7 +201,8 @@ def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress
             _drain([], on_result_p, 2 * cpus, submit)
             forest = merger.result()
             forest.meta = {"engine": "ray", "index": "exact", "tiles": len(tiles), "tile_rows": tile_rows,
-                           "tile_cols": tile_cols, "cluster_cpus": cpus, "task_seconds_sum": round(sum(task_s), 2),
+                           "tile_cols": tile_cols, "cluster_cpus": cpus, "task_seconds_sum": round(sum(x[0] for x in task_s), 2),
+                           "task_cpu_seconds_sum": round(sum(x[1] for x in task_s), 2),
                            "wall_seconds": round(time.perf_counter() - t0, 2)}
             if progress is not None:
                 progress(total, total)
@@ -233,7 +236,8 @@ def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress
         forest = merger.result()
         meta = {"engine": "ray", "index": "ann", "partitions": P, "tasks": len(groups), "cluster_cpus": cpus,
                 "compared_fraction": float(compared[0] / max(1, n * (n - 1) / 2)),
-                "task_seconds_sum": round(sum(task_s), 2), "wall_seconds": round(time.perf_counter() - t0, 2)}
+                "task_seconds_sum": round(sum(x[0] for x in task_s), 2),
+                "task_cpu_seconds_sum": round(sum(x[1] for x in task_s), 2), "wall_seconds": round(time.perf_counter() - t0, 2)}
         if recall_sample > 0:
             recall, est = estimate_recall(vectors, forest, sample=recall_sample)
             forest.hist = est
@@ -246,8 +250,13 @@ def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress
             ray.shutdown()
 
 
-def ray_embed(paths: Sequence[str], model_name: str, batch_size: int = 64) -> np.ndarray:
-    """Embed images as Ray Data ``map_batches`` over their paths; rows in the order of ``paths``."""
+def ray_embed(paths: Sequence[str], model_name: str, batch_size: int = 64, *, concurrency: int | None = None
+              ) -> np.ndarray:
+    """Embed images as Ray Data ``map_batches`` over their paths; rows in the order of ``paths``.
+
+    One model actor per cluster CPU by default (``concurrency``); each loads the model once.
+    Unit-norm float32, ``(len(paths), dim)``.
+    """
     ray = _ray()
     from ..embed import get_model
 
@@ -268,7 +277,9 @@ def ray_embed(paths: Sequence[str], model_name: str, batch_size: int = 64) -> np
                 return {"pos": batch["pos"], "vector": np.asarray(vecs, dtype=np.float32)}
 
         ds = ray.data.from_items([{"pos": i, "path": str(p)} for i, p in enumerate(paths)])
-        out = ds.map_batches(_Embedder, batch_size=batch_size, concurrency=1).take_all()
+        if concurrency is None:
+            concurrency = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        out = ds.map_batches(_Embedder, batch_size=batch_size, concurrency=concurrency, num_cpus=1).take_all()
         out.sort(key=lambda r: r["pos"])
         return np.stack([r["vector"] for r in out]) if out else np.zeros((0, 0), np.float32)
     finally:
