@@ -160,35 +160,40 @@ def _partition_forest(X: np.ndarray, probes: np.ndarray, floor: float, progress:
 
 @nb.njit(cache=True, parallel=True)
 def _sample_scan(S, rows, col0, floor, ths, labels, hist, tot, hit):
-    """Sample rows x column chunk: histogram (self excluded) and per-row true/joined pair counts."""
+    """Sample rows x column chunk: histogram (self excluded) and per-row true/joined pair counts.
+
+    Thread t of ``hist.shape[0]`` owns a contiguous range of sampled rows and its own hist row.
+    """
     ns = S.shape[0]
     nc = S.shape[1]
     nth = ths.shape[0]
     nbins = hist.shape[1]
+    T = hist.shape[0]
     f32floor = np.float32(floor)
-    for r in nb.prange(ns):
-        i = rows[r]
-        for c in range(nc):
-            j = col0 + c
-            if j == i:
-                continue
-            s = S[r, c]
-            if s < f32floor:
-                continue
-            sd = np.float64(s)
-            if sd > 1.0:
-                sd = 1.0
-            b = int((sd - floor) / 1e-5)
-            if b >= nbins:
-                b = nbins - 1
-            elif b < 0:
-                b = 0
-            hist[r, b] += 1
-            for k in range(nth):
-                if s >= np.float32(ths[k]):
-                    tot[r, k] += 1
-                    if labels[k, i] == labels[k, j]:
-                        hit[r, k] += 1
+    for t in nb.prange(T):
+        for r in range(t * ns // T, (t + 1) * ns // T):
+            i = rows[r]
+            for c in range(nc):
+                j = col0 + c
+                if j == i:
+                    continue
+                s = S[r, c]
+                if s < f32floor:
+                    continue
+                sd = np.float64(s)
+                if sd > 1.0:
+                    sd = 1.0
+                b = int((sd - floor) / 1e-5)
+                if b >= nbins:
+                    b = nbins - 1
+                elif b < 0:
+                    b = 0
+                hist[t, b] += 1
+                for k in range(nth):
+                    if s >= np.float32(ths[k]):
+                        tot[r, k] += 1
+                        if labels[k, i] == labels[k, j]:
+                            hit[r, k] += 1
 
 
 def estimate_recall(X: np.ndarray, forest: SimilarityForest, *, sample: int = 2000, seed: int = 0,
@@ -208,7 +213,7 @@ def estimate_recall(X: np.ndarray, forest: SimilarityForest, *, sample: int = 20
     ths = np.array(sorted({float(floor), *[t for t in thresholds if t >= floor]}), dtype=np.float64)
     labels = np.stack([forest.components(t) for t in ths]).astype(np.int64)
     Xs = np.ascontiguousarray(X[rows], dtype=np.float32)
-    hist = np.zeros((s, hist_bins(floor)), dtype=np.int32)  # per sampled row: no write races
+    hist = np.zeros((max(1, int(nb.get_num_threads())), hist_bins(floor)), dtype=np.int64)
     tot = np.zeros((s, len(ths)), np.int64)
     hit = np.zeros((s, len(ths)), np.int64)
     for a, b in _chunks(n, col_chunk):
