@@ -130,3 +130,24 @@ def test_tile_straddling_the_diagonal_is_refused():
     with pytest.raises(ValueError):
         tile_forest(X, 0.9, (0, 10), (5, 15))
     assert hist_bins(0.9) > 0
+
+
+def test_ray_missing_gives_the_install_hint(monkeypatch):
+    """Without Ray, the Ray engine fails with one clear line (no Ray needed for this test)."""
+    import builtins
+    import sys
+
+    import neardup.distributed as dist
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    X = clustered(0, 10, 4, 0.3)
+    with pytest.raises(dist.RayMissingError, match=r"pip install 'neardup\[ray\]'"):
+        dist.ray_forest(X, 0.9)

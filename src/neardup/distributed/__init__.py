@@ -18,6 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..errors import NeardupError
 from ..similarity.forest import SimilarityForest, hist_bins, merge_forests
 from .tiles import TileScanner, tile_forest, upper_tiles
 
@@ -25,11 +26,15 @@ ProgressFn = Callable[[int, int], None]
 RAY_MISSING = "Ray is not installed: install with pip install 'neardup[ray]'"
 
 
+class RayMissingError(NeardupError, ImportError):
+    """Ray is not installed (the CLI prints this one line and exits non-zero)."""
+
+
 def _ray() -> Any:
     try:
         import ray  # noqa: F401
-    except ImportError as e:  # pragma: no cover - exercised only without ray
-        raise ImportError(RAY_MISSING) from e
+    except ImportError as e:
+        raise RayMissingError(RAY_MISSING) from e
     return ray
 
 
@@ -172,6 +177,9 @@ def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress
 
         index = "exact" if len(vectors) <= AUTO_EXACT_MAX else "ann"
     n = int(vectors.shape[0])
+    if n < 2:
+        return SimilarityForest(n, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), float(floor),
+                                np.zeros(hist_bins(floor), np.int64), {"engine": "ray", "index": index})
     started = _ensure_ray(num_cpus)
     try:
         t0 = time.perf_counter()
@@ -243,6 +251,8 @@ def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress
             forest.hist = est
             meta["recall"] = recall
         meta["hist_estimated"] = True
+        meta["hist_method"] = (f"scaled from {recall_sample} sampled rows x all rows (exact)" if recall_sample > 0
+                               else "none (recall_sample=0): pair counts unknown, histogram is zero")
         forest.meta = meta
         return forest
     finally:
@@ -287,4 +297,4 @@ def ray_embed(paths: Sequence[str], model_name: str, batch_size: int = 64, *, co
             ray.shutdown()
 
 
-__all__ = ["ray_forest", "ray_embed", "tile_forest", "upper_tiles", "TileScanner", "RAY_MISSING"]
+__all__ = ["ray_forest", "ray_embed", "RayMissingError", "tile_forest", "upper_tiles", "TileScanner", "RAY_MISSING"]
