@@ -99,7 +99,7 @@ def end_to_end(model_name: str, photos: Path, batch: int, tag: str = "e2e") -> t
     shutil.rmtree(Path(str(db) + ".d"), ignore_errors=True)
     t0 = time.perf_counter()
     with Catalog(db) as cat:
-        rep = scan(cat, [photos])
+        scan(cat, [photos])
         t1 = time.perf_counter()
         er = embed(cat, model_name, batch_size=batch)
     t2 = time.perf_counter()

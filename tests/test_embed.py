@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image, ImageOps
 
 from neardup.embed import get_model, list_models, to_rgb
 from neardup.embed.base import load_rgb

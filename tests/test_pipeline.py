@@ -14,7 +14,7 @@ from neardup.cli import main
 from neardup.embed import get_model
 from neardup.errors import InputError
 from neardup.pipeline import EmbedInterrupted, embed, pending_images
-from neardup.samples import apply_edit, build_collection, load_photo, read_labels
+from neardup.samples import apply_edit, load_photo, read_labels
 from neardup.sources import scan
 
 MODEL = "sscd-distilled"   # the fast one; `sscd` itself is exercised in test_embed.py

@@ -10,14 +10,12 @@ call resumes.
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import hashlib
 import io
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -27,7 +25,7 @@ from .catalog import Catalog
 from .embed import EmbeddingModel, get_model
 from .embed.base import open_upright, to_rgb
 from .errors import InputError
-from .sources import STATUS_OK, STATUS_UNREADABLE, ScanReport, Skip, _classify, _record_skips, scan
+from .sources import STATUS_UNREADABLE, ScanReport, Skip, _classify, _record_skips, scan
 
 ProgressFn = Callable[[int, int], None]
 
