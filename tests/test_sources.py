@@ -280,3 +280,22 @@ def test_sample_collection_is_deterministic_and_labelled(tmp_path: Path) -> None
     assert {r["kind"] for r in labels} >= set(EDITS) | {"original", "burst-0", "copy", "exif-rotated", "broken"}
     for r in labels:
         assert (tmp_path / "a" / r["path"]).is_file()
+
+
+def test_interrupted_scan_keeps_finished_chunks_and_resumes(tmp_path: Path, cat: Catalog, astronaut) -> None:
+    photos = tmp_path / "p"
+    photos.mkdir()
+    small = astronaut.resize((64, 64))
+    for i in range(10):
+        small.rotate(i * 30).save(photos / f"{i:02d}.png")
+
+    def stop(done: int, total: int) -> None:
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        scan(cat, [photos], chunk_size=4, progress=stop)
+    assert len(_rows(cat)) == 4                      # the first chunk was committed
+    rep = scan(cat, [photos], chunk_size=4)
+    assert (rep.unchanged, rep.added) == (4, 6)
+    assert len(_rows(cat)) == 10
