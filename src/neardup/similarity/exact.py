@@ -50,15 +50,19 @@ def level_of_bin(floor: float, levels: np.ndarray) -> np.ndarray:
 
 @nb.njit(cache=True)
 def _refresh_labels(n: int, src: np.ndarray, dst: np.ndarray, w: np.ndarray, levels: np.ndarray,
-                    flat: np.ndarray) -> None:
-    """flat[l, i] = root of i in the forest restricted to edges >= levels[l]."""
+                    flat: np.ndarray, start: int = 0) -> None:
+    """flat[l, i] = root of i in the forest restricted to edges >= levels[l], for i >= start.
+
+    Entries below ``start`` (rows already done) keep older roots: still valid ancestors, since
+    components only merge and a root stays the smallest index of its component.
+    """
     parent = np.arange(n, dtype=np.int64)
     e = 0
     for lv in range(levels.shape[0]):
         while e < w.shape[0] and w[e] >= levels[lv]:
             _union(parent, src[e], dst[e])
             e += 1
-        for i in range(n):
+        for i in range(start, n):
             flat[lv, i] = _find(parent, i)
 
 
@@ -202,7 +206,7 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
         src, dst, w = src[order], dst[order], w[order]
         keep = _kruskal(n, src, dst)
         f_src, f_dst, f_w = src[keep], dst[keep], w[keep]
-        _refresh_labels(n, f_src, f_dst, f_w.astype(np.float64), levels, flat)
+        _refresh_labels(n, f_src, f_dst, f_w.astype(np.float64), levels, flat, b)
         done += rb * (n - a) - rb * (rb + 1) // 2
         if progress is not None:
             progress(done, total)
