@@ -49,7 +49,7 @@ def build(copies: int, seed: int) -> Path:
     return photos
 
 
-def run_ours(model: str, photos: Path) -> dict:
+def run_ours(model: str, photos: Path, mode: str = "components") -> dict:
     """Subprocess body: the product path on a fresh catalog; groups + vectors for calibration."""
     import shutil
 
@@ -69,7 +69,7 @@ def run_ours(model: str, photos: Path) -> dict:
     with Catalog(db) as cat:
         scan(cat, [photos])
         embed(cat, m)
-        res = dedup(cat, m.default_threshold, model=m.name, dry_run=True)
+        res = dedup(cat, m.default_threshold, model=m.name, mode=mode, dry_run=True)
         seconds = time.perf_counter() - t0
         members = res.members.to_pylist()
         e = cat.load_embeddings(m.name)
@@ -172,7 +172,8 @@ def calibrate(model: str, labels: list[dict]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", default="sscd,sscd-distilled")
+    ap.add_argument("--models", default="sscd,sscd-distilled",
+                    help="neardup models; NAME:leader runs dedup in leader mode instead of components")
     ap.add_argument("--peers", default="imagededup-phash,imagededup-cnn,imagehash-phash")
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--copies", type=int, default=2)
@@ -182,7 +183,8 @@ def main() -> None:
     ap.add_argument("--_run", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._run:
-        print(json.dumps(run_ours(args._run, RAW / "photos")))
+        name, _, mode = args._run.partition(":")
+        print(json.dumps(run_ours(name, RAW / "photos", mode or "components")))
         return
     from neardup.samples import read_labels
 
@@ -222,7 +224,8 @@ def main() -> None:
               "originals": len(set(truth.values())),
               "whole_images": sum(1 for g in truth.values() if not g.startswith(TILED_PREFIXES)), "results": table}
     if args.calibrate:
-        report["calibration"] = {m: calibrate(m, labels) for m in args.models.split(",") if m and "error" not in results.get(m, {})}
+        report["calibration"] = {m: calibrate(m, labels) for m in args.models.split(",")
+                                 if m and ":" not in m and "error" not in results.get(m, {})}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(markdown(report))
