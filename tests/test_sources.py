@@ -299,3 +299,15 @@ def test_interrupted_scan_keeps_finished_chunks_and_resumes(tmp_path: Path, cat:
     rep = scan(cat, [photos], chunk_size=4)
     assert (rep.unchanged, rep.added) == (4, 6)
     assert len(_rows(cat)) == 10
+
+
+def test_catalog_inside_the_photo_folder_is_not_scanned(tmp_path: Path, astronaut) -> None:
+    photos = tmp_path / "p"
+    photos.mkdir()
+    astronaut.save(photos / "a.jpg")
+    with Catalog(photos / "my.catalog") as c:       # any name: its sidecar holds JPEG thumbnails
+        scan(c, [photos])
+        assert (c.sidecar / "thumbs").is_dir()
+        rep = scan(c, [photos])
+        assert (rep.found, rep.unchanged) == (1, 1)
+        assert set(_rows(c)) == {"a.jpg"}

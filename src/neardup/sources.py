@@ -119,10 +119,12 @@ def thumbnail_path(sidecar: Path, sha256: str) -> Path:
 
 # -- finding files -----------------------------------------------------------------------------
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Image files under ``root``, recursively, in a stable order; hidden files/folders skipped."""
+def _walk(root: Path, exclude: frozenset[str] = frozenset()) -> Iterator[Path]:
+    """Image files under ``root``, recursively, in a stable order; hidden files/folders and the
+    folders in ``exclude`` (absolute paths: the catalog's own sidecar with its thumbnails) skipped."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.endswith(".duckdb.d"))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not d.endswith(".duckdb.d")
+                             and os.path.join(dirpath, d) not in exclude)
         for name in sorted(filenames):
             if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 yield Path(dirpath) / name
@@ -185,7 +187,8 @@ def _table_file(path: Path) -> list[SourceFile]:
     return out
 
 
-def collect(sources: Sequence[str | os.PathLike[str]]) -> tuple[list[SourceFile], list[str]]:
+def collect(sources: Sequence[str | os.PathLike[str]],
+            exclude: Sequence[str | os.PathLike[str]] = ()) -> tuple[list[SourceFile], list[str]]:
     """Expand sources into files. Returns ``(files, folders walked)`` (absolute folder paths).
 
     A folder is walked recursively (image extensions only); a ``.txt``/``.lst`` is a list of
@@ -194,6 +197,7 @@ def collect(sources: Sequence[str | os.PathLike[str]]) -> tuple[list[SourceFile]
     """
     files: list[SourceFile] = []
     roots: list[str] = []
+    skip_dirs = frozenset(str(Path(e).resolve()) for e in exclude)
     for src in sources:
         p = Path(src).expanduser()
         if not p.exists():
@@ -201,7 +205,7 @@ def collect(sources: Sequence[str | os.PathLike[str]]) -> tuple[list[SourceFile]
         if p.is_dir():
             root = p.resolve()
             roots.append(str(root))
-            for f in _walk(root):
+            for f in _walk(root, skip_dirs):
                 rel = f.relative_to(root).as_posix()
                 files.append(SourceFile(str(f), (rel, f"{root.name}/{rel}", f.as_posix()), str(root)))
         elif p.suffix.lower() in LIST_EXTENSIONS:
@@ -359,7 +363,7 @@ def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers
     readable files, as ``(id, ImageInfo)`` with ``prepared`` set, go to ``on_chunk`` on the
     calling thread after the chunk's rows are written, while the pool decodes the next chunk.
     """
-    files, roots = collect(sources)
+    files, roots = collect(sources, exclude=[catalog.sidecar])
     _ensure_columns(catalog)
     report = ScanReport(found=len(files))
     existing = catalog.sql("SELECT id, path, sha256, file_size, mtime, status FROM images WHERE path IS NOT NULL").to_pylist()
