@@ -181,3 +181,14 @@ def test_policy_text_stored_on_runs_parses_back():
     assert parse_policy(text) == pol
     with pytest.raises(InputError, match="direction must be asc or desc"):
         parse_policy("score sideways")
+
+
+def test_vanished_images_are_left_out_of_runs(db):
+    X = np.array([[1, 0], [0.9999, 0.0141], [0, 1]], np.float32)
+    load(db, X, ["a", "b", "c"], score=[5.0, 1.0, 1.0])
+    with Catalog(db) as cat:
+        # what a re-scan records when a file has vanished
+        cat.upsert_images(pa.table({"id": ["a"], "status": ["missing"]}))
+        res = dedup(cat, 0.99)
+    ids = sorted(r["image_id"] for r in res.members.to_pylist())
+    assert ids == ["b", "c"] and res.summary["suppressed"] == 0

@@ -238,6 +238,13 @@ class Catalog:
         q = f"SELECT {cols} FROM images" + (f" WHERE {where}" if where else "") + " ORDER BY id"
         return self.sql(q)
 
+    def unavailable_ids(self) -> set[str]:
+        """Images whose file vanished or no longer decodes (a scan marks them); runs leave them out."""
+        if "status" not in self.image_columns():
+            return set()
+        rows = self.con.execute("SELECT id FROM images WHERE status IN ('missing', 'unreadable')").fetchall()
+        return {r[0] for r in rows}
+
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
         t = pa.table({"id": pa.array(list(ids), pa.string())})
         with self._lock:

@@ -52,7 +52,13 @@ class Scope:
 
 def load_scope(catalog: Catalog, model: str | None = None, ids: Sequence[str] | None = None,
                exclude: Sequence[str] | None = None) -> Scope:
-    """The embeddings of ``ids`` (default: all), minus ``exclude``, for ``model``."""
+    """The embeddings of ``ids`` (default: all), minus ``exclude``, for ``model``.
+
+    Images whose file has vanished or stopped decoding since their scan are always left out.
+    """
+    gone = catalog.unavailable_ids()
+    if gone:
+        exclude = sorted(set(map(str, exclude or ())) | gone)
     if ids is None and not exclude:
         es: EmbeddingSet = catalog.load_embeddings(model)
         return Scope(es.model, es.version, es.ids, None, es.vectors, "all")
