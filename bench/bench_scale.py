@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--thresholds", default="0.98,0.99")
     p.add_argument("--nprobe", type=int, default=8)
     p.add_argument("--target", type=int, default=1000)
+    p.add_argument("--split-factor", type=float, default=3.0)
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--exact-seconds", type=float, default=None)
     args = p.parse_args(argv)
@@ -105,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.cmd == "ann":
             from neardup.similarity.ann import ann_forest
 
-            f = ann_forest(X, args.floor, nprobe=args.nprobe, target=args.target, progress=progress)
+            f = ann_forest(X, args.floor, nprobe=args.nprobe, target=args.target, split_factor=args.split_factor,
+                           progress=progress)
         else:
             from neardup.similarity.exact import exact_forest
 
