@@ -67,6 +67,7 @@ def test_ann_recall_and_group_agreement(collection, t):
     est = f.meta["recall"]["by_threshold"][f"{t:.4f}"]
     assert abs(est["pair_recall"] - recall) <= 0.01
     assert est["lower_95"] <= est["pair_recall"]
+    assert est["rows_complete"] >= 0.99 and est["row_recall_mean"] >= 0.995
     # pair counts: a sample estimate, within 15%
     assert abs(f.pair_count(t) - len(i)) <= 0.15 * len(i)
 

@@ -203,7 +203,10 @@ def estimate_recall(X: np.ndarray, forest: SimilarityForest, *, sample: int = 20
 
     Returns (recall dict, estimated histogram). Recall at t = (true pairs >= t among sampled rows
     whose ends share an ANN group at t) / (true pairs >= t among sampled rows). A 95% lower bound
-    comes from a bootstrap over the sampled rows (pairs of one row are correlated).
+    comes from a bootstrap over the sampled rows (pairs of one row are correlated). Per image as
+    well: ``row_recall_mean`` (mean over sampled rows that have a true pair) and
+    ``rows_complete`` (share of those rows whose every true neighbour is in their ANN group),
+    which a giant group cannot dominate.
     """
     n = len(X)
     floor = forest.floor
@@ -225,8 +228,13 @@ def estimate_recall(X: np.ndarray, forest: SimilarityForest, *, sample: int = 20
     for k, t in enumerate(ths):
         bt, bh = tot[boot, k].sum(1), hit[boot, k].sum(1)
         lo = float(np.quantile(np.where(bt > 0, bh / np.maximum(bt, 1), 1.0), 0.025))
+        has = tot[:, k] > 0
         by_t[f"{t:.4f}"] = {"pairs_in_sample": int(T[k]), "pair_recall": float(H[k] / T[k]) if T[k] else 1.0,
-                           "lower_95": lo}
+                           "lower_95": lo,
+                           # per image, so small groups weigh as much as the giant one:
+                           "rows_with_pairs": int(has.sum()),
+                           "row_recall_mean": float(np.mean(hit[has, k] / tot[has, k])) if has.any() else 1.0,
+                           "rows_complete": float(np.mean(hit[has, k] == tot[has, k])) if has.any() else 1.0}
     worst = min(by_t.values(), key=lambda r: r["pair_recall"])
     recall = {"pair_recall": worst["pair_recall"], "pair_recall_lower_95": worst["lower_95"],
               "sample": int(s), "by_threshold": by_t,
