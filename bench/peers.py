@@ -42,7 +42,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-PEERS_VENV = HERE / ".peers-venv"
+PEERS_VENV = Path(os.environ.get("NEARDUP_PEERS_VENV", HERE / ".peers-venv"))
 PEERS_PY = PEERS_VENV / "bin" / "python"
 NEARDUP_PY = REPO / ".venv" / "bin" / "python"
 
