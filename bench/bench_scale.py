@@ -64,7 +64,7 @@ def load(path: str, subset: int | None, seed: int = 0) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("cmd", choices=["gen", "ann", "exact", "compare", "ray", "tile"])
+    p.add_argument("cmd", choices=["gen", "ann", "exact", "compare", "ray", "tile", "recall"])
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--out", default="/tmp/neardup_seed1m.npy")
     p.add_argument("--vectors", default="/tmp/neardup_seed1m.npy")
@@ -129,6 +129,16 @@ def main(argv: list[str] | None = None) -> None:
                                  len(np.unique(la)) == len(np.unique(lb)) == len(np.unique(la * (lb.max() + 1) + lb)))}
             out["ari"][t]["pairs_a"] = fa.pair_count(t)
             out["ari"][t]["pairs_b"] = fb.pair_count(t)
+    elif args.cmd == "recall":
+        # an independent recall check of a saved forest: a fresh sample (seed 12345) of rows
+        from neardup.similarity.ann import estimate_recall
+        from neardup.similarity.forest import SimilarityForest
+
+        X = load(args.vectors, args.subset)
+        f = SimilarityForest.load(args.a)
+        rec, est = estimate_recall(X, f, sample=2000, seed=12345,
+                                   thresholds=tuple(map(float, args.thresholds.split(","))))
+        out["recall"] = rec
     elif args.cmd == "tile":
         # per-tile throughput of the Ray tile kernel, one thread (what one Ray CPU does)
         import numba

@@ -35,7 +35,7 @@ from .forest import HIST_STEP, SimilarityForest, hist_bins
 
 ProgressFn = Callable[[int, int], None]
 log = logging.getLogger(__name__)
-RECALL_THRESHOLDS = (0.95, 0.96, 0.97, 0.98, 0.99)
+RECALL_THRESHOLDS = (0.95, 0.96, 0.97, 0.98, 0.99, 0.995)
 
 
 def _chunks(n: int, size: int):
