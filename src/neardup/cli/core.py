@@ -29,22 +29,29 @@ def _pass_progress(label: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def _print_recall(forest: Any) -> None:
+def _print_recall(forest: Any, threshold: float | None = None) -> None:
     """Say how close to exact an approximate pass was (the ANN stores its own estimate)."""
-    rec = (getattr(forest, "meta", None) or {}).get("recall")
+    meta = getattr(forest, "meta", None) or {}
+    rec = meta.get("recall")
     if not rec:
         return
     if isinstance(rec, dict):
+        at = (rec.get("by_threshold") or {}).get(f"{threshold:.4f}") if threshold is not None else None
+        src = at if at else rec
+        key = "pair_recall" if "pair_recall" in src else None
         parts = []
-        if "pair_recall" in rec:
-            parts.append(f"pair recall {float(rec['pair_recall']):.4f}")
-        if "pair_recall_lower_95" in rec:
-            parts.append(f"95% lower bound {float(rec['pair_recall_lower_95']):.4f}")
+        if key:
+            parts.append(f"pair recall {float(src[key]):.4f}" + (f" at {threshold}" if at else ""))
+        low = src.get("lower_95", src.get("pair_recall_lower_95"))
+        if low is not None:
+            parts.append(f"95% lower bound {float(low):.4f}")
         if "sample" in rec:
             parts.append(f"{int(rec['sample']):,} sampled rows checked against exact")
         err_console.print("approximate similarity pass (ANN): " + ", ".join(parts or [str(rec)]))
     else:
         err_console.print(f"approximate similarity pass (ANN): estimated pair recall {rec}")
+    if meta.get("hist_estimated"):
+        err_console.print("pair counts in this output are estimated from that sample")
 
 
 @app.command("import-embeddings")
@@ -118,7 +125,7 @@ def sweep(
         with _pass_progress("similarity pass") as prog:
             forest = similarity_forest(cat, min(ts), scope=scope, index=index, engine=engine, progress=prog)
         rows = forest.sweep(ts)
-    _print_recall(forest)
+    _print_recall(forest, min(ts))
     if plot is not None:
         from ..plots import plot_sweep
 
@@ -158,7 +165,7 @@ def dedup(
         with _pass_progress("similarity pass") as prog:
             res = run_dedup(cat, threshold, model=model, mode=mode, prefer=prefer, dry_run=dry_run,
                             index=index, engine=engine, progress=prog)
-    _print_recall(res.forest)
+    _print_recall(res.forest, threshold)
     if as_json:
         typer.echo(json.dumps(res.summary, default=float))
     else:
