@@ -25,6 +25,7 @@ import numpy as np
 
 from .catalog import Catalog
 from .errors import InputError
+from .similarity.exact import thread_row_bounds, upper_triangle_blocks
 
 ProgressFn = Callable[[int, int], None]
 MAX_SAMPLE = 10_000
@@ -158,31 +159,17 @@ def bands_pairs(vectors: np.ndarray, bands: Sequence[tuple[float, float]], sampl
     hs = np.zeros((T, B, kk), np.float32)
     hn = np.zeros((T, B), np.int64)
     counts = np.zeros((T, B), np.int64)
-    buf = np.empty(min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)), dtype=np.float32)
     total = n * (n - 1) // 2
     done = 0
-    for a in range(0, n, block_rows):
-        b = min(n, a + block_rows)
-        rb = b - a
-        Xr = np.ascontiguousarray(X[a:b], dtype=np.float32)
-        for c0 in range(a, n, col_chunk):
-            c1 = min(n, c0 + col_chunk)
-            S = buf[: rb * (c1 - c0)].reshape(rb, c1 - c0)
-            np.matmul(Xr, np.asarray(X[c0:c1], dtype=np.float32).T, out=S)
-            # diagonal chunk: rows near its top own more columns; split rows so threads get equal pairs
-            if c0 == a:
-                w = np.maximum((c1 - c0) - np.arange(rb) - 1, 0).astype(np.float64)
-                cum = np.r_[0.0, np.cumsum(w)]
-                bounds = np.searchsorted(cum, np.linspace(0, cum[-1], T + 1)).clip(0, rb)
-                bounds[0], bounds[-1] = 0, rb
-            else:
-                bounds = np.linspace(0, rb, T + 1).astype(np.int64)
-            bounds = np.maximum.accumulate(bounds.astype(np.int64))
-            _scan_bands(S, a, c0, c0 == a, los, his, seed64, k, hkey, hi_, hj, hs, hn, counts,
-                        bounds[:-1].copy(), bounds[1:].copy())
-        done += rb * (n - a) - rb * (rb + 1) // 2
-        if progress is not None:
-            progress(done, total)
+    for a, c0, S in upper_triangle_blocks(X, block_rows, col_chunk):
+        rb, cc = S.shape
+        bounds = thread_row_bounds(rb, cc, c0 == a, T)
+        _scan_bands(S, a, c0, c0 == a, los, his, seed64, k, hkey, hi_, hj, hs, hn, counts,
+                    bounds[:-1].copy(), bounds[1:].copy())
+        if c0 + cc >= n:
+            done += rb * (n - a) - rb * (rb + 1) // 2
+            if progress is not None:
+                progress(done, total)
     out: list[BandResult] = []
     for bb in range(B):
         # merge the per-thread heaps: the k smallest keys overall

@@ -31,7 +31,7 @@ import numba as nb
 import numpy as np
 
 from ..distributed.tiles import TileScanner
-from .forest import HIST_STEP, SimilarityForest, hist_bins
+from .forest import HIST_STEP, SimilarityForest, _hist_bin, hist_bins
 
 ProgressFn = Callable[[int, int], None]
 log = logging.getLogger(__name__)
@@ -180,14 +180,7 @@ def _sample_scan(S, rows, col0, floor, ths, labels, hist, tot, hit):
                 s = S[r, c]
                 if s < f32floor:
                     continue
-                sd = np.float64(s)
-                if sd > 1.0:
-                    sd = 1.0
-                b = int((sd - floor) / 1e-5)
-                if b >= nbins:
-                    b = nbins - 1
-                elif b < 0:
-                    b = 0
+                b, sd = _hist_bin(s, floor, nbins)
                 hist[t, b] += 1
                 for k in range(nth):
                     if s >= np.float32(ths[k]):

@@ -17,12 +17,12 @@ rounding of the dot products, as any GEMM).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import numba as nb
 import numpy as np
 
-from .forest import HIST_STEP, SimilarityForest, _find, _kruskal, _union, hist_bins
+from .forest import HIST_STEP, SimilarityForest, _find, _hist_bin, _kruskal, _union, hist_bins
 
 ProgressFn = Callable[[int, int], None]
 LEVEL_RATIO = 1.15  # consecutive levels' gaps (1 - level) differ by this factor
@@ -79,7 +79,6 @@ def _scan_block(S, row0, col0, diagonal, floor, levels, lev_of_bin, flat, uf, hi
     nbins = hist.shape[1]
     nlev = levels.shape[0]
     cap = out_src.shape[1]
-    inv_step = 1.0 / 1e-5
     f32floor = np.float32(floor)
     for t in nb.prange(nthreads):
         cnt = out_n[t]
@@ -105,14 +104,7 @@ def _scan_block(S, row0, col0, diagonal, floor, levels, lev_of_bin, flat, uf, hi
                         s = S[r, c]
                         if s < f32floor:
                             continue
-                        sd = np.float64(s)
-                        if sd > 1.0:
-                            sd = 1.0
-                        b = int((sd - floor) * inv_step)
-                        if b >= nbins:
-                            b = nbins - 1
-                        elif b < 0:
-                            b = 0
+                        b, sd = _hist_bin(s, floor, nbins)
                         hist[t, b] += 1
                         la = lev_of_bin[b]
                         j = col0 + c
@@ -134,6 +126,40 @@ def _scan_block(S, row0, col0, diagonal, floor, levels, lev_of_bin, flat, uf, hi
             r += 1
         row_lo[t] = r
         out_n[t] = cnt
+
+
+def upper_triangle_blocks(X: np.ndarray, block_rows: int = 2048,
+                          col_chunk: int = 8192) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Yield ``(row0, col0, S)`` with ``S = X[row0:row0+rb] @ X[col0:col0+cc].T`` over the upper triangle.
+
+    Row blocks come in order and ``col0 == row0`` starts one (its first chunk holds the
+    diagonal). ``S`` lives in one reused buffer: it is overwritten by the next block.
+    """
+    n = int(X.shape[0])
+    buf = np.empty(min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)), dtype=np.float32)
+    for a in range(0, n, block_rows):
+        b = min(n, a + block_rows)
+        Xr = np.ascontiguousarray(X[a:b], dtype=np.float32)
+        for c0 in range(a, n, col_chunk):
+            c1 = min(n, c0 + col_chunk)
+            S = buf[: (b - a) * (c1 - c0)].reshape(b - a, c1 - c0)
+            np.matmul(Xr, np.asarray(X[c0:c1], dtype=np.float32).T, out=S)
+            yield a, c0, S
+
+
+def thread_row_bounds(rows: int, cols: int, diagonal: bool, threads: int) -> np.ndarray:
+    """Split a block's rows among threads so each scans about as many pairs.
+
+    In a diagonal block row r only owns the columns right of the diagonal, so top rows weigh more.
+    """
+    if diagonal:
+        w = np.maximum(cols - np.arange(rows) - 1, 0).astype(np.float64)
+        cum = np.r_[0.0, np.cumsum(w)]
+        bounds = np.searchsorted(cum, np.linspace(0, cum[-1], threads + 1)).clip(0, rows)
+        bounds[0], bounds[-1] = 0, rows
+    else:
+        bounds = np.linspace(0, rows, threads + 1)
+    return np.maximum.accumulate(bounds.astype(np.int64))
 
 
 def _threads() -> int:
@@ -161,43 +187,43 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
     f_src = np.zeros(0, np.int64)
     f_dst = np.zeros(0, np.int64)
     f_w = np.zeros(0, np.float32)
-    buf = np.empty(block_rows * col_chunk, dtype=np.float32)
     cap = 8 * col_chunk + 4096
     out_src = np.empty((T, cap), np.int64)
     out_dst = np.empty((T, cap), np.int64)
     out_w = np.empty((T, cap), np.float32)
     total = n * (n - 1) // 2
     done = 0
-    for a in range(0, n, block_rows):
-        b = min(n, a + block_rows)
-        rb = b - a
-        Xr = np.ascontiguousarray(X[a:b], dtype=np.float32)
-        uf = np.repeat(flat[None], T, axis=0)
-        cand_src, cand_dst, cand_w = [f_src], [f_dst], [f_w]
-        for c0 in range(a, n, col_chunk):
-            c1 = min(n, c0 + col_chunk)
-            cc = c1 - c0
-            S = buf[: rb * cc].reshape(rb, cc)
-            np.matmul(Xr, np.asarray(X[c0:c1], dtype=np.float32).T, out=S)
-            bounds = np.linspace(0, rb, T + 1).astype(np.int64)
-            row_lo, row_hi = bounds[:-1].copy(), bounds[1:].copy()
-            while True:
-                out_n = np.zeros(T, np.int64)
-                _scan_block(S, a, c0, c0 == a, float(floor), levels, lob, flat, uf, hist,
-                            out_src, out_dst, out_w, out_n, row_lo, row_hi)
-                for t in range(T):
-                    k = int(out_n[t])
-                    if k:
-                        cand_src.append(out_src[t, :k].copy())
-                        cand_dst.append(out_dst[t, :k].copy())
-                        cand_w.append(out_w[t, :k].copy())
-                if np.all(row_lo >= row_hi):
-                    break
-        # sort only the new edges; the forest is already sorted, so the stable sort of the
-        # concatenation is a linear merge of two runs (timsort)
-        src = np.concatenate(cand_src[1:]) if len(cand_src) > 1 else np.zeros(0, np.int64)
-        dst = np.concatenate(cand_dst[1:]) if len(cand_dst) > 1 else np.zeros(0, np.int64)
-        w = np.concatenate(cand_w[1:]) if len(cand_w) > 1 else np.zeros(0, np.float32)
+    uf = flat[None]
+    cand_src: list[np.ndarray] = []
+    cand_dst: list[np.ndarray] = []
+    cand_w: list[np.ndarray] = []
+    for a, c0, S in upper_triangle_blocks(X, block_rows, col_chunk):
+        rb, cc = S.shape
+        if c0 == a:  # a new row block: per-thread union-finds start from the forest so far
+            uf = np.repeat(flat[None], T, axis=0)
+            cand_src, cand_dst, cand_w = [], [], []
+        bounds = thread_row_bounds(rb, cc, c0 == a, T)
+        row_lo, row_hi = bounds[:-1].copy(), bounds[1:].copy()
+        while True:
+            out_n = np.zeros(T, np.int64)
+            _scan_block(S, a, c0, c0 == a, float(floor), levels, lob, flat, uf, hist,
+                        out_src, out_dst, out_w, out_n, row_lo, row_hi)
+            for t in range(T):
+                k = int(out_n[t])
+                if k:
+                    cand_src.append(out_src[t, :k].copy())
+                    cand_dst.append(out_dst[t, :k].copy())
+                    cand_w.append(out_w[t, :k].copy())
+            if np.all(row_lo >= row_hi):
+                break
+        if c0 + cc < n:
+            continue
+        # end of a row block: merge its kept edges into the forest. Sort only the new edges;
+        # the forest is sorted, so the stable sort of the concatenation is a linear merge of
+        # two runs (timsort).
+        src = np.concatenate(cand_src) if cand_src else np.zeros(0, np.int64)
+        dst = np.concatenate(cand_dst) if cand_dst else np.zeros(0, np.int64)
+        w = np.concatenate(cand_w) if cand_w else np.zeros(0, np.float32)
         order = np.argsort(-w)  # ties may land in any order: any maximum spanning forest will do
         src = np.concatenate([f_src, src[order]])
         dst = np.concatenate([f_dst, dst[order]])
@@ -206,7 +232,7 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
         src, dst, w = src[order], dst[order], w[order]
         keep = _kruskal(n, src, dst)
         f_src, f_dst, f_w = src[keep], dst[keep], w[keep]
-        _refresh_labels(n, f_src, f_dst, f_w.astype(np.float64), levels, flat, b)
+        _refresh_labels(n, f_src, f_dst, f_w.astype(np.float64), levels, flat, a + rb)
         done += rb * (n - a) - rb * (rb + 1) // 2
         if progress is not None:
             progress(done, total)

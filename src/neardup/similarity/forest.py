@@ -31,6 +31,23 @@ def _find(parent: np.ndarray, x: int) -> int:
 
 
 @nb.njit(cache=True, inline="always")
+def _hist_bin(s: float, floor: float, nbins: int) -> tuple[int, float]:
+    """Histogram bin of a similarity (clamped to 1.0, as rounding can exceed it) and the clamped value.
+
+    The one binning rule every pass uses, so exact, ANN and Ray histograms agree bin for bin.
+    """
+    sd = np.float64(s)
+    if sd > 1.0:
+        sd = 1.0
+    b = int((sd - floor) / 1e-5)
+    if b >= nbins:
+        b = nbins - 1
+    elif b < 0:
+        b = 0
+    return b, sd
+
+
+@nb.njit(cache=True, inline="always")
 def _union(parent: np.ndarray, x: int, y: int) -> bool:
     """Join the sets of x and y (the smaller root index becomes the root); False if already joined."""
     a = _find(parent, x)
