@@ -80,6 +80,7 @@ def _scan_block(S, row0, col0, diagonal, floor, levels, lev_of_bin, flat, uf, hi
     nlev = levels.shape[0]
     cap = out_src.shape[1]
     f32floor = np.float32(floor)
+    hits = np.empty((nthreads, 64), dtype=np.int64)
     for t in nb.prange(nthreads):
         cnt = out_n[t]
         r = row_lo[t]
@@ -100,10 +101,15 @@ def _scan_block(S, row0, col0, diagonal, floor, levels, lev_of_bin, flat, uf, hi
                 for k in range(c_lo, c_hi):
                     hit |= S[r, k] >= f32floor
                 if hit:
-                    for c in range(c_lo, c_hi):
+                    # compact the hit positions without a branch per similarity (hits are
+                    # scattered in dense rows, where a branch mispredicts often)
+                    m = 0
+                    for k in range(c_lo, c_hi):
+                        hits[t, m] = k
+                        m += S[r, k] >= f32floor
+                    for h in range(m):
+                        c = hits[t, h]
                         s = S[r, c]
-                        if s < f32floor:
-                            continue
                         b, sd = _hist_bin(s, floor, nbins)
                         hist[t, b] += 1
                         la = lev_of_bin[b]
