@@ -16,7 +16,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..similarity.exact import _refresh_labels, _scan_block, _threads, filter_levels, level_of_bin
+from ..similarity.exact import _refresh_labels, _threads, filter_levels, level_of_bin, scan_kept_edges
 from ..similarity.forest import _kruskal, hist_bins
 
 
@@ -60,7 +60,6 @@ class TileScanner:
     def scan(self, r0: int, r1: int, c0: int, c1: int, diagonal: bool = False) -> None:
         """Add pairs (rows [r0, r1)) x (columns [c0, c1)); with ``diagonal`` only column > row."""
         X, T = self.X, self.T
-        out_src, out_dst, out_w = self._out
         for a in range(r0, r1, self.block_rows):
             b = min(r1, a + self.block_rows)
             rb = b - a
@@ -77,20 +76,12 @@ class TileScanner:
                     self.compared += int((cc1 - cc0) * rb - lo.sum())
                 else:
                     self.compared += rb * (cc1 - cc0)
-                bounds = np.linspace(0, rb, T + 1).astype(np.int64)
-                row_lo, row_hi = bounds[:-1].copy(), bounds[1:].copy()
-                while True:
-                    out_n = np.zeros(T, np.int64)
-                    _scan_block(S, a, cc0, diagonal, self.floor, self.levels, self.lob, self.flat, uf,
-                                self.hist, out_src, out_dst, out_w, out_n, row_lo, row_hi)
-                    for t in range(T):
-                        k = int(out_n[t])
-                        if k:
-                            cs.append(out_src[t, :k].copy())
-                            cd.append(out_dst[t, :k].copy())
-                            cw.append(out_w[t, :k].copy())
-                    if np.all(row_lo >= row_hi):
-                        break
+                for e_src, e_dst, e_w in scan_kept_edges(S, a, cc0, diagonal, self.floor, self.levels, self.lob,
+                                                         self.flat, uf, self.hist, self._out,
+                                                         np.linspace(0, rb, T + 1).astype(np.int64)):
+                    cs.append(e_src)
+                    cd.append(e_dst)
+                    cw.append(e_w)
             if len(cs) > 1:
                 self._merge(np.concatenate(cs), np.concatenate(cd), np.concatenate(cw))
 

@@ -134,6 +134,30 @@ def _scan_block(S, row0, col0, diagonal, floor, levels, lev_of_bin, flat, uf, hi
         out_n[t] = cnt
 
 
+def scan_kept_edges(S: np.ndarray, row0: int, col0: int, diagonal: bool, floor: float, levels: np.ndarray,
+                    lev_of_bin: np.ndarray, flat: np.ndarray, uf: np.ndarray, hist: np.ndarray,
+                    out: tuple[np.ndarray, np.ndarray, np.ndarray], bounds: np.ndarray) -> list[tuple[np.ndarray, ...]]:
+    """Run :func:`_scan_block` over one block until every thread's rows are done.
+
+    ``out`` holds per-thread (src, dst, w) buffers; when one could overflow the scan stops
+    early and resumes, so the kept edges come back as a list of ``(src, dst, w)`` copies.
+    """
+    out_src, out_dst, out_w = out
+    T = len(bounds) - 1
+    row_lo, row_hi = bounds[:-1].copy(), bounds[1:].copy()
+    kept: list[tuple[np.ndarray, ...]] = []
+    while True:
+        out_n = np.zeros(T, np.int64)
+        _scan_block(S, row0, col0, diagonal, float(floor), levels, lev_of_bin, flat, uf, hist,
+                    out_src, out_dst, out_w, out_n, row_lo, row_hi)
+        for t in range(T):
+            k = int(out_n[t])
+            if k:
+                kept.append((out_src[t, :k].copy(), out_dst[t, :k].copy(), out_w[t, :k].copy()))
+        if np.all(row_lo >= row_hi):
+            return kept
+
+
 def upper_triangle_blocks(X: np.ndarray, block_rows: int = 2048,
                           col_chunk: int = 8192) -> Iterator[tuple[int, int, np.ndarray]]:
     """Yield ``(row0, col0, S)`` with ``S = X[row0:row0+rb] @ X[col0:col0+cc].T`` over the upper triangle.
@@ -194,42 +218,26 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
     f_dst = np.zeros(0, np.int64)
     f_w = np.zeros(0, np.float32)
     cap = 8 * col_chunk + 4096
-    out_src = np.empty((T, cap), np.int64)
-    out_dst = np.empty((T, cap), np.int64)
-    out_w = np.empty((T, cap), np.float32)
+    out = (np.empty((T, cap), np.int64), np.empty((T, cap), np.int64), np.empty((T, cap), np.float32))
     total = n * (n - 1) // 2
     done = 0
     uf = flat[None]
-    cand_src: list[np.ndarray] = []
-    cand_dst: list[np.ndarray] = []
-    cand_w: list[np.ndarray] = []
+    kept: list[tuple[np.ndarray, ...]] = []
     for a, c0, S in upper_triangle_blocks(X, block_rows, col_chunk):
         rb, cc = S.shape
         if c0 == a:  # a new row block: per-thread union-finds start from the forest so far
             uf = np.repeat(flat[None], T, axis=0)
-            cand_src, cand_dst, cand_w = [], [], []
-        bounds = thread_row_bounds(rb, cc, c0 == a, T)
-        row_lo, row_hi = bounds[:-1].copy(), bounds[1:].copy()
-        while True:
-            out_n = np.zeros(T, np.int64)
-            _scan_block(S, a, c0, c0 == a, float(floor), levels, lob, flat, uf, hist,
-                        out_src, out_dst, out_w, out_n, row_lo, row_hi)
-            for t in range(T):
-                k = int(out_n[t])
-                if k:
-                    cand_src.append(out_src[t, :k].copy())
-                    cand_dst.append(out_dst[t, :k].copy())
-                    cand_w.append(out_w[t, :k].copy())
-            if np.all(row_lo >= row_hi):
-                break
+            kept = []
+        kept += scan_kept_edges(S, a, c0, c0 == a, floor, levels, lob, flat, uf, hist, out,
+                                thread_row_bounds(rb, cc, c0 == a, T))
         if c0 + cc < n:
             continue
         # end of a row block: merge its kept edges into the forest. Sort only the new edges;
         # the forest is sorted, so the stable sort of the concatenation is a linear merge of
         # two runs (timsort).
-        src = np.concatenate(cand_src) if cand_src else np.zeros(0, np.int64)
-        dst = np.concatenate(cand_dst) if cand_dst else np.zeros(0, np.int64)
-        w = np.concatenate(cand_w) if cand_w else np.zeros(0, np.float32)
+        src = np.concatenate([e[0] for e in kept]) if kept else np.zeros(0, np.int64)
+        dst = np.concatenate([e[1] for e in kept]) if kept else np.zeros(0, np.int64)
+        w = np.concatenate([e[2] for e in kept]) if kept else np.zeros(0, np.float32)
         order = np.argsort(-w)  # ties may land in any order: any maximum spanning forest will do
         src = np.concatenate([f_src, src[order]])
         dst = np.concatenate([f_dst, dst[order]])
