@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Iterator
 
 import typer
 from rich.console import Console
@@ -48,6 +49,18 @@ def progress_bar(description: str) -> Any:
                     TimeRemainingColumn(), console=err_console, transient=True, disable=not err_console.is_terminal)
 
 
+
+
+@contextlib.contextmanager
+def progress_callback(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar driven by a library ``progress(done, total)`` callback."""
+    with progress_bar(label) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
 from ..errors import InputError
-from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_bar
+from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_callback
 
 ModelOption = Annotated[Optional[str], typer.Option("--model", help="Embedding model to use (default: the most recently updated one).")]
 IndexOption = Annotated[str, typer.Option("--index", help="Similarity pass: exact (all pairs), ann (faiss, prints its estimated recall), or auto (exact up to 300k images).")]
 EngineOption = Annotated[str, typer.Option("--engine", help="local (this process) or ray (tiles on a Ray cluster: local, or RAY_ADDRESS).")]
-
-
-@contextlib.contextmanager
-def _pass_progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    with progress_bar(label) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
 
 
 def _print_recall(forest: Any, threshold: float | None = None) -> None:
@@ -122,7 +110,7 @@ def sweep(
         elif ids_file is not None:
             ids = _read_id_file(ids_file)
         scope = load_scope(cat, model, ids)
-        with _pass_progress("similarity pass") as prog:
+        with progress_callback("similarity pass") as prog:
             forest = similarity_forest(cat, min(ts), scope=scope, index=index, engine=engine, progress=prog)
         rows = forest.sweep(ts)
     _print_recall(forest, min(ts))
@@ -162,7 +150,7 @@ def dedup(
     with open_catalog(db) as cat:
         if threshold is None:
             threshold = _default_threshold(cat, model)
-        with _pass_progress("similarity pass") as prog:
+        with progress_callback("similarity pass") as prog:
             res = run_dedup(cat, threshold, model=model, mode=mode, prefer=prefer, dry_run=dry_run,
                             index=index, engine=engine, progress=prog)
     _print_recall(res.forest, threshold)

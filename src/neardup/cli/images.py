@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from ..errors import InputError
-from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_bar
+from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_callback
 
 SourcesArg = Annotated[list[Path], typer.Argument(
     help="Folders (scanned recursively), file lists (.txt/.lst: one path per line) or tables (.csv/.parquet with a "
@@ -19,16 +18,6 @@ ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="Embeddin
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding threads (default: one per CPU core).")]
 
-
-@contextlib.contextmanager
-def _bar(label: str) -> Iterator[Callable[[int, int], None]]:
-    with progress_bar(label) as bar:
-        task = bar.add_task(label, total=None)
-
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield update
 
 
 def _print_skips(skips: list, limit: int = 5) -> None:
@@ -55,7 +44,7 @@ def scan_cmd(
 
     with open_catalog(db, must_exist=False) as cat:
         try:
-            with _bar("scanning") as prog:
+            with progress_callback("scanning") as prog:
                 rep = scan(cat, [str(s) for s in sources], workers=workers, thumb_size=thumb_size, progress=prog)
         except KeyboardInterrupt:
             err_console.print("interrupted: the files scanned before the stop are kept; run the same scan again "
@@ -83,7 +72,7 @@ def embed_cmd(
     m.check_usable()
     with open_catalog(db, must_exist=True) as cat:
         try:
-            with _bar(f"embedding ({m.name})") as prog:
+            with progress_callback(f"embedding ({m.name})") as prog:
                 rep = embed(cat, m, batch_size=batch_size, chunk_size=chunk_size, workers=workers, progress=prog)
         except EmbedInterrupted as exc:
             r = exc.report
@@ -165,7 +154,7 @@ def find_cmd(
 
     with open_catalog(db, must_exist=False) as cat:
         try:
-            with _bar(f"scanning + embedding ({m.name})") as prog:
+            with progress_callback(f"scanning + embedding ({m.name})") as prog:
                 srep, erep = scan_and_embed(cat, [str(s) for s in sources], m, batch_size=batch_size, progress=prog)
         except EmbedInterrupted as exc:
             err_console.print(f"interrupted: {exc.report.embedded + exc.report.copied} image(s) embedded are kept; "
@@ -201,7 +190,7 @@ def demo_cmd(
     photos = folder / "photos"
     if folder.exists() and any(folder.iterdir()) and not (photos / "labels.csv").exists():
         raise InputError(f"{folder}: exists and is not a neardup demo folder; pick an empty or new folder")
-    with _bar("building the sample collection") as prog:
+    with progress_callback("building the sample collection") as prog:
         files = build_collection(photos, seed=seed, progress=prog)
     truth = read_labels(photos / "labels.csv")
     n_groups = len({r["group"] for r in truth if r["group"]})
@@ -211,7 +200,7 @@ def demo_cmd(
     db = folder / "neardup.duckdb"
     with open_catalog(db, must_exist=False) as cat:
         try:
-            with _bar(f"scanning + embedding ({m.name})") as prog:
+            with progress_callback(f"scanning + embedding ({m.name})") as prog:
                 srep, erep = scan_and_embed(cat, [photos], m, progress=prog)
         except EmbedInterrupted:
             err_console.print("interrupted: what was scanned and embedded is kept; run `neardup demo` again to continue",
