@@ -254,12 +254,4 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
                             {"engine": "exact", "block_rows": block_rows})
 
 
-def brute_force_pairs(vectors: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All pairs i < j with cosine >= threshold (dense; for tests and small inputs only)."""
-    X = np.asarray(vectors, dtype=np.float32)
-    S = X @ X.T
-    i, j = np.nonzero(np.triu(S >= np.float32(threshold), k=1))
-    return i, j, S[i, j]
-
-
-__all__ = ["exact_forest", "filter_levels", "brute_force_pairs"]
+__all__ = ["exact_forest", "filter_levels", "scan_kept_edges", "thread_row_bounds", "upper_triangle_blocks"]
