@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import numba as nb
 import numpy as np
 
+from .bitmask import ge_mask64, lowest_bit
 from .forest import HIST_STEP, SimilarityForest, _find, _hist_bin, _kruskal, _union, hist_bins
 
 ProgressFn = Callable[[int, int], None]
@@ -80,7 +81,6 @@ def _scan_block(S, row0, col0, diagonal, floor, levels, lev_of_bin, flat, uf, hi
     nlev = levels.shape[0]
     cap = out_src.shape[1]
     f32floor = np.float32(floor)
-    hits = np.empty((nthreads, 64), dtype=np.int64)
     for t in nb.prange(nthreads):
         cnt = out_n[t]
         r = row_lo[t]
@@ -93,42 +93,38 @@ def _scan_block(S, row0, col0, diagonal, floor, levels, lev_of_bin, flat, uf, hi
                 cstart = i - col0 + 1
                 if cstart < 0:
                     cstart = 0
-            c_lo = cstart
-            while c_lo < ncols:
-                c_hi = min(c_lo + 64, ncols)
-                # most pairs are below the floor: test 64 at a time with a vectorisable reduction
-                hit = False
-                for k in range(c_lo, c_hi):
-                    hit |= S[r, k] >= f32floor
-                if hit:
-                    # compact the hit positions without a branch per similarity (hits are
-                    # scattered in dense rows, where a branch mispredicts often)
-                    m = 0
-                    for k in range(c_lo, c_hi):
-                        hits[t, m] = k
-                        m += S[r, k] >= f32floor
-                    for h in range(m):
-                        c = hits[t, h]
-                        s = S[r, c]
-                        b, sd = _hist_bin(s, floor, nbins)
-                        hist[t, b] += 1
-                        la = lev_of_bin[b]
-                        j = col0 + c
-                        if flat[la, i] == flat[la, j]:
-                            continue
-                        if _find(uf[t, la], i) == _find(uf[t, la], j):
-                            continue
-                        out_src[t, cnt] = i
-                        out_dst[t, cnt] = j
-                        out_w[t, cnt] = sd
-                        cnt += 1
-                        lv = la
-                        while lv < nlev and levels[lv] > sd:
-                            lv += 1
-                        # levels are nested: once joined at one level, joined at every level below
-                        while lv < nlev and _union(uf[t, lv], i, j):
-                            lv += 1
-                c_lo = c_hi
+            for c_lo in range(cstart, ncols, 64):
+                # most pairs are below the floor, and in dense rows the hits are scattered:
+                # compare 64 at once into a bit mask, then visit only the set bits
+                if c_lo + 64 <= ncols:
+                    mask = ge_mask64(S, r, c_lo, f32floor)
+                else:
+                    mask = np.uint64(0)
+                    for k in range(c_lo, ncols):
+                        if S[r, k] >= f32floor:
+                            mask |= np.uint64(1) << np.uint64(k - c_lo)
+                while mask:
+                    c = c_lo + lowest_bit(mask)
+                    mask &= mask - np.uint64(1)
+                    s = S[r, c]
+                    b, sd = _hist_bin(s, floor, nbins)
+                    hist[t, b] += 1
+                    la = lev_of_bin[b]
+                    j = col0 + c
+                    if flat[la, i] == flat[la, j]:
+                        continue
+                    if _find(uf[t, la], i) == _find(uf[t, la], j):
+                        continue
+                    out_src[t, cnt] = i
+                    out_dst[t, cnt] = j
+                    out_w[t, cnt] = sd
+                    cnt += 1
+                    lv = la
+                    while lv < nlev and levels[lv] > sd:
+                        lv += 1
+                    # levels are nested: once joined at one level, joined at every level below
+                    while lv < nlev and _union(uf[t, lv], i, j):
+                        lv += 1
             r += 1
         row_lo[t] = r
         out_n[t] = cnt
