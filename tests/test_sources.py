@@ -311,3 +311,18 @@ def test_catalog_inside_the_photo_folder_is_not_scanned(tmp_path: Path, astronau
         rep = scan(c, [photos])
         assert (rep.found, rep.unchanged) == (1, 1)
         assert set(_rows(c)) == {"a.jpg"}
+
+
+@pytest.mark.parametrize("size,expect", [((512, 384), (256, 192)), ((500, 375), (250, 188)), ((2000, 1500), (250, 188)),
+                                         ((256, 100), (256, 100)), ((300, 200), (256, 171)), ((600, 900), (150, 225)),
+                                         ((3000, 10), (250, 1))])
+def test_make_thumbnail_sizes(size, expect) -> None:
+    from neardup.sources import make_thumbnail
+
+    im = Image.new("RGB", size, (200, 100, 50))
+    t = make_thumbnail(im, 256)
+    assert t.size == expect
+    assert 192 <= max(t.size) <= 256 or max(size) <= 256
+    assert t.getpixel((0, 0)) == (200, 100, 50)
+    if max(size) > 256:
+        assert t is not im and im.size == size       # a new image; the original is left alone

@@ -299,7 +299,7 @@ def scan_and_embed(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], 
     acc_shas: list[str | None] = []
     acc_vecs: list[np.ndarray] = []
     computed: dict[str, np.ndarray] = {}     # sha -> vector, for the current commit window
-    state = {"last_cost": 0.0, "last_at": time.perf_counter()}
+    state: dict[str, Any] = {"last_cost": 0.0, "last_at": time.perf_counter()}
     window = {"embedded": 0, "copied": 0}      # counts not committed yet
     t0 = time.perf_counter()
 
@@ -312,11 +312,16 @@ def scan_and_embed(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], 
         fused.copied += window["copied"]
         window["embedded"] = window["copied"] = 0
         acc_ids.clear(), acc_shas.clear(), acc_vecs.clear(), computed.clear()
+        state["has_vectors"] = True
         state["last_at"] = time.perf_counter()
         state["last_cost"] = state["last_at"] - c0
 
+    # Content embedded before can only be in the catalog if the model has vectors there: without
+    # any (a first scan) skip the per-chunk look-up until this call commits some.
+    state["has_vectors"] = bool(catalog.sql("SELECT 1 FROM embedding_sets WHERE model = ?", [m.name]).num_rows)
+
     def on_chunk(items: list[tuple[str, Any]]) -> None:
-        reuse = _reusable_vectors(catalog, m.name, [info.sha256 for _, info in items])
+        reuse = _reusable_vectors(catalog, m.name, [info.sha256 for _, info in items]) if state["has_vectors"] else {}
         todo = [(fid, info) for fid, info in items if info.sha256 not in reuse and info.prepared is not None]
         fresh: dict[str, Any] = {}
         for _, info in todo:
@@ -334,13 +339,17 @@ def scan_and_embed(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], 
             acc_shas.append(info.sha256)
             acc_vecs.append(computed[info.sha256])
         window["copied"] += len(todo) - len(shas)
+
+    def on_write() -> None:     # every image in acc_ids has its catalog row now
         if len(acc_ids) >= chunk_size and time.perf_counter() - state["last_at"] >= 10 * state["last_cost"]:
             commit()
 
-    scan_chunk = max(2 * batch_size, 2 * (workers or os.cpu_count() or 1))
     try:
-        sr = scan(catalog, sources, workers=workers, chunk_size=scan_chunk, progress=progress,
-                  prepare=m.prepare, decode_size=m.input_size, on_chunk=on_chunk)
+        # decode one model batch ahead (the first ones smaller, so the model starts at once);
+        # write the scanned rows every 256 files, not every batch (each write is ~20 ms of SQL)
+        sr = scan(catalog, sources, workers=workers, chunk_size=batch_size, progress=progress,
+                  prepare=m.prepare, decode_size=m.input_size, on_chunk=on_chunk,
+                  write_every=max(256, batch_size), on_write=on_write)
         commit()
     except KeyboardInterrupt:
         fused.interrupted = True

@@ -254,6 +254,26 @@ def _classify(exc: BaseException) -> str:
     return f"corrupt: {msg}"
 
 
+def make_thumbnail(im: Image.Image, size: int = THUMB_SIZE) -> Image.Image:
+    """A new image ≤ ``size`` px on the long side (``im`` itself when it is that small already).
+
+    Mostly a box-filter reduction by the integer factor that first gets under ``size`` (Pillow's
+    ``reduce``: ~0.2 ms for a 512×384 image against ~1.3 ms for a bilinear ``thumbnail``), so
+    the long side lands in (size/2, size]; only where that would lose more than a quarter of
+    ``size`` (small images, where resampling is cheap anyway) a bilinear resize to exactly
+    ``size`` instead.
+    """
+    w, h = im.size
+    if max(w, h) <= size:
+        return im
+    t = im.reduce(-(-max(w, h) // size))
+    if 4 * max(t.size) >= 3 * size:
+        return t
+    t = im.copy()
+    t.thumbnail((size, size), Image.BILINEAR)
+    return t
+
+
 def inspect_image(path: str, *, thumbs_dir: Path | None = None, thumb_size: int = THUMB_SIZE,
                   max_pixels: int = MAX_PIXELS, prepare: Callable[[Image.Image], Any] | None = None,
                   decode_size: int | None = None) -> ImageInfo | Skip:
@@ -296,20 +316,19 @@ def inspect_image(path: str, *, thumbs_dir: Path | None = None, thumb_size: int 
             if s < 1:
                 im.draft("RGB", (int(im.size[0] * s) + 1, int(im.size[1] * s) + 1))
         im.load()                                    # full decode: truncated/corrupt data fails here
-        im = ImageOps.exif_transpose(im)
+        if orientation in (2, 3, 4, 5, 6, 7, 8):     # 1 (or none): already upright, no copy
+            im = ImageOps.exif_transpose(im)
         rgb = to_rgb(im)
         prepared = prepare(rgb) if prepare is not None else None
-        if prepared is rgb:          # the thumbnail below shrinks in place
-            rgb = rgb.copy()
-        rgb.thumbnail((thumb_size, thumb_size), Image.BILINEAR)
-        lum = np.asarray(rgb.convert("L"), dtype=np.float32)
+        thumb = make_thumbnail(rgb, thumb_size)
+        lum = np.asarray(thumb.convert("L"))
         brightness = float(lum.mean() / 255.0) if lum.size else 0.0
         if thumbs_dir is not None:
             tp = Path(thumbs_dir) / sha[:2] / f"{sha}.jpg"
             if not tp.exists():
                 tp.parent.mkdir(parents=True, exist_ok=True)
-                tmp = tp.with_name(f".{tp.name}.{os.getpid()}.{id(rgb)}.tmp")
-                rgb.save(tmp, "JPEG", quality=85)
+                tmp = tp.with_name(f".{tp.name}.{os.getpid()}.{id(thumb)}.tmp")
+                thumb.save(tmp, "JPEG", quality=85)
                 os.replace(tmp, tp)
     except (Exception, MemoryError) as exc:  # any decoder failure is a skip, never a crash
         return Skip(path, _classify(exc))
@@ -351,7 +370,8 @@ def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers
          thumb_size: int = THUMB_SIZE, max_pixels: int = MAX_PIXELS, chunk_size: int = 512,
          progress: Callable[[int, int], None] | None = None,
          prepare: Callable[[Image.Image], Any] | None = None, decode_size: int | None = None,
-         on_chunk: Callable[[list[tuple[str, ImageInfo]]], None] | None = None) -> ScanReport:
+         on_chunk: Callable[[list[tuple[str, ImageInfo]]], None] | None = None,
+         write_every: int | None = None, on_write: Callable[[], None] | None = None) -> ScanReport:
     """Add the images in ``sources`` to the catalog (incremental; see the module docstring).
 
     ``progress(done, total)`` is called as files are processed. Decoding runs in a thread pool
@@ -359,9 +379,16 @@ def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers
     :class:`InputError` only for a bad *source* (missing folder, table without a path column);
     bad *files* are skipped and reported.
 
+    Rows are written once at least ``write_every`` (default ``chunk_size``) files are pending,
+    and after the last chunk; Ctrl-C keeps every write that finished.
+
     ``prepare``/``decode_size``/``on_chunk`` let a caller embed during the scan: each chunk's
     readable files, as ``(id, ImageInfo)`` with ``prepared`` set, go to ``on_chunk`` on the
-    calling thread after the chunk's rows are written, while the pool decodes the next chunk.
+    calling thread while the pool decodes the next chunk. Their rows may not be written yet:
+    ``on_write()`` is called after each write, when every file handed to ``on_chunk`` so far
+    has its row (the place to commit anything that refers to those rows). With ``on_chunk`` the
+    first chunks are smaller (2 × workers, doubling up to ``chunk_size``), so the caller's model
+    starts after a few decodes instead of a whole chunk.
     """
     files, roots = collect(sources, exclude=[catalog.sidecar])
     _ensure_columns(catalog)
@@ -402,21 +429,32 @@ def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers
     if progress:
         progress(done, total)
     seen_paths: set[str] = set(unchanged_paths)
-    chunks = [todo[i:i + chunk_size] for i in range(0, len(todo), chunk_size)]
+    chunks = _split(todo, chunk_size, first=min(chunk_size, 2 * nworkers) if on_chunk is not None else chunk_size)
+    write_every = max(1, write_every or chunk_size)
     pool = ThreadPoolExecutor(max_workers=nworkers, thread_name_prefix="neardup-scan")
+    rows: list[dict[str, Any]] = []
+    skips: list[Skip] = []
+    ok_paths: list[str] = []
 
     def submit(chunk: list[tuple[SourceFile, str]]) -> list[Any]:
         return [pool.submit(inspect_image, f.path, thumbs_dir=thumbs, thumb_size=thumb_size, max_pixels=max_pixels,
                             prepare=prepare, decode_size=decode_size) for f, _ in chunk]
+
+    def write() -> None:
+        if rows:
+            _upsert_rows(catalog, rows)
+        if skips or ok_paths:
+            _record_skips(catalog, skips, ok_paths)
+        report.skipped.extend(skips)
+        rows.clear(), skips.clear(), ok_paths.clear()
+        if on_write is not None:
+            on_write()
 
     try:
         ahead = submit(chunks[0]) if chunks else []
         for k, chunk in enumerate(chunks):
             results = [fut.result() for fut in ahead]
             ahead = submit(chunks[k + 1]) if k + 1 < len(chunks) else []
-            rows: list[dict[str, Any]] = []
-            skips: list[Skip] = []
-            ok_paths: list[str] = []
             ok_items: list[tuple[str, ImageInfo]] = []
             now = _now()
             for (f, fid), res in zip(chunk, results):
@@ -446,10 +484,8 @@ def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers
                            mtime=res.mtime, status=STATUS_OK, source=f.source, scanned_at=now)
                 row.update(f.meta)
                 rows.append(row)
-            if rows:
-                _upsert_rows(catalog, rows)
-            _record_skips(catalog, skips, ok_paths)
-            report.skipped.extend(skips)
+            if len(rows) + len(skips) >= write_every or k == len(chunks) - 1:
+                write()
             if on_chunk is not None and ok_items:
                 on_chunk(ok_items)
             del results, ok_items
@@ -475,6 +511,16 @@ def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers
     # files that went missing from a list count once (not also as "skipped: not found" rows already marked)
     report.missing = len(gone) + sum(1 for s in report.skipped if s.reason == "not found" and s.path in by_path)
     return report
+
+
+def _split(items: list[Any], size: int, first: int) -> list[list[Any]]:
+    """``items`` in chunks of ``size``, the first ones smaller: ``first``, then doubling up to ``size``."""
+    out, i, n = [], 0, max(1, min(first, size))
+    while i < len(items):
+        out.append(items[i:i + n])
+        i += n
+        n = min(size, 2 * n)
+    return out
 
 
 def _upsert_rows(cat: Catalog, rows: list[dict[str, Any]]) -> None:

@@ -121,8 +121,13 @@ def open_upright(path: str, draft_size: int | None = None) -> Image.Image:
         w, h = im.size
         s = draft_size / max(1, min(w, h))
         im.draft("RGB", (max(1, int(w * s) + 1), max(1, int(h * s) + 1)))
+    try:
+        orientation = int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:
+        orientation = 1
     im.load()
-    return ImageOps.exif_transpose(im)
+    # exif_transpose copies even an upright image: only call it when there is something to undo
+    return ImageOps.exif_transpose(im) if orientation in (2, 3, 4, 5, 6, 7, 8) else im
 
 
 def load_rgb(path: str, draft_size: int | None = None) -> Image.Image:
