@@ -180,3 +180,46 @@ def test_clip_dir_missing_files_is_a_clear_error(tmp_path: Path) -> None:
     assert not av.usable and "preprocessor_config.json" in av.detail
     with pytest.raises(InputError, match="preprocessor_config.json"):
         m.check_usable()
+
+
+def _pillow_bilinear(im: Image.Image, w: int, h: int) -> np.ndarray:
+    return np.asarray(im.resize((w, h), Image.BILINEAR, reducing_gap=None))
+
+
+@pytest.mark.parametrize("size", [(512, 384), (500, 375), (600, 400), (1024, 768), (288, 288), (288, 500), (100, 50), (1, 1)])
+def test_resize_rgb_equals_pillow_bilinear_on_photo_shapes(photos, size) -> None:
+    """The model-input resize: Pillow's result bit for bit for landscape photos (decoded at JPEG
+    draft scale: 1024x768 -> 512x384, 2000x1500 -> 500x375), squares, and enlargement."""
+    from neardup.embed.resample import resize_rgb
+
+    im = photos["chelsea"].resize(size, Image.BICUBIC)
+    got = resize_rgb(im, 288, 288)
+    assert got.shape == (288, 288, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, _pillow_bilinear(im, 288, 288))
+
+
+def test_resize_rgb_within_one_level_of_pillow_on_any_shape() -> None:
+    """Pillow 12+ picks which pass runs first by a rule of its own; our fixed order can round a
+    pixel differently by one level there (never more), e.g. tall images shrunk a lot."""
+    from neardup.embed.resample import resize_rgb
+
+    rng = np.random.default_rng(3)
+    exact = 0
+    for _ in range(40):
+        w, h, ow, oh = (int(v) for v in rng.integers(1, 700, 4))
+        im = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        d = np.abs(resize_rgb(im, ow, oh).astype(int) - _pillow_bilinear(im, ow, oh))
+        assert d.max() <= 1, (w, h, ow, oh)
+        exact += int(d.max() == 0)
+    assert exact >= 20
+    with pytest.raises(ValueError):
+        resize_rgb(Image.new("L", (10, 10)), 5, 5)
+
+
+def test_sscd_prepare_is_pillow_bilinear_to_288(photos) -> None:
+    m = get_model("sscd-distilled")
+    im = photos["coffee"].resize((512, 384))
+    x = m.prepare(im)
+    assert x.shape == (288, 288, 3) and x.dtype == np.uint8
+    np.testing.assert_array_equal(x, _pillow_bilinear(im, 288, 288))
+    np.testing.assert_array_equal(m.prepare(im.resize((288, 288))), np.asarray(im.resize((288, 288))))

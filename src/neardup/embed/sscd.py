@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..errors import InputError
 from .base import Availability, EmbeddingModel, l2_normalise
+from .resample import resize_rgb
 
 _FILES = {"sscd": "sscd.onnx", "sscd-distilled": "sscd_distilled.onnx"}
 
@@ -86,7 +87,8 @@ class SSCDModel(EmbeddingModel):
         if image.mode != "RGB":
             image = image.convert("RGB")
         if image.size != (s, s):
-            image = image.resize((s, s), Image.BILINEAR, reducing_gap=None)
+            # = np.asarray(image.resize((s, s), Image.BILINEAR, reducing_gap=None)), bit for bit, ~2x cheaper
+            return resize_rgb(image, s, s)
         return np.asarray(image, dtype=np.uint8)
 
     def embed_prepared(self, batch: Sequence[np.ndarray]) -> np.ndarray:
