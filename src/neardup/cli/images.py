@@ -35,7 +35,7 @@ def scan_cmd(
     sources: SourcesArg,
     db: DbOption = DEFAULT_DB_PATH,
     workers: WorkersOpt = None,
-    thumb_size: Annotated[int, typer.Option("--thumb-size", min=32, max=1024, help="Thumbnail size in pixels (long side).")] = 256,
+    thumb_size: Annotated[int, typer.Option("--thumb-size", min=32, max=1024, help="Thumbnail size in pixels: the long side is at most this, and at least 3/4 of it for larger images.")] = 256,
 ) -> None:
     """Add images to the catalog: hash, size, brightness, EXIF capture time and a thumbnail for each.
 
