@@ -16,8 +16,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..similarity.exact import _refresh_labels, _threads, filter_levels, level_of_bin, scan_kept_edges
-from ..similarity.forest import _kruskal, hist_bins
+from ..similarity.exact import _refresh_labels, _threads, filter_levels, level_of_bin, merge_kept_edges, scan_kept_edges
+from ..similarity.forest import hist_bins
 
 
 @lru_cache(maxsize=8)
@@ -65,7 +65,7 @@ class TileScanner:
             rb = b - a
             Xr = np.ascontiguousarray(X[a:b], dtype=np.float32)
             uf = np.repeat(self.flat[None], T, axis=0)
-            cs, cd, cw = [self.f_src], [self.f_dst], [self.f_w]
+            kept: list[tuple[np.ndarray, ...]] = []
             start = max(c0, a) if diagonal else c0
             for cc0 in range(start, c1, self.col_chunk):
                 cc1 = min(c1, cc0 + self.col_chunk)
@@ -76,21 +76,11 @@ class TileScanner:
                     self.compared += int((cc1 - cc0) * rb - lo.sum())
                 else:
                     self.compared += rb * (cc1 - cc0)
-                for e_src, e_dst, e_w in scan_kept_edges(S, a, cc0, diagonal, self.floor, self.levels, self.lob,
-                                                         self.flat, uf, self.hist, self._out,
-                                                         np.linspace(0, rb, T + 1).astype(np.int64)):
-                    cs.append(e_src)
-                    cd.append(e_dst)
-                    cw.append(e_w)
-            if len(cs) > 1:
-                self._merge(np.concatenate(cs), np.concatenate(cd), np.concatenate(cw))
-
-    def _merge(self, src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> None:
-        order = np.argsort(-w, kind="stable")
-        src, dst, w = src[order], dst[order], w[order]
-        keep = _kruskal(self.L, src, dst)
-        self.f_src, self.f_dst, self.f_w = src[keep], dst[keep], w[keep]
-        _refresh_labels(self.L, self.f_src, self.f_dst, self.f_w.astype(np.float64), self.levels, self.flat)
+                kept += scan_kept_edges(S, a, cc0, diagonal, self.floor, self.levels, self.lob, self.flat, uf,
+                                        self.hist, self._out, np.linspace(0, rb, T + 1).astype(np.int64))
+            if kept:
+                self.f_src, self.f_dst, self.f_w = merge_kept_edges(self.L, (self.f_src, self.f_dst, self.f_w), kept)
+                _refresh_labels(self.L, self.f_src, self.f_dst, self.f_w.astype(np.float64), self.levels, self.flat)
 
     def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The local forest's edges (local indices), heaviest first."""

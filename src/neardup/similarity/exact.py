@@ -23,7 +23,7 @@ import numba as nb
 import numpy as np
 
 from .bitmask import ge_mask64, lowest_bit
-from .forest import HIST_STEP, SimilarityForest, _find, _hist_bin, _kruskal, _union, hist_bins
+from .forest import HIST_STEP, SimilarityForest, _find, _hist_bin, _union, hist_bins
 
 ProgressFn = Callable[[int, int], None]
 LEVEL_RATIO = 1.15  # consecutive levels' gaps (1 - level) differ by this factor
@@ -65,6 +65,45 @@ def _refresh_labels(n: int, src: np.ndarray, dst: np.ndarray, w: np.ndarray, lev
             e += 1
         for i in range(start, n):
             flat[lv, i] = _find(parent, i)
+
+
+@nb.njit(cache=True)
+def _merge_kruskal(n: int, f_src: np.ndarray, f_dst: np.ndarray, f_w: np.ndarray,
+                   k_src: np.ndarray, k_dst: np.ndarray, k_w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximum spanning forest of two edge lists, each sorted heaviest first (a merge + Kruskal)."""
+    parent = np.arange(n, dtype=np.int64)
+    cap = min(f_src.shape[0] + k_src.shape[0], max(n - 1, 0))
+    o_src = np.empty(cap, np.int64)
+    o_dst = np.empty(cap, np.int64)
+    o_w = np.empty(cap, np.float32)
+    a = 0
+    b = 0
+    m = 0
+    while (a < f_src.shape[0] or b < k_src.shape[0]) and m < cap:
+        if b >= k_src.shape[0] or (a < f_src.shape[0] and f_w[a] >= k_w[b]):
+            x, y, w = f_src[a], f_dst[a], f_w[a]
+            a += 1
+        else:
+            x, y, w = k_src[b], k_dst[b], k_w[b]
+            b += 1
+        if _union(parent, x, y):
+            o_src[m] = x
+            o_dst[m] = y
+            o_w[m] = w
+            m += 1
+    return o_src[:m], o_dst[:m], o_w[:m]
+
+
+def merge_kept_edges(n: int, forest: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     kept: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The forest (src, dst, w; heaviest first) updated with a scan's kept edges, heaviest first."""
+    if not kept:
+        return forest
+    src = np.concatenate([e[0] for e in kept])
+    dst = np.concatenate([e[1] for e in kept])
+    w = np.concatenate([e[2] for e in kept])
+    order = np.argsort(-w)  # ties may land in any order: any maximum spanning forest will do
+    return _merge_kruskal(n, *forest, src[order], dst[order], w[order])
 
 
 @nb.njit(cache=True, parallel=True)
@@ -210,9 +249,7 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
     flat = np.empty((nlev, n), dtype=np.int32)
     flat[:] = np.arange(n, dtype=np.int32)
     hist = np.zeros((T, hist_bins(floor)), dtype=np.int64)
-    f_src = np.zeros(0, np.int64)
-    f_dst = np.zeros(0, np.int64)
-    f_w = np.zeros(0, np.float32)
+    forest = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
     cap = 8 * col_chunk + 4096
     out = (np.empty((T, cap), np.int64), np.empty((T, cap), np.int64), np.empty((T, cap), np.float32))
     total = n * (n - 1) // 2
@@ -228,26 +265,15 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
                                 thread_row_bounds(rb, cc, c0 == a, T))
         if c0 + cc < n:
             continue
-        # end of a row block: merge its kept edges into the forest. Sort only the new edges;
-        # the forest is sorted, so the stable sort of the concatenation is a linear merge of
-        # two runs (timsort).
-        src = np.concatenate([e[0] for e in kept]) if kept else np.zeros(0, np.int64)
-        dst = np.concatenate([e[1] for e in kept]) if kept else np.zeros(0, np.int64)
-        w = np.concatenate([e[2] for e in kept]) if kept else np.zeros(0, np.float32)
-        order = np.argsort(-w)  # ties may land in any order: any maximum spanning forest will do
-        src = np.concatenate([f_src, src[order]])
-        dst = np.concatenate([f_dst, dst[order]])
-        w = np.concatenate([f_w, w[order]])
-        order = np.argsort(-w, kind="stable")
-        src, dst, w = src[order], dst[order], w[order]
-        keep = _kruskal(n, src, dst)
-        f_src, f_dst, f_w = src[keep], dst[keep], w[keep]
-        _refresh_labels(n, f_src, f_dst, f_w.astype(np.float64), levels, flat, a + rb)
+        # end of a row block: merge its kept edges into the forest, refresh the level labels
+        forest = merge_kept_edges(n, forest, kept)
+        _refresh_labels(n, forest[0], forest[1], forest[2].astype(np.float64), levels, flat, a + rb)
         done += rb * (n - a) - rb * (rb + 1) // 2
         if progress is not None:
             progress(done, total)
+    f_src, f_dst, f_w = forest
     return SimilarityForest(n, f_src, f_dst, f_w, float(floor), hist.sum(axis=0),
                             {"engine": "exact", "block_rows": block_rows})
 
 
-__all__ = ["exact_forest", "filter_levels", "scan_kept_edges", "thread_row_bounds", "upper_triangle_blocks"]
+__all__ = ["exact_forest", "filter_levels", "merge_kept_edges", "scan_kept_edges", "thread_row_bounds", "upper_triangle_blocks"]
