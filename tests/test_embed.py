@@ -223,3 +223,17 @@ def test_sscd_prepare_is_pillow_bilinear_to_288(photos) -> None:
     assert x.shape == (288, 288, 3) and x.dtype == np.uint8
     np.testing.assert_array_equal(x, _pillow_bilinear(im, 288, 288))
     np.testing.assert_array_equal(m.prepare(im.resize((288, 288))), np.asarray(im.resize((288, 288))))
+
+
+@pytest.mark.parametrize("name", ["sscd", "sscd-distilled"])
+def test_split_batch_runs_give_each_image_its_own_vector_in_order(photos, name) -> None:
+    # a batch is split over concurrent single-threaded runs: the rows must come back in input
+    # order and equal the vector of each image embedded alone
+    from neardup.embed.sscd import SSCDModel
+
+    m = SSCDModel(name, threads=3)
+    X = [m.prepare(to_rgb(photos[n])) for n in PHOTOS[:5]]
+    together = m.embed_prepared(X)
+    alone = np.concatenate([m.embed_prepared([x]) for x in X])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    assert len({tuple(np.round(v, 4)) for v in together}) == 5
