@@ -24,10 +24,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .catalog import Catalog
-from .embed.base import to_rgb
+from .embed.base import draft_at_least, exif_orientation, to_rgb, upright
 from .errors import InputError
 
 #: Extensions picked up when walking a folder (lower case). Files named in a list are always tried.
@@ -303,22 +303,13 @@ def inspect_image(path: str, *, thumbs_dir: Path | None = None, thumb_size: int 
         w, h = im.size
         if w * h > max_pixels:
             return Skip(path, f"decompression bomb: {w}x{h} = {w * h} pixels exceeds the {max_pixels}-pixel limit")
-        orientation = 1
-        try:
-            orientation = int(im.getexif().get(0x0112, 1) or 1)
-        except Exception:
-            pass
+        orientation = exif_orientation(im)
         if orientation in (5, 6, 7, 8):
             w, h = h, w
         captured = _exif_time(im)
-        if im.format == "JPEG":
-            s = max(thumb_size, decode_size or 0) / max(1, min(im.size))
-            if s < 1:
-                im.draft("RGB", (int(im.size[0] * s) + 1, int(im.size[1] * s) + 1))
+        draft_at_least(im, max(thumb_size, decode_size or 0))
         im.load()                                    # full decode: truncated/corrupt data fails here
-        if orientation in (2, 3, 4, 5, 6, 7, 8):     # 1 (or none): already upright, no copy
-            im = ImageOps.exif_transpose(im)
-        rgb = to_rgb(im)
+        rgb = to_rgb(upright(im, orientation))
         prepared = prepare(rgb) if prepare is not None else None
         thumb = make_thumbnail(rgb, thumb_size)
         lum = np.asarray(thumb.convert("L"))

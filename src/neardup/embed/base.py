@@ -108,26 +108,45 @@ def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) 
     return im.convert("RGB")
 
 
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag (1–8); 1 when absent or unreadable."""
+    try:
+        return int(im.getexif().get(0x0112, 1) or 1)
+    except Exception:
+        return 1
+
+
+def draft_at_least(im: Image.Image, short_side: int) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale while its short side stays ≥ ``short_side``
+    (no-op for other formats, or when the image is that small already)."""
+    if im.format != "JPEG":
+        return
+    w, h = im.size
+    s = short_side / max(1, min(w, h))
+    if s < 1:
+        im.draft("RGB", (int(w * s) + 1, int(h * s) + 1))
+
+
+def upright(im: Image.Image, orientation: int) -> Image.Image:
+    """``im`` with its EXIF ``orientation`` undone; ``im`` itself when upright already
+    (``exif_transpose`` would copy it)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(im) if orientation in (2, 3, 4, 5, 6, 7, 8) else im
+
+
 def open_upright(path: str, draft_size: int | None = None) -> Image.Image:
     """Open and fully decode an image with EXIF orientation applied.
 
     ``draft_size`` lets JPEG decoding scale down by 2/4/8 while staying ≥ that size on the
     short side — the big cost saver for camera photos that are resized to ~300 px anyway.
     """
-    from PIL import ImageOps
-
     im = Image.open(path)
-    if draft_size and im.format == "JPEG":
-        w, h = im.size
-        s = draft_size / max(1, min(w, h))
-        im.draft("RGB", (max(1, int(w * s) + 1), max(1, int(h * s) + 1)))
-    try:
-        orientation = int(im.getexif().get(0x0112, 1) or 1)
-    except Exception:
-        orientation = 1
+    if draft_size:
+        draft_at_least(im, draft_size)
+    orientation = exif_orientation(im)
     im.load()
-    # exif_transpose copies even an upright image: only call it when there is something to undo
-    return ImageOps.exif_transpose(im) if orientation in (2, 3, 4, 5, 6, 7, 8) else im
+    return upright(im, orientation)
 
 
 def load_rgb(path: str, draft_size: int | None = None) -> Image.Image:
