@@ -39,6 +39,21 @@ def vectors_path(n: int, span: float, seed: int) -> Path:
     return p
 
 
+def bare_upper_triangle_gemm(X, block_rows: int = 2048, col_chunk: int = 8192) -> None:
+    """The floor no exact method can go under: the float32 upper-triangle GEMM in neardup's
+    blocks, written into one preallocated buffer and thrown away."""
+    import numpy as np
+
+    n = len(X)
+    buf = np.empty(block_rows * col_chunk, np.float32)
+    for a in range(0, n, block_rows):
+        b = min(n, a + block_rows)
+        Xr = X[a:b]
+        for c0 in range(a, n, col_chunk):
+            c1 = min(n, c0 + col_chunk)
+            np.matmul(Xr, X[c0:c1].T, out=buf[: (b - a) * (c1 - c0)].reshape(b - a, c1 - c0))
+
+
 def worker(case: str, path: str, threshold: float) -> dict:
     """One measurement in this (fresh) process."""
     import resource
@@ -65,14 +80,7 @@ def worker(case: str, path: str, threshold: float) -> dict:
     out: dict = {"case": case, "n": n}
     t0 = time.perf_counter()
     if case == "gemm":
-        br, cc = 2048, 8192
-        buf = np.empty(br * cc, np.float32)
-        for a in range(0, n, br):
-            b = min(n, a + br)
-            Xr = X[a:b]
-            for c0 in range(a, n, cc):
-                c1 = min(n, c0 + cc)
-                np.matmul(Xr, X[c0:c1].T, out=buf[: (b - a) * (c1 - c0)].reshape(b - a, c1 - c0))
+        bare_upper_triangle_gemm(X)
     elif case == "dedup":
         import pyarrow as pa
 

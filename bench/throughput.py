@@ -66,6 +66,14 @@ def cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def fresh_catalog_path(tag: str) -> Path:
+    """A catalog path under RAW with no catalog (or sidecar folder) left from an earlier repeat."""
+    db = RAW / f"{tag}.duckdb"
+    db.unlink(missing_ok=True)
+    shutil.rmtree(Path(str(db) + ".d"), ignore_errors=True)
+    return db
+
+
 def bare(model, tensors: np.ndarray, batch: int) -> float:
     t0 = time.perf_counter()
     for s in range(0, len(tensors), batch):
@@ -78,10 +86,7 @@ def fused(model_name: str, photos: Path, batch: int, tag: str = "fused") -> floa
     from neardup.catalog import Catalog
     from neardup.pipeline import scan_and_embed
 
-    db = RAW / f"{tag}.duckdb"
-    if db.exists():
-        db.unlink()
-    shutil.rmtree(Path(str(db) + ".d"), ignore_errors=True)
+    db = fresh_catalog_path(tag)
     t0 = time.perf_counter()
     with Catalog(db) as cat:
         _, er = scan_and_embed(cat, [photos], model_name, batch_size=batch)
@@ -93,10 +98,7 @@ def end_to_end(model_name: str, photos: Path, batch: int, tag: str = "e2e") -> t
     from neardup.pipeline import embed
     from neardup.sources import scan
 
-    db = RAW / f"{tag}.duckdb"
-    if db.exists():
-        db.unlink()
-    shutil.rmtree(Path(str(db) + ".d"), ignore_errors=True)
+    db = fresh_catalog_path(tag)
     t0 = time.perf_counter()
     with Catalog(db) as cat:
         scan(cat, [photos])
