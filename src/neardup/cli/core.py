@@ -129,7 +129,7 @@ def sweep(
 
 @app.command()
 def dedup(
-    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Cosine threshold in (0, 1]; pairs at or above it are duplicates. Default: the model's own (see `neardup models`; 0.98 for imported CLIP-style vectors).")] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Cosine threshold in (0, 1]; pairs at or above it are duplicates. Default: this catalog's calibrated threshold for the model (`neardup calibrate`), else the model's own (see `neardup models`; 0.98 for imported CLIP-style vectors); the command says which.")] = None,
     mode: Annotated[str, typer.Option("--mode", help="components: transitive groups (A~B, B~C groups A, B, C). leader: each kept image suppresses only images within the threshold of itself.")] = "components",
     prefer: Annotated[str, typer.Option("--prefer", help="Master policy, in order: score, brightness, resolution, file_size, newest, oldest, path, id (add :asc/:desc). id asc is always the last tie-break.")] = "score,brightness",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write nothing.")] = False,
@@ -149,7 +149,12 @@ def dedup(
 
     with open_catalog(db) as cat:
         if threshold is None:
-            threshold = _default_threshold(cat, model)
+            from ..thresholds import choose_threshold
+
+            choice = choose_threshold(cat, model)
+            threshold = choice.value
+            err_console.print(f"using {choice.describe()} (give --threshold to override)", highlight=False,
+                              soft_wrap=True)
         with progress_callback("similarity pass") as prog:
             res = run_dedup(cat, threshold, model=model, mode=mode, prefer=prefer, dry_run=dry_run,
                             index=index, engine=engine, progress=prog)
@@ -160,14 +165,6 @@ def dedup(
         console.print(format_summary(res.summary), highlight=False)
         if res.run_id is not None:
             console.print(f"undo with: neardup restore {res.run_id} --db {db}", style="dim")
-
-
-def _default_threshold(cat: Any, model: str | None) -> float:
-    """The model's own default threshold (see `neardup models`), else the seed's CLIP 0.98."""
-    from ..embed import default_threshold
-
-    t = default_threshold(model or cat.default_model())
-    return 0.98 if t is None else float(t)
 
 
 @app.command()
