@@ -63,12 +63,43 @@ def progress_callback(label: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
+def _one_line(text: object) -> str:
+    """Collapse a message to one line (usage errors and library errors are printed as one line)."""
+    return " ".join(str(text).split())
+
+
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
+    """Every loaded click copy's exception class ``name``: standalone click's and typer's own.
+
+    typer >= 0.29 ships its own copy of click (``typer._click``) whose exceptions share no base
+    with standalone click's, so the boundary must know both; a copy that is not loaded cannot
+    have raised, hence ``sys.modules`` rather than an import.
+    """
+    found: list[type[BaseException]] = []
+    for module in ("typer._click.exceptions", "click.exceptions", "typer.exceptions"):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and issubclass(cls, BaseException) and cls not in found:
+            found.append(cls)
+    return tuple(found)
+
+
+def _usage_line(exc: BaseException) -> str:
+    """One line for a click/typer usage error: the message, then where to get help."""
+    fmt = getattr(exc, "format_message", None)
+    message = _one_line(fmt() if callable(fmt) else exc)
+    ctx = getattr(exc, "ctx", None)
+    command = getattr(ctx, "command_path", None) or "neardup"
+    return f"{message} (see: {command} --help)"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: bad input gives one line on stderr and a non-zero exit, never a traceback."""
+    """Entry point: bad input gives one line on stderr and exit 2, never a traceback."""
+    from rich.markup import escape
+
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except NeardupError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted: nothing was written (the catalog is as it was before this command)")
@@ -76,13 +107,20 @@ def main(argv: list[str] | None = None) -> None:
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code or 0)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+    except Exception as exc:  # click usage errors, from whichever click copy typer uses
+        if isinstance(exc, _click_classes("NoArgsIsHelpError")):
+            ctx = getattr(exc, "ctx", None)
+            print(ctx.get_help() if ctx is not None else exc)  # bare `neardup`: the help, as asked
+            sys.exit(0)
+        if isinstance(exc, _click_classes("ClickException")):
+            err_console.print(f"[bold red]error:[/] {escape(_usage_line(exc))}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        if isinstance(exc, _click_classes("Exit")):
+            sys.exit(getattr(exc, "exit_code", 0) or 0)
+        if isinstance(exc, _click_classes("Abort")):
             err_console.print("aborted")
             sys.exit(130)
         raise
+    # Without standalone mode, typer returns the code of a ``typer.Exit`` raised in a command.
+    if isinstance(rv, int) and not isinstance(rv, bool) and rv:
+        sys.exit(rv)
