@@ -73,6 +73,18 @@ def load_scope(catalog: Catalog, model: str | None = None, ids: Sequence[str] | 
     return Scope(name, version, scope_ids, rows, np.ascontiguousarray(vectors[rows]), digest)
 
 
+def check_options(*, mode: str = "components", prefer: str | Sequence[str] | None = DEFAULT_POLICY,
+                  index: str = "exact", engine: str = "local") -> None:
+    """Refuse a bad mode, policy, index or engine at once (before any note or any work): one line."""
+    if mode not in MODES:
+        raise InputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    parse_policy(prefer)
+    if index not in INDEXES:
+        raise InputError(f"index {index!r}: use one of {', '.join(INDEXES)}")
+    if engine not in ENGINES:
+        raise InputError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
+
+
 def compute_forest(vectors: np.ndarray, floor: float, *, index: str = "exact", engine: str = "local",
                    progress: ProgressFn | None = None) -> SimilarityForest:
     """One similarity pass over ``vectors`` -> the forest of pairs >= floor (exact, ANN or Ray)."""

@@ -144,9 +144,11 @@ def dedup(
     The run is applied in one transaction: a crash or Ctrl-C leaves the catalog as it was.
     Reviewer decisions (keep, master, not-a-duplicate) are respected and counted.
     """
+    from ..dedup import check_options
     from ..dedup import dedup as run_dedup
     from ..report import format_summary
 
+    check_options(mode=mode, prefer=prefer, index=index, engine=engine)  # a usage error stays one line
     with open_catalog(db) as cat:
         if threshold is None:
             from ..thresholds import choose_threshold
