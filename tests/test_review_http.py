@@ -243,6 +243,11 @@ def test_state_changes_only_through_post_with_token(client: TestClient, catalog:
     with check_catalog(catalog, client) as cat:
         assert victim in cat.overrides()["keep"]
         assert cat.sql("SELECT is_suppressed FROM images WHERE id = ?", [victim]).to_pylist()[0]["is_suppressed"] is False
+        # "keep this one too" is a judgment: this pair (the image and its master) is not the same for this user
+        master = cat.scalar("SELECT master_id FROM run_members WHERE run_id = ? AND image_id = ?",
+                            [catalog["run_id"], victim])
+        judged = cat.sql("SELECT a, b, same, source FROM judgments").to_pylist()
+        assert judged == [dict(a=min(victim, master), b=max(victim, master), same=False, source="review:keep")]
     # undo
     r = client.post("/actions/override/remove", data={"image_id": victim, "kind": "keep", "csrf": t},
                     follow_redirects=False)

@@ -47,6 +47,16 @@ OVERRIDE_KINDS = ("keep", "master", "not_duplicate")
 #: derived by neardup (runs, clustering, scan time): never taken from user metadata
 RESERVED_IMAGE_COLUMNS = ("is_suppressed", "added_at", "cluster_id")
 
+#: Tables added after schema version 1: in _SCHEMA for new catalogs, created at open in older ones.
+_LATER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS judgments(
+    a VARCHAR, b VARCHAR, same BOOLEAN, source VARCHAR, model VARCHAR, similarity DOUBLE, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS calibrations(
+    model VARCHAR, threshold DOUBLE, low DOUBLE, high DOUBLE, precision DOUBLE, recall DOUBLE,
+    target DOUBLE, objective VARCHAR, judgments BIGINT, created_at TIMESTAMP);
+"""
+_LATER_TABLES = ("judgments", "calibrations")
+
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS images({", ".join(f"{k} {v}" for k, v in CORE_IMAGE_COLUMNS.items())});
@@ -68,7 +78,7 @@ CREATE TABLE IF NOT EXISTS overrides(
 CREATE TABLE IF NOT EXISTS skipped(
     path VARCHAR PRIMARY KEY, reason VARCHAR, seen_at TIMESTAMP);
 CREATE OR REPLACE VIEW visible AS SELECT * FROM images WHERE NOT is_suppressed;
-"""
+""" + _LATER_SCHEMA
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -143,6 +153,9 @@ class Catalog:
                 raise CatalogError(
                     f"{self.path}: catalog schema version {found} but this neardup reads version {SCHEMA_VERSION}"
                 )
+            if not self.read_only and not set(_LATER_TABLES) <= tables:
+                with self.transaction():
+                    self.con.execute(_LATER_SCHEMA)
             return
         if tables:
             raise CatalogError(f"{self.path}: this DuckDB file is not a neardup catalog (tables: {', '.join(sorted(tables))})")

@@ -58,4 +58,13 @@ def default_threshold(catalog: "Catalog", model: str | None = None) -> float:
 
 def _calibrated(catalog: "Catalog", model: str) -> ThresholdChoice | None:
     """The catalog's latest calibration for ``model`` (none until ``neardup calibrate`` has fitted one)."""
-    return None
+    from .calibration import latest_calibration
+
+    c = latest_calibration(catalog, model)
+    if c is None:
+        return None
+    when = str(c["created_at"])[:16]
+    return ThresholdChoice(float(c["threshold"]), "calibrated", model,
+                           f"this catalog's calibration for {model} from {c['judgments']} judgments "
+                           f"(95% interval {c['low']:.4g}-{c['high']:.4g}, target {c['objective']} "
+                           f"{c['target']:g}; {when} UTC)")

@@ -1,7 +1,7 @@
 """The ``neardup`` command line: thin wrappers over the library API.
 
 Each stage registers its commands from its own module (``core``, ``images``, ``clusters``,
-``review``) on the one Typer app defined in :mod:`neardup.cli.app`.
+``review``, ``calibrate``) on the one Typer app defined in :mod:`neardup.cli.app`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from .app import app, main
 # missing simply has no commands.
 from . import core  # noqa: F401,E402
 
-for _name in ("images", "clusters", "review", "scale"):
+for _name in ("images", "clusters", "review", "scale", "calibrate"):
     try:
         __import__(f"{__name__}.{_name}")
     except ModuleNotFoundError as _exc:  # pragma: no cover - only while a stage is not built yet

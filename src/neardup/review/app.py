@@ -56,6 +56,10 @@ FLASH = {
     "restored_all": "All runs restored: every image is visible again.",
     "reapplied": "Re-applied with your decisions: a new run replaced the old one.",  # + "run N" when known
     "nothing": "Nothing to restore.",
+    "judge_same": "Saved: the same image.",
+    "judge_different": "Saved: different images.",
+    "judge_skip": "Skipped: this pair is not offered again while the server runs.",
+    "judge_applied": "Applied the calibrated threshold: a new run replaced this model's previous one.",
 }
 
 
@@ -212,7 +216,7 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
         flash = request.query_params.get("flash")
         ctx.setdefault("flash", FLASH.get(flash or ""))
         ctx.setdefault("flash_img", request.query_params.get("img") if flash else None)
-        new_run = request.query_params.get("run_new") if flash == "reapplied" else None
+        new_run = request.query_params.get("run_new") if flash in ("reapplied", "judge_applied") else None
         ctx.setdefault("flash_run", new_run if new_run and new_run.isdigit() else None)
         html = env.get_template(template).render(
             csrf_token=token, db_name=db_path.name, request_path=request.url.path,
@@ -376,6 +380,9 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
             if D.image_row(cat, image_id) is None:
                 raise HTTPException(404, "no such image in the catalog")
             cat.add_override(image_id, kind)
+            from ..calibration import record_review_judgment
+
+            record_review_judgment(cat, image_id, kind)   # "not a duplicate" / "keep this one too" judge the pair
         return RedirectResponse(_with_flash(_safe_next(next), kind, img=image_id), status_code=303)
 
     @app.post("/actions/override/remove")
@@ -420,6 +427,10 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
             res = dedup(cat, r["threshold"], model=r["model"], mode=r["mode"], prefer=prefer)
             app.state.weakest_cache.clear()
         return RedirectResponse(_with_flash("/runs", "reapplied", run_new=str(res.run_id)), status_code=303)
+
+    from . import judge
+
+    judge.register(app, holder, page, check_post)
 
     # GET on an action URL: say it is POST-only (405) rather than 404
     for path in ("/actions/override", "/actions/override/remove", "/runs/restore-all"):
