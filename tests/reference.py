@@ -1,6 +1,8 @@
 """Independent brute-force reference: numpy all-pairs + scipy connected components.
 
-Deliberately shares no code with neardup's engine or policy.
+Deliberately shares no code with neardup's engine or policy. neardup's similarity is the exact
+dot product of the vectors rounded to multiples of 2**-11 per coordinate (canonical vectors);
+the reference rounds the same way and computes in integers (exact, no float rounding at all).
 """
 
 from __future__ import annotations
@@ -10,10 +12,23 @@ import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
 
+GRID = 2048  # canonical grid: 2**11 steps per unit
+
+
+def grid_ints(X: np.ndarray) -> np.ndarray:
+    """Each coordinate of unit-norm float32 rows as an integer multiple of 1/GRID (int64)."""
+    return np.rint(np.asarray(X, dtype=np.float32).astype(np.float64) * GRID).astype(np.int64)
+
+
+def canonical_f64(X: np.ndarray) -> np.ndarray:
+    """The canonical vectors in float64: any float64 dot product of them is exact (|sum| < 2, 22 bits)."""
+    return grid_ints(X).astype(np.float64) / GRID
+
+
 def all_pair_sims(X: np.ndarray) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    X = X / np.linalg.norm(X, axis=1, keepdims=True)
-    return X @ X.T
+    """Exact similarities of all pairs (float64 holds every value exactly: |K K^T| < 2**53)."""
+    K = grid_ints(X)
+    return (K @ K.T).astype(np.float64) / GRID**2
 
 
 def reference_groups(X: np.ndarray, t: float) -> tuple[np.ndarray, int]:

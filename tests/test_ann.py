@@ -14,11 +14,12 @@ from scipy.sparse.csgraph import connected_components
 from scipy.special import comb
 
 from neardup.similarity.ann import ann_forest, estimate_recall, partition
+from reference import canonical_f64
 from neardup.synthetic import seed_shaped
 
 
 def ref_pairs(X: np.ndarray, t: float, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    X = np.asarray(X, dtype=np.float32)
+    X = canonical_f64(X)  # exact similarities
     I, J = [], []
     for a in range(0, len(X), block):
         S = X[a:a + block] @ X.T
@@ -79,10 +80,11 @@ def test_ann_is_approximate_and_documents_itself(collection):
     assert m["compared_fraction"] < 0.5            # it really skipped most pairs
     assert 0.0 <= m["recall"]["pair_recall"] <= 1.0 and m["recall"]["sample"] == 1500
     assert m["recall"]["pair_recall"] == min(r["pair_recall"] for r in m["recall"]["by_threshold"].values())
-    assert np.all(f.weight >= np.float32(floor)) and len(f.src) <= len(X) - 1
+    assert np.all(f.weight >= floor) and len(f.src) <= len(X) - 1
     # forest weights are true similarities
-    w = np.einsum("ij,ij->i", X[f.src], X[f.dst])
-    assert np.allclose(w, f.weight, atol=1e-5)
+    C = canonical_f64(X)
+    w = np.minimum(np.einsum("ij,ij->i", C[f.src], C[f.dst]), 1.0)  # exact; clamped at 1 like the forest
+    assert np.array_equal(w, f.weight.astype(np.float64))
 
 
 def test_giant_partitions_are_split():

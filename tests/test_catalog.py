@@ -44,20 +44,28 @@ def base(tmp_path, db):
     return X, ids
 
 
+def stored(x: np.ndarray) -> np.ndarray:
+    """What the catalog keeps for raw vector x: normalised (float64, then float32), on the 1/2048 grid."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.rint((x / np.linalg.norm(x)).astype(np.float32).astype(np.float64) * 2048) / 2048
+
+
 def test_vectors_are_normalised_and_reimport_updates(tmp_path, db, base):
     X, ids = base
     with Catalog(db) as cat:
         es = cat.load_embeddings()
-        assert np.allclose(np.linalg.norm(es.vectors, axis=1), 1.0, atol=1e-6)
-        assert np.allclose(es.vectors[3], X[3] / np.linalg.norm(X[3]), atol=1e-6)
+        # canonical: unit norm up to the grid (|x - x_grid| <= sqrt(d) / 4096 per row)
+        assert np.allclose(np.linalg.norm(es.vectors, axis=1), 1.0, atol=np.sqrt(8) / 4096)
+        assert np.array_equal(es.vectors * 2048, np.rint(es.vectors * 2048))
+        assert np.array_equal(es.vectors[3], stored(X[3]))
         Y = np.ones((3, 8), np.float32) * 5
         rep = import_embeddings(cat, Y, ["a1", "a2", "new"])
         assert (rep.added, rep.updated) == (1, 2)
         es = cat.load_embeddings()
         assert len(es) == 21 and cat.count_images() == 21
         row = {k: r for r, k in enumerate(es.ids)}
-        assert np.allclose(es.vectors[row["a1"]], np.ones(8) / np.sqrt(8), atol=1e-6)
-        assert np.allclose(es.vectors[row["a4"]], X[4] / np.linalg.norm(X[4]), atol=1e-6)
+        assert np.array_equal(es.vectors[row["a1"]], stored(np.ones(8)))
+        assert np.array_equal(es.vectors[row["a4"]], stored(X[4]))
 
 
 def test_parquet_list_and_fixed_size_list(tmp_path, db):
@@ -243,7 +251,7 @@ def test_scope_of_some_ids_is_a_join(db, base):
     with Catalog(db) as cat:
         sc = load_scope(cat, ids=["a7", "a2", "a11"])
         assert sc.ids.tolist() == ["a2", "a7", "a11"] and sc.rows.tolist() == [2, 7, 11]
-        assert np.allclose(sc.vectors[1], X[7] / np.linalg.norm(X[7]), atol=1e-6)
+        assert np.array_equal(sc.vectors[1], stored(X[7]))
         with pytest.raises(InputError, match="1 ids have no precomputed embedding"):
             load_scope(cat, ids=["a1", "zz"])
         assert "a3" not in load_scope(cat, exclude=["a3"]).ids.tolist()

@@ -11,6 +11,7 @@ from neardup.errors import InputError
 from neardup.ingest import import_embeddings
 from neardup.pairs import band_pairs, parse_band, sample_pairs
 from neardup.synthetic import seed_shaped
+from reference import all_pair_sims
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +29,12 @@ def cat(tmp_path_factory, col):
 
 
 def brute(X: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair i < j in the band, from the full float64 similarity matrix."""
-    S = X.astype(np.float64) @ X.astype(np.float64).T
+    """Every pair i < j in the band, from the exact similarity matrix (tests/reference.py)."""
+    S = all_pair_sims(X)
     i, j = np.triu_indices(len(X), 1)
     s = S[i, j]
     m = (s >= lo) & ((s < hi) if hi < 1 else True)
     return i[m], j[m], s[m]
-
-
-def near_edge(X: np.ndarray, lo: float, hi: float, eps: float = 1e-5) -> int:
-    """Pairs whose similarity is within eps of a band edge (float32 vs float64 may disagree there)."""
-    S = X.astype(np.float64) @ X.astype(np.float64).T
-    s = S[np.triu_indices(len(X), 1)]
-    return int((np.abs(s - lo) < eps).sum() + (np.abs(s - hi) < eps).sum())
 
 
 @pytest.mark.parametrize("band", [(0.97, 0.98), (0.90, 0.95), (0.99, 1.0), (0.3, 0.6)])
@@ -49,12 +43,12 @@ def test_band_pairs_match_bruteforce(col, band):
     lo, hi = band
     count, i, j, s = band_pairs(X, lo, hi, 50, seed=3, block_rows=300, col_chunk=700)
     bi, bj, bs = brute(X, lo, hi)
-    assert abs(count - len(bi)) <= near_edge(X, lo, hi)
+    assert count == len(bi)  # exact: no tolerance at the band edges
     assert len(i) == min(50, count)
     assert (i < j).all()
-    exact = (X[i].astype(np.float64) * X[j]).sum(1)
-    assert np.allclose(s, exact, atol=1e-5)
-    assert ((exact >= lo - 1e-5) & ((exact < hi + 1e-5) if hi < 1 else True)).all()
+    exact = all_pair_sims(X)[i, j]
+    assert np.array_equal(s.astype(np.float64), exact)
+    assert ((exact >= lo) & ((exact < hi) if hi < 1 else True)).all()
     assert len(set(zip(i.tolist(), j.tolist()))) == len(i)  # no pair twice
     # the same sample whatever the blocking
     c2, i2, j2, _ = band_pairs(X, lo, hi, 50, seed=3)
@@ -86,18 +80,17 @@ def test_sample_pairs_on_a_cluster_and_ids(cat, col):
     Xc = col.vectors[[pos[i] for i in ids]]
     res = sample_pairs(cat, "0.95:0.99", 15, cluster=1, seed=2)
     assert res.scope == "cluster 1" and res.n_images == len(ids)
-    assert abs(res.in_band - len(brute(Xc, 0.95, 0.99)[0])) <= near_edge(Xc, 0.95, 0.99)
+    assert res.in_band == len(brute(Xc, 0.95, 0.99)[0])
     members = set(ids)
     for p in res.pairs:
         assert p["a"] in members and p["b"] in members and p["a"] != p["b"]
-        sim = float(col.vectors[pos[p["a"]]].astype(np.float64) @ col.vectors[pos[p["b"]]])
-        assert 0.95 - 1e-5 <= sim < 0.99 + 1e-5 and abs(sim - p["sim"]) < 1e-5
+        sim = float(all_pair_sims(col.vectors[[pos[p["a"]], pos[p["b"]]]])[0, 1])
+        assert 0.95 <= sim < 0.99 and round(sim, 6) == p["sim"]  # shown to 6 decimals
         assert p["path_a"] is None and p["thumb_a"] is None
     same = sample_pairs(cat, "0.95:0.99", 15, ids=ids, seed=2)
     assert same.in_band == res.in_band and same.pairs == res.pairs
     whole = sample_pairs(cat, (0.97, 0.98), 5)
-    assert whole.n_images == 2000 and abs(whole.in_band - len(brute(col.vectors, 0.97, 0.98)[0])) <= \
-        near_edge(col.vectors, 0.97, 0.98)
+    assert whole.n_images == 2000 and whole.in_band == len(brute(col.vectors, 0.97, 0.98)[0])
 
 
 def test_paths_are_reported(tmp_path, col):
@@ -136,7 +129,7 @@ def test_several_bands_in_one_pass(col, cat):
     bands = [(0.95, 0.97), (0.97, 0.99), (0.96, 0.98), (0.99, 1.0)]  # overlapping bands are allowed
     many = bands_pairs(X, bands, 10, seed=4, block_rows=256, col_chunk=512)
     for (lo, hi), (count, i, j, s) in zip(bands, many):
-        assert abs(count - len(brute(X, lo, hi)[0])) <= near_edge(X, lo, hi)
+        assert count == len(brute(X, lo, hi)[0])
         one = band_pairs(X, lo, hi, 10, seed=4)
         assert one[0] == count and (one[1] == i).all() and (one[2] == j).all()
     res = sample_bands(cat, ["0.9:0.95", "0.95:1"], 3, cluster=0)

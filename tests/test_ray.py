@@ -14,7 +14,9 @@ pytestmark = pytest.mark.ray
 
 from neardup.distributed import ray_forest  # noqa: E402
 from neardup.similarity.exact import exact_forest  # noqa: E402
+from neardup.similarity.canonical import canonical_vectors  # noqa: E402
 from neardup.synthetic import seed_shaped  # noqa: E402
+from reference import canonical_f64  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,14 +39,15 @@ def test_ray_tiles_identical_to_exact_20k(ray_cluster):
     assert fr.meta["engine"] == "ray" and fr.meta["tiles"] > 10
     assert np.array_equal(fr.hist, fe.hist)                    # every pair counted once
     assert len(fr.src) == len(fe.src)
-    assert np.allclose(np.sort(fr.weight), np.sort(fe.weight), atol=1e-6)
+    assert np.array_equal(np.sort(fr.weight), np.sort(fe.weight))  # exact similarities, any tiling
     for t in (0.96, 0.975, 0.98, 0.99, 0.995):
         assert np.array_equal(fr.components(t), fe.components(t)), t
-    # and against the brute-force reference at 0.98 (blocked numpy + scipy)
+    # and against the brute-force reference at 0.98 (blocked exact float64 + scipy)
+    C = canonical_f64(X)
     Is, Js = [], []
     for a in range(0, len(X), 4096):
-        S = X[a:a + 4096] @ X.T
-        i, j = np.nonzero(S >= np.float32(0.98))
+        S = C[a:a + 4096] @ C.T
+        i, j = np.nonzero(S >= 0.98)
         k = j > i + a
         Is.append(i[k] + a)
         Js.append(j[k])
@@ -73,7 +76,7 @@ def test_compute_forest_dispatches_to_ray(ray_cluster):
 
 def test_ray_tiles_from_a_memory_mapped_npy(ray_cluster, tmp_path):
     """share='mmap': tasks memory-map the file instead of receiving a copy."""
-    X = seed_shaped(3_000, 64, seed=24).vectors
+    X = canonical_vectors(seed_shaped(3_000, 64, seed=24).vectors)  # as the catalog stores them
     np.save(tmp_path / "v.npy", X)
     M = np.load(tmp_path / "v.npy", mmap_mode="r")
     calls = []
@@ -84,6 +87,10 @@ def test_ray_tiles_from_a_memory_mapped_npy(ray_cluster, tmp_path):
     assert np.array_equal(f.components(0.98), fe.components(0.98))
     with pytest.raises(ValueError):
         ray_forest(np.asarray(X), 0.97, share="mmap")
+    raw = seed_shaped(300, 64, seed=24).vectors
+    np.save(tmp_path / "raw.npy", raw)
+    with pytest.raises(ValueError, match="canonical"):
+        ray_forest(np.load(tmp_path / "raw.npy", mmap_mode="r"), 0.97, share="mmap")
 
 
 def test_ray_embed_matches_local_embedding(ray_cluster):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from reference import clustered_vectors, min_margin, reference_groups, same_partition
+from reference import all_pair_sims, clustered_vectors, min_margin, reference_groups, same_partition
 
 from neardup.similarity.exact import exact_forest, filter_levels
 from neardup.similarity.forest import SimilarityForest, merge_forests
@@ -59,7 +59,8 @@ def test_chain_groups_transitively():
     f = exact_forest(X, 0.9)
     lab = f.components(0.9)
     assert lab[0] == lab[1] == lab[2] != lab[3]
-    assert f.weakest_links(0.9)[int(lab[0])] == pytest.approx(np.cos(0.4), abs=1e-6)
+    S = all_pair_sims(X)
+    assert f.weakest_links(0.9)[int(lab[0])] == min(S[0, 1], S[1, 2])  # exact, no tolerance
 
 
 def test_levels_cover_floor_to_one():

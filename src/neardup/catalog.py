@@ -327,14 +327,20 @@ class Catalog:
 
     def put_embeddings(self, model: str, ids: Sequence[str] | np.ndarray, vectors: np.ndarray,
                        images: pa.Table | None = None) -> tuple[int, int]:
-        """Store unit-norm vectors for ``ids`` (update rows already there, append the rest).
+        """Store unit-norm vectors for ``ids`` (update rows already there, append the rest), rounded
+        to canonical vectors (:mod:`neardup.similarity.canonical`).
 
         ``images`` (optional, with an ``id`` column) is upserted in the same transaction, so
         vectors and metadata land together or not at all. Returns ``(added, updated)``.
         """
         if not _MODEL_NAME.match(model):
             raise InputError(f"model name {model!r}: use letters, digits, '.', '_' or '-'")
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        from .similarity.canonical import canonical_vectors  # numba: only where vectors are written
+
+        try:  # stored vectors are canonical: their float32 dot products are exact in any order
+            vectors = np.ascontiguousarray(canonical_vectors(np.asarray(vectors, dtype=np.float32)))
+        except ValueError as exc:
+            raise InputError(f"vectors for model {model!r}: {exc}") from None
         ids = np.asarray(ids, dtype=object)
         if vectors.ndim != 2 or len(ids) != vectors.shape[0]:
             raise InputError(f"{len(ids)} ids for {vectors.shape[0] if vectors.ndim else 0} vectors")

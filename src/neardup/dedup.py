@@ -19,7 +19,7 @@ import pyarrow as pa
 from .catalog import Catalog, EmbeddingSet
 from .errors import InputError
 from .policy import DEFAULT_POLICY, parse_policy, policy_columns, priority_rank, select_masters
-from .similarity.forest import SimilarityForest
+from .similarity.forest import SimilarityForest, ceil_f32
 
 MODES = ("components", "leader")
 INDEXES = ("exact", "ann", "auto")
@@ -181,7 +181,7 @@ def _leader_groups(X: np.ndarray, labels: np.ndarray, rank: np.ndarray, t: float
     lab_sorted = labels[order]
     starts = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]])
     ends = np.r_[starts[1:], n]
-    t32 = np.float32(t)
+    t32 = ceil_f32(t)  # similarities are exact float32 values: s >= t iff s >= t32
     for s, e in zip(starts, ends):
         if e - s < 2:
             continue

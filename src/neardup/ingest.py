@@ -114,7 +114,10 @@ def read_vectors(path: str | Path, ids: str | Path | Sequence[str] | None = None
 
 
 def validate_and_normalise(ids: np.ndarray, vectors: np.ndarray, source: str) -> np.ndarray:
-    """Check ids and vectors, and return unit-norm float32 rows (input may have any norm)."""
+    """Check ids and vectors, and return unit-norm float32 rows (input may have any norm).
+
+    Rows already unit-norm (to float32 rounding) or already canonical are returned unchanged.
+    """
     ids = np.asarray(ids, dtype=object)
     if len(ids) != len(vectors):
         raise InputError(f"{source}: {len(ids)} ids but {len(vectors)} vector rows")
@@ -143,7 +146,11 @@ def validate_and_normalise(ids: np.ndarray, vectors: np.ndarray, source: str) ->
         if zero.any():
             r = s + int(np.flatnonzero(zero)[0])
             raise InputError(f"{source} row {r} (id {ids[r]!r}): vector is all zeros (cannot be normalised)")
-        out[s:s + step] = block / norms[:, None]
+        # rows that are unit already (float32 rounding) or canonical already (a re-import) are
+        # kept bit for bit, so the stored vectors are exactly canonical_vectors(these rows)
+        on_grid = (np.rint(block * 2048.0) == block * 2048.0).all(axis=1)
+        keep = (np.abs(norms - 1.0) <= 1e-6) | (on_grid & (np.abs(norms - 1.0) <= np.sqrt(block.shape[1]) / 4096))
+        out[s:s + step] = np.where(keep[:, None], block, block / norms[:, None])
     return out
 
 

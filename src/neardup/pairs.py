@@ -7,8 +7,9 @@ band and keeps a *bottom-k* sample, i.e. the ``sample`` in-band pairs whose hash
 ``(row i, row j, seed)`` is smallest. That is a uniform sample without replacement, the same for
 the same seed whatever the block sizes or thread count, in O(N·d + block) memory.
 
-The band is half-open, ``lo <= sim < hi``, compared in float32 like the rest of neardup
-(``sim >= numpy.float32(t)``); a band ending at 1 includes 1 (and float rounding just above it).
+The band is half-open, ``lo <= sim < hi``, on the exact similarities of canonical vectors (see
+:mod:`neardup.similarity.canonical`); a band ending at 1 includes 1 (and canonical similarities
+just above it).
 Cost: the whole collection is an all-pairs pass (like an exact dedup: ~26 s at 100k here), a
 2,000-image cluster a few milliseconds.
 """
@@ -25,7 +26,9 @@ import numpy as np
 
 from .catalog import Catalog
 from .errors import InputError
+from .similarity.canonical import canonical_vectors
 from .similarity.exact import thread_row_bounds, upper_triangle_blocks
+from .similarity.forest import ceil_f32
 
 ProgressFn = Callable[[int, int], None]
 MAX_SAMPLE = 10_000
@@ -145,11 +148,12 @@ def bands_pairs(vectors: np.ndarray, bands: Sequence[tuple[float, float]], sampl
     if not (0 <= int(sample) <= MAX_SAMPLE):
         raise InputError(f"sample {sample}: give 0 to {MAX_SAMPLE:,} pairs")
     k = int(sample)
-    X = vectors
+    X = canonical_vectors(vectors)
     n = int(X.shape[0])
     B = len(bands)
-    los = np.array([lo for lo, _ in bands], dtype=np.float32)
-    his = np.array([np.inf if hi >= 1.0 else hi for _, hi in bands], dtype=np.float32)
+    # float32 similarities are exact: s >= x iff s >= the smallest float32 >= x
+    los = np.array([ceil_f32(lo) for lo, _ in bands], dtype=np.float32)
+    his = np.array([np.inf if hi >= 1.0 else ceil_f32(hi) for _, hi in bands], dtype=np.float32)
     seed64 = np.uint64(int(seed) & 0xFFFFFFFFFFFFFFFF)
     T = max(1, int(nb.get_num_threads()))
     kk = max(k, 1)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import NeardupError
+from ..similarity.canonical import canonical_vectors
 from ..similarity.forest import SimilarityForest, hist_bins, merge_forests
 from .tiles import TileScanner, tile_forest, upper_tiles
 
@@ -157,8 +158,8 @@ def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress
                recall_sample: int = 2000, share: str = "auto") -> SimilarityForest:
     """The similarity forest of ``vectors`` computed as Ray tasks (exact tiles, or ANN partitions).
 
-    ``index="exact"``: identical components, histogram and weights to ``exact_forest`` (up to
-    float32 rounding of the dot products in a different blocking). ``share``: how tasks see the
+    ``index="exact"``: identical components, histogram and weights to ``exact_forest`` (the
+    vectors are canonical, so every blocking computes the same exact similarities). ``share``: how tasks see the
     vectors: ``"object_store"`` (``ray.put`` once; zero-copy in workers on each node),
     ``"mmap"`` (each task memory-maps the ``.npy`` behind a ``np.memmap``/``np.load(mmap_mode=)``
     array, which must be on storage every node can read; nothing is copied, the only option when
@@ -176,6 +177,10 @@ def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress
         from ..dedup import AUTO_EXACT_MAX
 
         index = "exact" if len(vectors) <= AUTO_EXACT_MAX else "ann"
+    given, vectors = vectors, canonical_vectors(vectors)
+    if vectors is not given and share == "mmap":
+        raise ValueError("share='mmap' needs canonical vectors in the file (as the catalog stores them): "
+                         "save neardup.similarity.canonical.canonical_vectors(X) and map that")
     n = int(vectors.shape[0])
     if n < 2:
         return SimilarityForest(n, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), float(floor),

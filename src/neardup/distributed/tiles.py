@@ -29,7 +29,7 @@ def _ladder(floor: float) -> tuple[np.ndarray, np.ndarray]:
 class TileScanner:
     """Exact forest + histogram of chosen (row range x column range) pairs of a local matrix.
 
-    ``X`` is the local matrix (L x d, unit-norm float32); ``scan(r0, r1, c0, c1, diagonal)`` adds
+    ``X`` is the local matrix (L x d, canonical float32: :func:`neardup.similarity.canonical.canonical_vectors`); ``scan(r0, r1, c0, c1, diagonal)`` adds
     the pairs of local rows [r0, r1) with local columns [c0, c1) (only j > i when ``diagonal``,
     which requires the two ranges to be index-aligned: local row i is local column i).
     """

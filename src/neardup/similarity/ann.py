@@ -31,7 +31,8 @@ import numba as nb
 import numpy as np
 
 from ..distributed.tiles import TileScanner
-from .forest import HIST_STEP, SimilarityForest, _hist_bin, hist_bins
+from .canonical import canonical_vectors
+from .forest import HIST_STEP, SimilarityForest, _hist_bin, ceil_f32, hist_bins, hist_edges
 
 ProgressFn = Callable[[int, int], None]
 log = logging.getLogger(__name__)
@@ -159,17 +160,15 @@ def _partition_forest(X: np.ndarray, probes: np.ndarray, floor: float, progress:
 
 
 @nb.njit(cache=True, parallel=True)
-def _sample_scan(S, rows, col0, floor, ths, labels, hist, tot, hit):
+def _sample_scan(S, rows, col0, f32floor, edges, ths32, labels, hist, tot, hit):
     """Sample rows x column chunk: histogram (self excluded) and per-row true/joined pair counts.
 
     Thread t of ``hist.shape[0]`` owns a contiguous range of sampled rows and its own hist row.
     """
     ns = S.shape[0]
     nc = S.shape[1]
-    nth = ths.shape[0]
-    nbins = hist.shape[1]
+    nth = ths32.shape[0]
     T = hist.shape[0]
-    f32floor = np.float32(floor)
     for t in nb.prange(T):
         for r in range(t * ns // T, (t + 1) * ns // T):
             i = rows[r]
@@ -180,10 +179,10 @@ def _sample_scan(S, rows, col0, floor, ths, labels, hist, tot, hit):
                 s = S[r, c]
                 if s < f32floor:
                     continue
-                b, sd = _hist_bin(s, floor, nbins)
+                b, sd = _hist_bin(s, edges)
                 hist[t, b] += 1
                 for k in range(nth):
-                    if s >= np.float32(ths[k]):
+                    if s >= ths32[k]:
                         tot[r, k] += 1
                         if labels[k, i] == labels[k, j]:
                             hit[r, k] += 1
@@ -212,9 +211,11 @@ def estimate_recall(X: np.ndarray, forest: SimilarityForest, *, sample: int = 20
     hist = np.zeros((max(1, int(nb.get_num_threads())), hist_bins(floor)), dtype=np.int64)
     tot = np.zeros((s, len(ths)), np.int64)
     hit = np.zeros((s, len(ths)), np.int64)
+    edges, f32floor = hist_edges(floor), ceil_f32(floor)
+    ths32 = np.array([ceil_f32(t) for t in ths], dtype=np.float32)
     for a, b in _chunks(n, col_chunk):
         S = Xs @ np.asarray(X[a:b], dtype=np.float32).T
-        _sample_scan(S, rows, a, float(floor), ths, labels, hist, tot, hit)
+        _sample_scan(S, rows, a, f32floor, edges, ths32, labels, hist, tot, hit)
     T, H = tot.sum(0), hit.sum(0)
     boot = rng.integers(0, s, (200, s))
     by_t = {}
@@ -250,7 +251,7 @@ def ann_forest(vectors: np.ndarray, floor: float, *, progress: ProgressFn | None
     """
     if not (0.0 < floor <= 1.0):
         raise ValueError(f"floor {floor} is outside (0, 1]")
-    X = vectors
+    X = canonical_vectors(vectors)
     n = int(X.shape[0])
     meta: dict = {"engine": "ann", "method": "kmeans-partitions+probes", "target": target, "nprobe": nprobe,
                   "split_factor": split_factor}

@@ -11,8 +11,9 @@ pairs above 0.98). So each block of similarities goes through one compiled scan 
   updated online inside the scan, so a dense group stops producing edges after a few rows.
 
 Kept edges are merged into the forest with Kruskal after each row block. Memory is
-O(N * levels + block); the result is the exact maximum spanning forest (up to float32
-rounding of the dot products, as any GEMM).
+O(N * levels + block). The vectors are canonical (:mod:`.canonical`), so every float32 dot
+product is exact whatever the BLAS kernel, block shape or thread count: the forest's weights,
+the components at every threshold and the histogram are a function of the vectors alone.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import numba as nb
 import numpy as np
 
 from .bitmask import ge_mask64, lowest_bit
-from .forest import HIST_STEP, SimilarityForest, _find, _hist_bin, _union, hist_bins
+from .canonical import canonical_vectors
+from .forest import SimilarityForest, _find, _hist_bin, _union, ceil_f32, hist_bins, hist_edges
 
 ProgressFn = Callable[[int, int], None]
 LEVEL_RATIO = 1.15  # consecutive levels' gaps (1 - level) differ by this factor
@@ -42,8 +44,7 @@ def filter_levels(floor: float) -> np.ndarray:
 
 def level_of_bin(floor: float, levels: np.ndarray) -> np.ndarray:
     """For each histogram bin, the index of the lowest level that is >= the bin's upper edge."""
-    nb_ = hist_bins(floor)
-    upper = np.minimum(floor + (np.arange(nb_) + 1) * HIST_STEP, 1.0)
+    upper = np.minimum(hist_edges(floor)[1:], 1.0)  # every similarity in bin b is < upper[b] (or = 1.0)
     # levels are descending; count levels >= upper, minus one = last index with level >= upper
     idx = np.searchsorted(-levels, -upper, side="right") - 1
     return np.maximum(idx, 0).astype(np.int64)
@@ -107,7 +108,7 @@ def merge_kept_edges(n: int, forest: tuple[np.ndarray, np.ndarray, np.ndarray],
 
 
 @nb.njit(cache=True, parallel=True)
-def _scan_block(S, row0, col0, diagonal, floor, levels, lev_of_bin, flat, uf, hist,
+def _scan_block(S, row0, col0, diagonal, f32floor, edges, levels, lev_of_bin, flat, uf, hist,
                 out_src, out_dst, out_w, out_n, row_lo, row_hi):
     """Histogram and filter one similarity block; thread t owns rows [row_lo[t], row_hi[t]).
 
@@ -116,10 +117,8 @@ def _scan_block(S, row0, col0, diagonal, floor, levels, lev_of_bin, flat, uf, hi
     """
     nthreads = row_lo.shape[0]
     ncols = S.shape[1]
-    nbins = hist.shape[1]
     nlev = levels.shape[0]
     cap = out_src.shape[1]
-    f32floor = np.float32(floor)
     for t in nb.prange(nthreads):
         cnt = out_n[t]
         r = row_lo[t]
@@ -146,7 +145,7 @@ def _scan_block(S, row0, col0, diagonal, floor, levels, lev_of_bin, flat, uf, hi
                     c = c_lo + lowest_bit(mask)
                     mask &= mask - np.uint64(1)
                     s = S[r, c]
-                    b, sd = _hist_bin(s, floor, nbins)
+                    b, sd = _hist_bin(s, edges)
                     hist[t, b] += 1
                     la = lev_of_bin[b]
                     j = col0 + c
@@ -183,7 +182,7 @@ def scan_kept_edges(S: np.ndarray, row0: int, col0: int, diagonal: bool, floor: 
     kept: list[tuple[np.ndarray, ...]] = []
     while True:
         out_n = np.zeros(T, np.int64)
-        _scan_block(S, row0, col0, diagonal, float(floor), levels, lev_of_bin, flat, uf, hist,
+        _scan_block(S, row0, col0, diagonal, ceil_f32(floor), hist_edges(floor), levels, lev_of_bin, flat, uf, hist,
                     out_src, out_dst, out_w, out_n, row_lo, row_hi)
         for t in range(T):
             k = int(out_n[t])
@@ -235,12 +234,13 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
                  progress: ProgressFn | None = None) -> SimilarityForest:
     """The exact maximum spanning forest of all pairs with cosine >= ``floor``, and their histogram.
 
-    ``vectors`` must be unit-norm rows (float32; a memory map is fine: blocks are read as needed).
+    ``vectors`` are unit-norm rows, rounded to canonical vectors here unless they already are
+    (the catalog stores them canonical; a memory map is fine: blocks are read as needed).
     ``progress(done_pairs, total_pairs)`` is called after every row block.
     """
     if not (0.0 < floor <= 1.0):
         raise ValueError(f"floor {floor} is outside (0, 1]")
-    X = vectors
+    X = canonical_vectors(vectors)
     n = int(X.shape[0])
     levels = filter_levels(floor)
     lob = level_of_bin(floor, levels)

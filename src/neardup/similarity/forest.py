@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 import numba as nb
 import numpy as np
 
-HIST_STEP = 1e-5  # histogram bin width: pair counts are resolved to 1e-5 in cosine
+HIST_STEP = 1e-5  # histogram bin width: pair counts are exact at thresholds on this grid
 
 
 # --------------------------------------------------------------------------------------------
@@ -31,19 +31,25 @@ def _find(parent: np.ndarray, x: int) -> int:
 
 
 @nb.njit(cache=True, inline="always")
-def _hist_bin(s: float, floor: float, nbins: int) -> tuple[int, float]:
-    """Histogram bin of a similarity (clamped to 1.0, as rounding can exceed it) and the clamped value.
+def _hist_bin(s: float, edges: np.ndarray) -> tuple[int, float]:
+    """Histogram bin of a similarity (clamped to 1.0, which canonical vectors can pass) and the clamped value.
 
-    The one binning rule every pass uses, so exact, ANN and Ray histograms agree bin for bin.
+    Bin b holds ``edges[b] <= s < edges[b + 1]``, decided by exact float64 comparisons with the
+    one edge table every pass uses, so exact, ANN and Ray histograms agree bin for bin.
     """
     sd = np.float64(s)
     if sd > 1.0:
         sd = 1.0
-    b = int((sd - floor) / 1e-5)
+    nbins = edges.shape[0] - 1
+    b = int((sd - edges[0]) * 1e5)
     if b >= nbins:
         b = nbins - 1
     elif b < 0:
         b = 0
+    while b + 1 < nbins and edges[b + 1] <= sd:
+        b += 1
+    while b > 0 and edges[b] > sd:
+        b -= 1
     return b, sd
 
 
@@ -123,11 +129,37 @@ def hist_bins(floor: float) -> int:
     return int(np.ceil((1.0 - floor) / HIST_STEP)) + 1
 
 
+def hist_edges(floor: float) -> np.ndarray:
+    """Lower edges of the histogram bins (float64), then +inf: ``hist_bins(floor) + 1`` values.
+
+    Edge b is ``floor + b * HIST_STEP``. When the floor has at most five decimals the edges are
+    the float64 values of those decimals (``(F + b) / 1e5``, correctly rounded), so a threshold
+    typed with five decimals or fewer *is* an edge and its pair count is exact.
+    """
+    nb_ = hist_bins(floor)
+    F = floor * 1e5
+    if abs(F - round(F)) < 1e-6:
+        lower = (round(F) + np.arange(nb_, dtype=np.float64)) / 1e5
+    else:
+        lower = floor + np.arange(nb_, dtype=np.float64) * HIST_STEP
+    lower[0] = floor
+    return np.r_[lower, np.inf]
+
+
+def ceil_f32(x: float) -> np.float32:
+    """The smallest float32 >= x: for a float32 similarity s, ``s >= x`` iff ``s >= ceil_f32(x)``."""
+    f = np.float32(x)
+    return f if float(f) >= x else np.nextafter(f, np.float32(np.inf))
+
+
 @dataclass
 class SimilarityForest:
     """A maximum spanning forest of the pairs with cosine >= ``floor``, heaviest edge first.
 
-    ``hist[b]`` counts pairs with similarity in ``[floor + b*HIST_STEP, floor + (b+1)*HIST_STEP)``.
+    ``hist[b]`` counts pairs with similarity in ``[edges[b], edges[b + 1])`` (:func:`hist_edges`).
+    Weights are exact (canonical vectors, see :mod:`neardup.similarity.canonical`); which of
+    several equal-weight edges a pass keeps may differ, but the components at every threshold,
+    the sorted weights and the histogram do not.
     Node indices refer to rows of the embedding matrix the pass ran on.
     """
 
@@ -152,7 +184,7 @@ class SimilarityForest:
                    hist: np.ndarray | None = None, meta: dict | None = None) -> "SimilarityForest":
         """Maximum spanning forest of any edge list (edges below ``floor`` are dropped)."""
         weight = np.asarray(weight, dtype=np.float32)
-        keep = weight >= np.float32(floor)
+        keep = weight.astype(np.float64) >= floor
         src, dst, weight = np.asarray(src)[keep], np.asarray(dst)[keep], weight[keep]
         order = np.argsort(-weight, kind="stable")
         src, dst, weight = src[order].astype(np.int64), dst[order].astype(np.int64), weight[order]
@@ -171,7 +203,7 @@ class SimilarityForest:
     def n_edges_at(self, t: float) -> int:
         """How many forest edges have weight >= t (= images suppressed at t)."""
         self._check(t)
-        return int(np.searchsorted(-self.weight, -np.float32(t), side="right"))
+        return int(np.searchsorted(-self.weight.astype(np.float64), -float(t), side="right"))
 
     def components(self, t: float) -> np.ndarray:
         """Component label per node at threshold t (the smallest node index in its component)."""
@@ -197,10 +229,14 @@ class SimilarityForest:
         return {int(a): float(b) for a, b in zip(lab[order][first], w[order][first])}
 
     def pair_count(self, t: float) -> int:
-        """Pairs with similarity >= t (from the histogram; resolved to HIST_STEP)."""
+        """Pairs with similarity >= t: exact when t is a bin edge (five decimals above a
+        five-decimal floor), else it also counts the pairs in [edge below t, t)."""
         self._check(t)
-        b = int(np.floor((t - self.floor) / HIST_STEP + 1e-6))
-        return int(self.hist[max(b, 0):].sum())
+        edges = hist_edges(self.floor)
+        b = int(np.searchsorted(edges, float(t), side="left"))  # first edge >= t
+        if b >= len(edges) - 1 or edges[b] != float(t):
+            b = max(b - 1, 0)  # t inside bin b-1: resolved to the bin
+        return int(self.hist[b:].sum())
 
     def sweep(self, thresholds: Iterable[float]) -> list[dict]:
         """pairs, groups, suppressed, retained and largest group at each threshold, in one pass."""
