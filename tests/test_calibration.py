@@ -15,6 +15,7 @@ from neardup import Catalog
 from neardup.calibration import (CalibrationNeedsMore, Population, active_targets, fit, isotonic, judgments,
                                  record_review_judgment, sampling_bands)
 from neardup.cli import main
+from reference import canonical_f64
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def planted(tmp_path):
     db = tmp_path / "cat.duckdb"
     with Catalog(db) as cat:
         cat.put_embeddings("sscd", ids, V)
-    return db, dict(zip(ids, V.astype(np.float64)))
+    return db, dict(zip(ids, canonical_f64(V)))  # as stored: a pair's similarity is their exact dot
 
 
 def _fill(path, rule):
@@ -221,7 +222,7 @@ def test_the_calibrate_command_lines(capsys, planted, tmp_path):
     assert all(r["same"] == "" for r in rows)
     assert len({(r["a"], r["b"]) for r in rows}) == 30
     for r in rows:   # the similarity written is the pair's cosine (independent float64 dot)
-        assert float(r["similarity"]) == pytest.approx(float(vec[r["a"]] @ vec[r["b"]]), abs=2e-6)
+        assert float(r["similarity"]) == pytest.approx(float(vec[r["a"]] @ vec[r["b"]]), abs=1e-6)  # CSV: 6 decimals
     bands = sampling_bands(0.6)
     per_band = [sum(lo <= float(r["similarity"]) < hi for r in rows) for lo, hi in bands]
     assert sum(c > 0 for c in per_band) >= 6          # spread, not bunched
