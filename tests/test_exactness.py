@@ -183,3 +183,28 @@ def test_same_result_across_blas_kernels_blocks_threads_and_tiles():
     S = all_pair_sims(X)
     iu = np.triu_indices(len(X), 1)
     assert every[0]["pairs"] == [int((S[iu] >= t).sum()) for t in (0.95, 0.97, 0.98, 0.99)]
+
+
+def test_a_catalog_from_before_canonical_vectors_gives_the_same_result(tmp_path):
+    """Vectors stored unrounded (an older neardup) are rounded when read, and on the next write."""
+    from neardup import Catalog
+    from neardup.dedup import dedup
+    from neardup.ingest import import_embeddings
+    from neardup.synthetic import seed_shaped
+
+    c = seed_shaped(600, 32, seed=3)
+    results = []
+    for legacy in (False, True):
+        with Catalog(tmp_path / f"{legacy}.duckdb") as cat:
+            import_embeddings(cat, c.vectors, c.ids)
+            if legacy:  # overwrite the stored file with the unrounded unit vectors
+                name = cat.scalar("SELECT file FROM embedding_sets")
+                np.save(cat.sidecar / "embeddings" / name, c.vectors)
+                assert not is_canonical(cat.load_embeddings().vectors)
+            res = dedup(cat, 0.97, dry_run=True)
+            results.append(sorted(zip(res.members["image_id"].to_pylist(), res.members["master_id"].to_pylist(),
+                                      res.members["sim_to_master"].to_pylist())))
+            if legacy:
+                import_embeddings(cat, c.vectors[:1] * 3, ["extra"])
+                assert is_canonical(cat.load_embeddings().vectors)
+    assert results[0] == results[1]

@@ -367,7 +367,7 @@ class Catalog:
         step = 1 << 16
         for s in range(0, len(old_ids), step):
             e = min(s + step, len(old_ids))
-            out[s:e] = old_vecs[s:e]
+            out[s:e] = canonical_vectors(old_vecs[s:e])  # a catalog from before canonical vectors
         if (~is_new).any():
             out[upd_rows[~is_new]] = vectors[~is_new]
         out[len(old_ids):] = vectors[is_new]

@@ -19,6 +19,7 @@ import pyarrow as pa
 from .catalog import Catalog, EmbeddingSet
 from .errors import InputError
 from .policy import DEFAULT_POLICY, parse_policy, policy_columns, priority_rank, select_masters
+from .similarity.canonical import canonical_vectors
 from .similarity.forest import SimilarityForest, ceil_f32
 
 MODES = ("components", "leader")
@@ -43,7 +44,8 @@ class Scope:
     version: int
     ids: np.ndarray          # image id per local row
     rows: np.ndarray | None  # rows of the full matrix (None = all, in order)
-    vectors: np.ndarray      # unit-norm float32 (memory map when rows is None)
+    vectors: np.ndarray      # canonical float32 (memory map when rows is None; rounded here if the
+                             # catalog predates canonical vectors)
     key: str                 # cache key of the scope
 
     def __len__(self) -> int:
@@ -61,7 +63,7 @@ def load_scope(catalog: Catalog, model: str | None = None, ids: Sequence[str] | 
         exclude = sorted(set(map(str, exclude or ())) | gone)
     if ids is None and not exclude:
         es: EmbeddingSet = catalog.load_embeddings(model)
-        return Scope(es.model, es.version, es.ids, None, es.vectors, "all")
+        return Scope(es.model, es.version, es.ids, None, canonical_vectors(es.vectors), "all")
     name, version, vectors = catalog.embedding_vectors(model)
     rows, scope_ids = catalog.embedding_rows(name, ids, exclude)
     if ids is not None:
@@ -70,7 +72,7 @@ def load_scope(catalog: Catalog, model: str | None = None, ids: Sequence[str] | 
             missing = sorted(wanted - set(scope_ids.tolist()) - set(map(str, exclude or ())))
             raise InputError(f"{len(missing)} ids have no {name} embedding (e.g. {missing[0]!r})")
     digest = hashlib.sha1("\n".join(scope_ids.tolist()).encode()).hexdigest()[:16]
-    return Scope(name, version, scope_ids, rows, np.ascontiguousarray(vectors[rows]), digest)
+    return Scope(name, version, scope_ids, rows, canonical_vectors(np.ascontiguousarray(vectors[rows])), digest)
 
 
 def check_options(*, mode: str = "components", prefer: str | Sequence[str] | None = DEFAULT_POLICY,
