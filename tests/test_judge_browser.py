@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pytest
+from reference import canonical_f64
 from PIL import Image
 
 from test_review_browser import ARGS, CHROMIUM, _free_port, _shot
@@ -54,7 +55,7 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> dict:
     db = tmp / "cat.duckdb"
     with Catalog(db) as cat:
         cat.put_embeddings("sscd", ids, V, images=pa.table({"id": ids, "path": paths}))
-    return dict(db=db, vectors=dict(zip(ids, V.astype(np.float64))))
+    return dict(db=db, vectors=dict(zip(ids, canonical_f64(V))))  # as stored: similarities are their exact dots
 
 
 @pytest.fixture(scope="module")
