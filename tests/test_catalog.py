@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing as mp
+import threading
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -221,7 +223,9 @@ def _hold_lock(db, ready, done):
     cat.close()
 
 
-def test_second_process_gets_a_clear_error(db):
+def test_second_process_waits_for_the_lock_then_gets_in(db):
+    """Another process holding the catalog: opening waits (saying so once) and gets in when it is released;
+    with no wait left, one clear line naming the holder."""
     Catalog(db).close()
     ctx = mp.get_context("spawn")
     ready, done = ctx.Event(), ctx.Event()
@@ -229,8 +233,15 @@ def test_second_process_gets_a_clear_error(db):
     p.start()
     try:
         assert ready.wait(60)
-        with pytest.raises(CatalogError, match="in use by another neardup process"):
-            Catalog(db)
+        with pytest.raises(CatalogError, match=rf"in use by another neardup process \(PID {p.pid}\)"):
+            Catalog(db, wait=0)
+        said: list[str] = []
+        threading.Timer(1.0, done.set).start()
+        t0 = time.monotonic()
+        with Catalog(db, wait=60, on_wait=said.append) as cat:
+            assert cat.count_images() == 0
+        assert time.monotonic() - t0 >= 0.9
+        assert len(said) == 1 and "waiting for another neardup process" in said[0]
     finally:
         done.set()
         p.join(30)

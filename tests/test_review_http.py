@@ -363,7 +363,7 @@ def test_malformed_requests_get_4xx_not_500(client: TestClient, method: str, url
 
 
 def test_a_locked_catalog_is_a_503_page(catalog: dict) -> None:
-    """Another process holding the catalog gives a clear 503, not a crash."""
+    """Another process holding the catalog for longer than a request waits gives a clear 503, not a crash."""
     import subprocess
     import sys
     import time
@@ -373,10 +373,12 @@ def test_a_locked_catalog_is_a_503_page(catalog: dict) -> None:
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "ready"
-        app = create_app(catalog["db"], idle_close_s=0)
+        app = create_app(catalog["db"], idle_close_s=0, lock_wait_s=0.5)
         with TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False) as c:
+            t0 = time.monotonic()
             r = c.get("/groups")
         assert r.status_code == 503 and "in use" in r.text
+        assert time.monotonic() - t0 >= 0.45  # it waited for the holder first
     finally:
         holder.kill()
         holder.wait()

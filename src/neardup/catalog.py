@@ -3,7 +3,15 @@
 Pixels and the user's files are never touched. Embeddings live in memory-mapped ``.npy`` files
 in the sidecar folder (``<db>.d/embeddings``), one per model, with their row order recorded in
 DuckDB; a new file version is written for every change and switched to in one transaction, so
-a crash leaves the previous version in force.
+a crash leaves the previous version in force. A version file is never deleted while a committed
+catalog may point to it: versions nobody references are collected at a later open.
+
+Every transaction ends with a marker row (``txn_log``), committed under a deferred Ctrl-C
+(:func:`neardup.interrupts.critical`): if ``COMMIT`` itself raises, the marker says whether the
+change landed, so a committed change is never reported as a failure.
+
+Only one process may have the DuckDB file open for writing; opening waits (bounded) while
+another neardup process holds it, so commands run side by side are serialised, not refused.
 """
 
 from __future__ import annotations
@@ -14,14 +22,17 @@ import json
 import os
 import re
 import threading
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
+from . import interrupts
 from .errors import CatalogError, InputError
 
 SCHEMA_VERSION = 1
@@ -77,14 +88,46 @@ CREATE TABLE IF NOT EXISTS overrides(
     image_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, created_at TIMESTAMP, note VARCHAR);
 CREATE TABLE IF NOT EXISTS skipped(
     path VARCHAR PRIMARY KEY, reason VARCHAR, seen_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS txn_log(token VARCHAR, committed_at TIMESTAMP);
 CREATE OR REPLACE VIEW visible AS SELECT * FROM images WHERE NOT is_suppressed;
 """ + _LATER_SCHEMA
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Embedding version files (and their temporaries) that the collector may remove when unreferenced.
+_VERSION_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.v[0-9]+\.npy(\.tmp)?$")
+#: Writing a version file and switching to it, or collecting old ones: one at a time in a process
+#: (other processes are kept out by DuckDB's file lock).
+_EMBEDDINGS_LOCK = threading.RLock()
+#: Seconds to wait for another process to release the catalog (``NEARDUP_LOCK_WAIT`` overrides).
+DEFAULT_LOCK_WAIT = 600.0
+
+
+def lock_wait_default() -> float:
+    """How long opening a catalog waits for another neardup process (env ``NEARDUP_LOCK_WAIT``, seconds)."""
+    try:
+        return max(0.0, float(os.environ.get("NEARDUP_LOCK_WAIT", DEFAULT_LOCK_WAIT)))
+    except ValueError:
+        return DEFAULT_LOCK_WAIT
+
+
+def _lock_holder(msg: str) -> str:
+    """``" (PID 123)"`` from DuckDB's lock-conflict message, or ``""``."""
+    m = re.search(r"PID (\d+)", msg)
+    return f" (PID {m.group(1)})" if m else ""
 
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk before the catalog may point to it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -111,22 +154,42 @@ class Catalog:
     ...     cat.runs()
     """
 
-    def __init__(self, path: str | os.PathLike[str] = DEFAULT_DB, *, read_only: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_DB, *, read_only: bool = False,
+                 wait: float | None = None, on_wait: Any = None) -> None:
+        """Open (or create) the catalog; while another process holds it, retry for ``wait`` seconds
+        (default :func:`lock_wait_default`), calling ``on_wait(message)`` once when waiting starts."""
         self.path = Path(path)
         self.read_only = read_only
+        self._lock = threading.RLock()
+        self._txn: list[tuple[str, int]] | None = None
         if read_only and not self.path.exists():
             raise CatalogError(f"{self.path}: no catalog here (run `neardup import-embeddings` or `neardup scan` first)")
-        try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.IOException as exc:  # another process holds the write lock, or not a DuckDB file
-            msg = str(exc).splitlines()[0]
-            if "lock" in msg.lower():
-                raise CatalogError(f"{self.path}: the catalog is in use by another neardup process") from None
-            raise CatalogError(f"{self.path}: cannot open catalog ({msg})") from None
-        except duckdb.Error as exc:
-            raise CatalogError(f"{self.path}: cannot open catalog ({str(exc).splitlines()[0]})") from None
-        self._lock = threading.RLock()
+        self.con = self._connect(lock_wait_default() if wait is None else wait, on_wait)
         self._init_schema()
+
+    def _connect(self, wait: float, on_wait: Any) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + wait
+        pause = 0.02
+        told = False
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=self.read_only)
+            except duckdb.IOException as exc:  # another process holds the write lock, or not a DuckDB file
+                msg = str(exc).splitlines()[0]
+                if "lock" not in msg.lower():
+                    raise CatalogError(f"{self.path}: cannot open catalog ({msg})") from None
+                if time.monotonic() >= deadline:
+                    waited = f" (waited {wait:.0f} s; NEARDUP_LOCK_WAIT sets how long)" if wait > 0 else ""
+                    raise CatalogError(f"{self.path}: the catalog is in use by another neardup process"
+                                       f"{_lock_holder(msg)}{waited}") from None
+                if on_wait is not None and not told:
+                    told = True
+                    on_wait(f"waiting for another neardup process{_lock_holder(msg)} to finish with {self.path} "
+                            f"(up to {wait:.0f} s)")
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(0.25, pause * 1.5)
+            except duckdb.Error as exc:
+                raise CatalogError(f"{self.path}: cannot open catalog ({str(exc).splitlines()[0]})") from None
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "Catalog":
@@ -136,7 +199,8 @@ class Catalog:
         self.close()
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
+        """Close the connection (a Ctrl-C meanwhile is raised after it, so the file is left closed)."""
+        with interrupts.critical(), contextlib.suppress(Exception):
             self.con.close()
 
     @property
@@ -156,6 +220,11 @@ class Catalog:
             if not self.read_only and not set(_LATER_TABLES) <= tables:
                 with self.transaction():
                     self.con.execute(_LATER_SCHEMA)
+            if not self.read_only:
+                if "txn_log" not in tables:
+                    with self.transaction():
+                        self.con.execute("CREATE TABLE IF NOT EXISTS txn_log(token VARCHAR, committed_at TIMESTAMP)")
+                self.collect_garbage()
             return
         if tables:
             raise CatalogError(f"{self.path}: this DuckDB file is not a neardup catalog (tables: {', '.join(sorted(tables))})")
@@ -168,17 +237,77 @@ class Catalog:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """All-or-nothing: an exception (or Ctrl-C) inside rolls everything back."""
+        """All-or-nothing: an exception (or Ctrl-C) inside rolls everything back.
+
+        A transaction opened inside another joins it (one commit at the end of the outer one).
+        ``COMMIT`` runs with Ctrl-C deferred; if it raises anyway, the transaction's marker row
+        decides whether the change landed: a committed change is kept and reported (the ledger of
+        :mod:`neardup.interrupts`), and only an uncommitted one is an error.
+        """
         with self._lock:
-            self.con.execute("BEGIN TRANSACTION")
-            try:
+            if self._txn is not None:  # nested: part of the enclosing transaction
                 yield self.con
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    self.con.execute("ROLLBACK")
-                raise
-            else:
-                self.con.execute("COMMIT")
+                return
+            interrupts.checkpoint()
+            token = uuid.uuid4().hex
+            self._txn = notes = []
+            try:
+                self.con.execute("BEGIN TRANSACTION")
+                try:
+                    yield self.con
+                    interrupts.checkpoint()  # a Ctrl-C that something swallowed: do not commit after it
+                    if not self.read_only:
+                        self.con.execute("INSERT INTO txn_log VALUES (?, ?)", [token, _now()])
+                except BaseException as exc:
+                    with interrupts.critical():
+                        with contextlib.suppress(Exception):
+                            self.con.execute("ROLLBACK")
+                    if not isinstance(exc, KeyboardInterrupt) and interrupts.is_interrupt(exc):
+                        raise KeyboardInterrupt from None
+                    raise
+                with interrupts.critical():
+                    try:
+                        self._commit()
+                    except Exception as exc:
+                        if not self._committed(token, exc):
+                            if interrupts.is_interrupt(exc):
+                                raise KeyboardInterrupt from None
+                            raise
+                    for template, n in notes:
+                        interrupts.record(template, n)
+            finally:
+                self._txn = None
+
+    def _commit(self) -> None:
+        self.con.execute("COMMIT")
+
+    def _committed(self, token: str, exc: BaseException) -> bool:
+        """After ``COMMIT`` raised: did the transaction land anyway? (Its marker row says.)"""
+        with contextlib.suppress(Exception):
+            self.con.execute("ROLLBACK")
+        try:
+            row = self.con.execute("SELECT count(*) FROM txn_log WHERE token = ?", [token]).fetchone()
+        except Exception:
+            raise CatalogError(f"{self.path}: the commit failed ({str(exc).splitlines()[0]}) and the catalog cannot "
+                               "be read back to tell whether the change was applied; check with `neardup runs`") from None
+        return bool(row and row[0])
+
+    def describe(self, template: str, n: int = 1) -> None:
+        """Say what the current transaction changes (``"catalogued {n} file(s)"``), for the Ctrl-C report."""
+        if self._txn is not None and n:
+            self._txn.append((template, n))
+
+    @contextlib.contextmanager
+    def registered(self, name: str, table: Any) -> Iterator[None]:
+        """``table`` visible to SQL as ``name`` for the block; unregistering never hides the block's own error."""
+        self.con.register(name, table)
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):  # e.g. the transaction is already aborted
+                self.con.unregister(name)
+            raise
+        self.con.unregister(name)
 
     def one(self, query: str, params: Sequence[Any] | None = None) -> tuple | None:
         """First row of a query (the result is always consumed: DuckDB 2 forbids leaving it open)."""
@@ -217,8 +346,7 @@ class Catalog:
         ctx = contextlib.nullcontext() if _in_transaction else self.transaction()
         with ctx:
             existing = self.image_columns()
-            self.con.register("_upsert", table)
-            try:
+            with self.registered("_upsert", table):
                 types = self.con.sql("SELECT * FROM _upsert LIMIT 0").types
                 for name, dtype in zip(table.column_names, types):
                     if name not in existing:
@@ -238,8 +366,7 @@ class Catalog:
                     "WHERE u.id NOT IN (SELECT id FROM images)",
                     [_now()],
                 )
-            finally:
-                self.con.unregister("_upsert")
+            self.describe("added or updated {n} image row(s)", int(n_new) + int(n_upd))
         return int(n_new), int(n_upd)
 
     def count_images(self) -> int:
@@ -326,12 +453,19 @@ class Catalog:
         return model, int(version), vectors
 
     def put_embeddings(self, model: str, ids: Sequence[str] | np.ndarray, vectors: np.ndarray,
-                       images: pa.Table | None = None) -> tuple[int, int]:
+                       images: pa.Table | None = None,
+                       also: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> tuple[int, int]:
         """Store unit-norm vectors for ``ids`` (update rows already there, append the rest), rounded
         to canonical vectors (:mod:`neardup.similarity.canonical`).
 
-        ``images`` (optional, with an ``id`` column) is upserted in the same transaction, so
-        vectors and metadata land together or not at all. Returns ``(added, updated)``.
+        ``images`` (optional, with an ``id`` column) is upserted in the same transaction, and
+        ``also(con)`` runs in it too (e.g. the record of which bytes the vectors came from), so
+        vectors and what belongs to them land together or not at all. Returns ``(added, updated)``.
+
+        The vectors go to a new version file, switched to in the transaction; the previous
+        version stays on disk until it is unreferenced (see :meth:`collect_garbage`), so a crash
+        or Ctrl-C at any point leaves either the old or the new version in force, never a
+        reference to a missing file.
         """
         if not _MODEL_NAME.match(model):
             raise InputError(f"model name {model!r}: use letters, digits, '.', '_' or '-'")
@@ -345,63 +479,76 @@ class Catalog:
         if vectors.ndim != 2 or len(ids) != vectors.shape[0]:
             raise InputError(f"{len(ids)} ids for {vectors.shape[0] if vectors.ndim else 0} vectors")
         emb_dir = self.sidecar / "embeddings"
-        emb_dir.mkdir(parents=True, exist_ok=True)
-        cur = self.one("SELECT file, count, dim, version FROM embedding_sets WHERE model = ?", [model])
-        if cur is not None and cur[2] != vectors.shape[1]:
-            raise InputError(f"model {model!r} has dimension {cur[2]} in this catalog; these vectors have {vectors.shape[1]}")
-        if cur is None:
-            old_ids = np.empty(0, dtype=object)
-            old_vecs = np.empty((0, vectors.shape[1]), dtype=np.float32)
-            version = 1
-        else:
-            old = self.load_embeddings(model)
-            old_ids, old_vecs, version = old.ids, old.vectors, old.version + 1
-        pos = {k: i for i, k in enumerate(old_ids.tolist())}
-        upd_rows = np.fromiter((pos.get(k, -1) for k in ids.tolist()), dtype=np.int64, count=len(ids))
-        is_new = upd_rows < 0
-        n_new = int(is_new.sum())
-        total = len(old_ids) + n_new
-        file = f"{model}.v{version}.npy"
-        tmp = emb_dir / (file + ".tmp")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, vectors.shape[1]))
-        step = 1 << 16
-        for s in range(0, len(old_ids), step):
-            e = min(s + step, len(old_ids))
-            out[s:e] = canonical_vectors(old_vecs[s:e])  # a catalog from before canonical vectors
-        if (~is_new).any():
-            out[upd_rows[~is_new]] = vectors[~is_new]
-        out[len(old_ids):] = vectors[is_new]
-        out.flush()
-        del out
-        os.replace(tmp, emb_dir / file)
-        new_ids = np.concatenate([old_ids, ids[is_new]])
-        rows_table = pa.table({"model": pa.array([model] * n_new, pa.string()),
-                               "row": pa.array(np.arange(len(old_ids), total), pa.int64()),
-                               "image_id": pa.array(ids[is_new].tolist(), pa.string())})
-        try:
+        with _EMBEDDINGS_LOCK, self._lock:
+            emb_dir.mkdir(parents=True, exist_ok=True)
+            cur = self.one("SELECT file, count, dim, version FROM embedding_sets WHERE model = ?", [model])
+            if cur is not None and cur[2] != vectors.shape[1]:
+                raise InputError(f"model {model!r} has dimension {cur[2]} in this catalog; these vectors have {vectors.shape[1]}")
+            if cur is None:
+                old_ids = np.empty(0, dtype=object)
+                old_vecs = np.empty((0, vectors.shape[1]), dtype=np.float32)
+                version = 1
+            else:
+                old = self.load_embeddings(model)
+                old_ids, old_vecs, version = old.ids, old.vectors, old.version + 1
+            pos = {k: i for i, k in enumerate(old_ids.tolist())}
+            upd_rows = np.fromiter((pos.get(k, -1) for k in ids.tolist()), dtype=np.int64, count=len(ids))
+            is_new = upd_rows < 0
+            n_new = int(is_new.sum())
+            total = len(old_ids) + n_new
+            file = f"{model}.v{version}.npy"
+            tmp = emb_dir / (file + ".tmp")
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, vectors.shape[1]))
+            step = 1 << 16
+            for s in range(0, len(old_ids), step):
+                e = min(s + step, len(old_ids))
+                out[s:e] = canonical_vectors(old_vecs[s:e])  # a catalog from before canonical vectors
+            if (~is_new).any():
+                out[upd_rows[~is_new]] = vectors[~is_new]
+            out[len(old_ids):] = vectors[is_new]
+            out.flush()
+            del out
+            _fsync(tmp)
+            os.replace(tmp, emb_dir / file)  # not referenced yet: a crash from here on leaves it unreferenced
+            _fsync(emb_dir)
+            rows_table = pa.table({"model": pa.array([model] * n_new, pa.string()),
+                                   "row": pa.array(np.arange(len(old_ids), total), pa.int64()),
+                                   "image_id": pa.array(ids[is_new].tolist(), pa.string())})
+            missing = pa.table({"id": pa.array(ids[is_new].tolist(), pa.string())})
+            # No clean-up on failure: if COMMIT raised after landing, the catalog points to this file.
             with self.transaction():
                 if images is not None:
                     self.upsert_images(images, _in_transaction=True)
-                missing = pa.table({"id": pa.array(new_ids[len(old_ids):].tolist(), pa.string())})
-                self.con.register("_new_ids", missing)
-                self.con.register("_rows", rows_table)
-                try:
+                with self.registered("_new_ids", missing), self.registered("_rows", rows_table):
                     self.con.execute("INSERT INTO images (id, added_at) SELECT id, ? FROM _new_ids ANTI JOIN images USING (id)", [_now()])
                     self.con.execute("INSERT INTO embedding_rows SELECT * FROM _rows")
-                finally:
-                    self.con.unregister("_new_ids")
-                    self.con.unregister("_rows")
                 self.con.execute("DELETE FROM embedding_sets WHERE model = ?", [model])
                 self.con.execute("INSERT INTO embedding_sets VALUES (?, ?, ?, ?, ?, ?)",
                                  [model, vectors.shape[1], file, total, version, _now()])
-        except BaseException:
-            with contextlib.suppress(OSError):
-                (emb_dir / file).unlink()
-            raise
-        if cur is not None and cur[0] != file:
-            with contextlib.suppress(OSError):
-                (emb_dir / cur[0]).unlink()
+                if also is not None:
+                    also(self.con)
+                self.describe(f"stored {{n}} vector(s) for model {model}", len(ids))
+            if self._txn is None:  # committed (not part of an enclosing transaction): drop the old version
+                self.collect_garbage()
         return n_new, len(ids) - n_new
+
+    def collect_garbage(self) -> int:
+        """Delete embedding version files no committed catalog state refers to (left by an earlier
+        update or by a crash before its commit). Returns how many were removed."""
+        emb_dir = self.sidecar / "embeddings"
+        if self.read_only or not emb_dir.is_dir():
+            return 0
+        removed = 0
+        with _EMBEDDINGS_LOCK, self._lock:
+            if self._txn is not None:
+                return 0
+            keep = {r[0] for r in self.con.execute("SELECT file FROM embedding_sets").fetchall()}
+            for p in emb_dir.iterdir():
+                if p.name not in keep and _VERSION_FILE.match(p.name):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                        removed += 1
+        return removed
 
     # -- runs ------------------------------------------------------------------------------
     def next_run_id(self) -> int:
@@ -417,15 +564,13 @@ class Catalog:
                 [run_id, _now(), info["model"], info["threshold"], info["mode"], info["policy"], info.get("scope", "all"),
                  info["n_images"], info["n_groups"], info["n_suppressed"], info["n_retained"], info["largest_group"], summary],
             )
-            self.con.register("_members", members)
-            try:
+            with self.registered("_members", members):
                 self.con.execute(
                     "INSERT INTO run_members SELECT ?, image_id, group_id, master_id, is_master, is_suppressed, sim_to_master FROM _members",
                     [run_id],
                 )
-            finally:
-                self.con.unregister("_members")
             self._recompute_suppression()
+            self.describe(f"applied dedup run {run_id} (undo with `neardup restore {run_id}`)")
         return run_id
 
     def _recompute_suppression(self) -> None:
@@ -456,6 +601,7 @@ class Catalog:
                     f"UPDATE runs SET status = 'restored', restored_at = ? WHERE id IN ({', '.join('?' * len(ids))})",
                     [_now(), *ids],
                 )
+                self.describe(f"restored run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}")
             self._recompute_suppression()
         return ids
 
@@ -496,11 +642,13 @@ class Catalog:
             self.con.execute("DELETE FROM overrides WHERE image_id = ? AND kind = ?", [image_id, kind])
             self.con.execute("INSERT INTO overrides VALUES (?, ?, ?, ?)", [image_id, kind, _now(), note])
             self._recompute_suppression()
+            self.describe(f"recorded the decision {kind!r} for image {image_id!r}")
 
     def remove_override(self, image_id: str, kind: str) -> None:
         with self.transaction():
             self.con.execute("DELETE FROM overrides WHERE image_id = ? AND kind = ?", [image_id, kind])
             self._recompute_suppression()
+            self.describe(f"removed the decision {kind!r} for image {image_id!r}")
 
     def overrides(self) -> dict[str, set[str]]:
         """``{kind: {image ids}}`` for every reviewer decision."""

@@ -189,14 +189,12 @@ def cluster(cat: Catalog, k: int = 25, *, seed: int = 0, niter: int = 20, model:
         con.execute("INSERT INTO clusterings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, true)",
                     [cid, _now(), es.model, es.version, int(k), int(seed), int(niter), res.train_points, len(es),
                      res.mean_cosine, res.seconds, json.dumps(res.sizes.tolist())])
-        con.register("_labels", labels_tbl)
-        try:
+        with cat.registered("_labels", labels_tbl):
             con.execute("INSERT INTO cluster_members SELECT ?, image_id, cluster_id FROM _labels", [cid])
             con.execute("UPDATE images SET cluster_id = NULL WHERE cluster_id IS NOT NULL "
                         "AND id NOT IN (SELECT image_id FROM _labels)")
             con.execute("UPDATE images SET cluster_id = l.cluster_id FROM _labels l WHERE images.id = l.image_id")
-        finally:
-            con.unregister("_labels")
+        cat.describe(f"stored clustering {cid} ({int(k)} clusters)")
         path = centroids_path(cat, cid)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp.npy")

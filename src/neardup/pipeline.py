@@ -268,16 +268,16 @@ def embed(catalog: Catalog, model: str | EmbeddingModel | None = None, *, batch_
 
 
 def _commit(catalog: Catalog, model: str, ids: list[str], vectors: np.ndarray, shas: list[str | None]) -> None:
-    """Store vectors, then record which bytes they came from (so a changed file is re-embedded)."""
-    catalog.put_embeddings(model, ids, vectors)
+    """Store vectors and the record of which bytes they came from (so a changed file is re-embedded),
+    in one transaction: a crash never leaves a vector without its source record."""
     t = pa.table({"model": pa.array([model] * len(ids), pa.string()), "image_id": pa.array(ids, pa.string()),
                   "sha256": pa.array(shas, pa.string())})
-    with catalog.transaction() as con:
-        con.register("_ef", t)
-        try:
+
+    def record_sources(con: Any) -> None:
+        with catalog.registered("_ef", t):
             con.execute("INSERT OR REPLACE INTO embedded_from SELECT model, image_id, sha256 FROM _ef")
-        finally:
-            con.unregister("_ef")
+
+    catalog.put_embeddings(model, ids, vectors, also=record_sources)
 
 
 def scan_and_embed(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], model: str | EmbeddingModel | None = None,

@@ -341,20 +341,15 @@ def _now() -> dt.datetime:
 def _record_skips(cat: Catalog, skips: list[Skip], ok_paths: list[str]) -> None:
     with cat.transaction() as con:
         if ok_paths:
-            con.register("_okp", pa.table({"path": pa.array(ok_paths, pa.string())}))
-            try:
+            with cat.registered("_okp", pa.table({"path": pa.array(ok_paths, pa.string())})):
                 con.execute("DELETE FROM skipped WHERE path IN (SELECT path FROM _okp)")
-            finally:
-                con.unregister("_okp")
         if skips:
             now = _now()
             t = pa.table({"path": [s.path for s in skips], "reason": [s.reason for s in skips],
                           "seen_at": pa.array([now] * len(skips), pa.timestamp("us"))})
-            con.register("_sk", t)
-            try:
+            with cat.registered("_sk", t):
                 con.execute("INSERT OR REPLACE INTO skipped SELECT path, reason, seen_at FROM _sk")
-            finally:
-                con.unregister("_sk")
+            cat.describe("listed {n} unusable file(s) in `neardup skipped`", len(skips))
 
 
 def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers: int | None = None,

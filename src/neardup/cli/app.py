@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator
 
 import typer
 from rich.console import Console
 
+from .. import interrupts
 from ..catalog import DEFAULT_DB, Catalog
 from ..errors import NeardupError
 
@@ -38,7 +40,8 @@ def open_catalog(db: Path, *, must_exist: bool = True, read_only: bool = False) 
 
     if must_exist and not Path(db).exists():
         raise CatalogError(f"{db}: no catalog here (create one with `neardup import-embeddings` or `neardup scan`)")
-    return Catalog(db, read_only=read_only)
+    # another neardup (a command, `neardup review`) may hold the file: wait for it, saying so once
+    return Catalog(db, read_only=read_only, on_wait=lambda msg: err_console.print(msg, highlight=False, markup=False))
 
 
 def progress_bar(description: str) -> Any:
@@ -93,17 +96,50 @@ def _usage_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: bad input gives one line on stderr and exit 2, never a traceback."""
+    """Entry point: bad input gives one line on stderr and exit 2, never a traceback;
+    Ctrl-C gives exit 130 and one line saying what was committed before the stop (or nothing)."""
+    on_main = threading.current_thread() is threading.main_thread()
+    if on_main:
+        interrupts.install()
+    try:
+        interrupts.checkpoint()  # Ctrl-C while the command was starting
+        rv = _dispatch(argv)
+    except BaseException as exc:
+        if interrupts.requested() or interrupts.is_interrupt(exc):
+            _interrupted()
+        raise
+    else:
+        # typer turns a KeyboardInterrupt into a returned 130; an interrupt that something swallowed
+        # still ends the command as interrupted
+        if rv == 130 or interrupts.requested():
+            _interrupted()
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv:
+            sys.exit(rv)
+    finally:
+        if on_main:
+            interrupts.uninstall()
+
+
+def _interrupted() -> None:
+    """Report an interrupted command in one true line and exit 130."""
+    interrupts.stop_listening()
+    with contextlib.suppress(Exception):
+        err_console.print(interrupts.outcome_line(), highlight=False, markup=False, soft_wrap=True)
+    sys.exit(130)
+
+
+def _dispatch(argv: list[str] | None) -> Any:
+    """Run the command; usage and input errors become one line and their exit code."""
     from rich.markup import escape
 
     try:
-        rv = app(args=argv, standalone_mode=False)
+        # without standalone mode typer returns the code of a ``typer.Exit`` (main() exits with it)
+        return app(args=argv, standalone_mode=False)
     except NeardupError as exc:
+        if interrupts.requested():  # an error caused by Ctrl-C: main() reports the interrupt instead
+            raise
         err_console.print(f"[bold red]error:[/] {escape(_one_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: nothing was written (the catalog is as it was before this command)")
-        sys.exit(130)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code or 0)
@@ -121,6 +157,3 @@ def main(argv: list[str] | None = None) -> None:
             err_console.print("aborted")
             sys.exit(130)
         raise
-    # Without standalone mode, typer returns the code of a ``typer.Exit`` raised in a command.
-    if isinstance(rv, int) and not isinstance(rv, bool) and rv:
-        sys.exit(rv)

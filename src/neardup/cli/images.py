@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from .. import interrupts
 from ..errors import InputError
 from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_callback
 
@@ -42,14 +43,10 @@ def scan_cmd(
     Re-running is incremental: unchanged files are not read again, changed files are re-hashed (and re-embedded by the next `embed`), vanished files are marked missing. Unreadable files (corrupt, truncated, empty, unsupported, decompression bombs) are listed by `neardup skipped`. Your images are only read, never modified, moved or deleted."""
     from ..sources import scan
 
+    interrupts.hint("run the same scan again to continue; unchanged files are not read twice")
     with open_catalog(db, must_exist=False) as cat:
-        try:
-            with progress_callback("scanning") as prog:
-                rep = scan(cat, [str(s) for s in sources], workers=workers, thumb_size=thumb_size, progress=prog)
-        except KeyboardInterrupt:
-            err_console.print("interrupted: the files scanned before the stop are kept; run the same scan again "
-                              "to continue (unchanged files are not read twice)", highlight=False)
-            raise typer.Exit(130) from None
+        with progress_callback("scanning") as prog:
+            rep = scan(cat, [str(s) for s in sources], workers=workers, thumb_size=thumb_size, progress=prog)
     console.print(f"scan: {rep.summary()}", highlight=False)
     _print_skips(rep.skipped)
 
@@ -66,19 +63,14 @@ def embed_cmd(
 
     Byte-identical files are embedded once. Resumable: interrupt with Ctrl-C and run again to continue where it stopped."""
     from ..embed import get_model
-    from ..pipeline import EmbedInterrupted, embed
+    from ..pipeline import embed
 
     m = get_model(model)
     m.check_usable()
+    interrupts.hint(f"run `neardup embed --model {m.name}` again to continue")
     with open_catalog(db, must_exist=True) as cat:
-        try:
-            with progress_callback(f"embedding ({m.name})") as prog:
-                rep = embed(cat, m, batch_size=batch_size, chunk_size=chunk_size, workers=workers, progress=prog)
-        except EmbedInterrupted as exc:
-            r = exc.report
-            err_console.print(f"interrupted: {r.embedded + r.copied} image(s) embedded before the stop are kept; "
-                              f"run `neardup embed --model {m.name}` again to continue", highlight=False)
-            raise typer.Exit(130) from None
+        with progress_callback(f"embedding ({m.name})") as prog:
+            rep = embed(cat, m, batch_size=batch_size, chunk_size=chunk_size, workers=workers, progress=prog)
     console.print(f"embed: {rep.summary()}", highlight=False)
     _print_skips(rep.failed)
 
@@ -143,23 +135,19 @@ def find_cmd(
 
     Suppression is a flag in the catalog — nothing is deleted or moved; undo with `neardup restore`. Prints the threshold sweep around the chosen threshold and the run's summary."""
     from ..embed import get_model
-    from ..pipeline import EmbedInterrupted, scan_and_embed
+    from ..pipeline import scan_and_embed
 
     m = get_model(model)
     m.check_usable()
+    interrupts.hint("run the same command again to continue")
     t = m.default_threshold if threshold is None else threshold
     if not 0 < t <= 1:
         raise InputError(f"threshold {t}: must be in (0, 1]")
     from ..dedup import dedup
 
     with open_catalog(db, must_exist=False) as cat:
-        try:
-            with progress_callback(f"scanning + embedding ({m.name})") as prog:
-                srep, erep = scan_and_embed(cat, [str(s) for s in sources], m, batch_size=batch_size, progress=prog)
-        except EmbedInterrupted as exc:
-            err_console.print(f"interrupted: {exc.report.embedded + exc.report.copied} image(s) embedded are kept; "
-                              "run the same command again to continue", highlight=False)
-            raise typer.Exit(130) from None
+        with progress_callback(f"scanning + embedding ({m.name})") as prog:
+            srep, erep = scan_and_embed(cat, [str(s) for s in sources], m, batch_size=batch_size, progress=prog)
         console.print(f"scan: {srep.summary()}", highlight=False)
         _print_skips(srep.skipped)
         console.print(f"embed: {erep.summary()}", highlight=False)
@@ -181,7 +169,7 @@ def demo_cmd(
     Works offline. The photos go to FOLDER/photos, the catalog to FOLDER/neardup.duckdb; then scan, embed with the default model, and dedup at the model's default threshold, printing the threshold sweep and the before/after. Explore further with e.g. `neardup sweep --db FOLDER/neardup.duckdb` or `neardup review --db FOLDER/neardup.duckdb`."""
     from ..dedup import dedup
     from ..embed import get_model
-    from ..pipeline import EmbedInterrupted, scan_and_embed
+    from ..pipeline import scan_and_embed
     from ..samples import build_collection, read_labels
 
     m = get_model(model)
@@ -198,14 +186,10 @@ def demo_cmd(
                   "(JPEG, resize, brightness, flip, crop, rotation, caption), 3 bursts, a byte-identical copy, "
                   "an EXIF-rotated copy and one truncated file", highlight=False)
     db = folder / "neardup.duckdb"
+    interrupts.hint("run `neardup demo` again to continue")
     with open_catalog(db, must_exist=False) as cat:
-        try:
-            with progress_callback(f"scanning + embedding ({m.name})") as prog:
-                srep, erep = scan_and_embed(cat, [photos], m, progress=prog)
-        except EmbedInterrupted:
-            err_console.print("interrupted: what was scanned and embedded is kept; run `neardup demo` again to continue",
-                              highlight=False)
-            raise typer.Exit(130) from None
+        with progress_callback(f"scanning + embedding ({m.name})") as prog:
+            srep, erep = scan_and_embed(cat, [photos], m, progress=prog)
         console.print(f"scan: {srep.summary()}", highlight=False)
         _print_skips(srep.skipped)
         console.print(f"embed: {erep.summary()}", highlight=False)

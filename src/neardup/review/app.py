@@ -6,8 +6,11 @@ autoescaped. State changes are POST-only and need the per-server form token plus
 ``Origin`` (when the browser sends one). Malformed requests get a 4xx page, and unexpected
 errors a plain 500 page without a traceback.
 
-The DuckDB catalog is opened on demand, used under one lock, and closed after a few idle
-seconds, so `neardup dedup` in another terminal can write to it while the page is open.
+The DuckDB catalog is opened for each request, used under one lock, and closed as soon as no
+request needs it, so every `neardup` command in another terminal can open it while the pages are
+open (DuckDB lets one process at a time have the file). While a command holds it, a request waits
+for it (up to :data:`REQUEST_LOCK_WAIT_S`, then a 503 page). Every action that writes is one
+transaction: a failure leaves the catalog as it was.
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ log = logging.getLogger("neardup.review")
 
 HERE = Path(__file__).parent
 THUMB_SIZES = {"small": 256, "large": 1200}
-#: Seconds without a request after which the catalog connection is closed (so other processes can write).
-IDLE_CLOSE_S = 3.0
+#: Seconds without a request after which the catalog connection is closed (0: when the last
+#: request in flight ends, so other processes get the file between requests).
+IDLE_CLOSE_S = 0.0
+#: Seconds a request waits for a `neardup` command that holds the catalog before answering 503.
+REQUEST_LOCK_WAIT_S = 20.0
 
 #: Largest run or group id a URL may carry (DuckDB INTEGER for runs).
 MAX_ID = 2**31 - 1
@@ -64,28 +70,52 @@ FLASH = {
 
 
 class CatalogHolder:
-    """One DuckDB connection used under a lock, opened on demand and closed when idle."""
+    """One DuckDB connection used under a lock, opened on demand and closed when no request needs it.
 
-    def __init__(self, db_path: Path, idle_close_s: float = IDLE_CLOSE_S) -> None:
+    With ``idle_close_s == 0`` (the default) the connection closes when the last request in flight
+    (or waiting for the lock) is done; requests that overlap share one open.
+    """
+
+    def __init__(self, db_path: Path, idle_close_s: float = IDLE_CLOSE_S,
+                 wait_s: float = REQUEST_LOCK_WAIT_S) -> None:
         self.db_path = Path(db_path)
         self.idle_close_s = idle_close_s
+        self.wait_s = wait_s
         self._lock = threading.RLock()
+        self._count = threading.Lock()
+        self._users = 0
         self._cat: Catalog | None = None
         self._last = 0.0
         self._timer: threading.Timer | None = None
 
     @contextmanager
     def open(self) -> Iterator[Catalog]:
-        with self._lock:
-            if self._cat is None:
-                if not self.db_path.exists():
-                    raise CatalogError(f"{self.db_path}: no catalog here")
-                self._cat = Catalog(self.db_path)
-            try:
-                yield self._cat
-            finally:
-                self._last = time.monotonic()
-                self._schedule_close()
+        with self._count:
+            self._users += 1
+        counted = True
+        try:
+            with self._lock:
+                try:
+                    if self._cat is None:
+                        if not self.db_path.exists():
+                            raise CatalogError(f"{self.db_path}: no catalog here")
+                        self._cat = Catalog(self.db_path, wait=self.wait_s)
+                    yield self._cat
+                finally:
+                    with self._count:
+                        self._users -= 1
+                        counted = False
+                        last = self._users == 0
+                    self._last = time.monotonic()
+                    if last and self.idle_close_s <= 0 and self._cat is not None:
+                        self._cat.close()
+                        self._cat = None
+                    elif last:
+                        self._schedule_close()
+        finally:
+            if counted:
+                with self._count:
+                    self._users -= 1
 
     def _schedule_close(self) -> None:
         if self.idle_close_s <= 0:
@@ -182,15 +212,17 @@ def image_bytes(cat: Catalog, row: dict[str, Any], size: int) -> bytes | None:
 
 
 def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
-               allowed_hosts: Sequence[str] | None = None) -> FastAPI:
+               allowed_hosts: Sequence[str] | None = None, lock_wait_s: float = REQUEST_LOCK_WAIT_S) -> FastAPI:
     """The review app for the catalog at ``db_path`` (opened per use; see :class:`CatalogHolder`).
+
+    ``lock_wait_s``: how long a request waits while a `neardup` command holds the catalog (then 503).
 
     ``allowed_hosts``: host names the ``Host`` header may carry (default: loopback names only,
     which defeats DNS rebinding against a server on 127.0.0.1; ``["*"]`` allows any).
     """
     db_path = Path(db_path)
     hosts = {h.lower() for h in (allowed_hosts if allowed_hosts is not None else LOOPBACK_NAMES)}
-    holder = CatalogHolder(db_path, idle_close_s)
+    holder = CatalogHolder(db_path, idle_close_s, lock_wait_s)
     token = secrets.token_urlsafe(24)
 
     @asynccontextmanager
@@ -423,8 +455,9 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
                 raise HTTPException(409, f"run {run_id} covered part of the collection: re-run it from the command line")
             prefer = policy_spec(r["policy"])
             parse_policy(prefer)  # refuse before touching the catalog if the stored policy cannot be read back
-            cat.restore(run_id)
-            res = dedup(cat, r["threshold"], model=r["model"], mode=r["mode"], prefer=prefer)
+            with cat.transaction():  # restore + new run: both or neither
+                cat.restore(run_id)
+                res = dedup(cat, r["threshold"], model=r["model"], mode=r["mode"], prefer=prefer)
             app.state.weakest_cache.clear()
         return RedirectResponse(_with_flash("/runs", "reapplied", run_new=str(res.run_id)), status_code=303)
 
