@@ -273,6 +273,8 @@ class Catalog:
                             if interrupts.is_interrupt(exc):
                                 raise KeyboardInterrupt from None
                             raise
+                        if interrupts.is_interrupt(exc):  # landed, then interrupted: kept, and the stop is honoured
+                            interrupts.raise_after()
                     for template, n in notes:
                         interrupts.record(template, n)
             finally:

@@ -129,6 +129,7 @@ def uninstall() -> None:
     """The command is over: give SIGINT back to its earlier handler, or in the `neardup` process
     ignore it (the command finished: a late Ctrl-C must not turn exit 0 into a kill by SIGINT)."""
     _S.installed = False
+    _S.exiting = _S.pending = False
     if threading.current_thread() is _MAIN:
         if _S.cli_process:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -189,6 +190,12 @@ def _deliver_now() -> bool:
         _S.pending = False
         return True
     return False
+
+
+def raise_after() -> None:
+    """Inside :func:`critical`: a Ctrl-C was consumed by the protected code (DuckDB reported it as an
+    error after the commit landed); raise it when the section ends."""
+    _S.pending = True
 
 
 def is_interrupt(exc: BaseException) -> bool:
