@@ -180,6 +180,26 @@ def test_ctrl_c_inside_an_import_is_delivered_after_it() -> None:
         sys.path.remove(d)
 
 
+def test_a_ctrl_c_that_c_code_swallowed_is_delivered_again_silently(capsys) -> None:
+    """C code that cannot propagate a KeyboardInterrupt reports it as "Exception ignored" (a __del__
+    here; a DuckDB call back into Python in real life): no noise, and the interrupt still comes."""
+
+    class Swallows:
+        def __del__(self) -> None:
+            raise KeyboardInterrupt
+
+    interrupts.install()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            x = Swallows()
+            del x                                         # the interpreter reports it as unraisable
+            time.sleep(2)                                 # ... and it is raised again here
+        assert interrupts.requested()
+    finally:
+        interrupts.uninstall()
+    assert "Exception ignored" not in capsys.readouterr().err
+
+
 # -- review server and CLI side by side --------------------------------------------------------
 
 def _serve(db: Path):

@@ -8,7 +8,8 @@ to be. Three places make that unsafe, and this module handles each:
   ends; the commit then succeeds or fails on its own and the interrupt is raised right after.
 * **inside an import** -- a ``KeyboardInterrupt`` raised while a library lazily imports another
   (pyarrow importing pandas) can be swallowed. The handler defers it and re-delivers it once the
-  import is done.
+  import is done. One that C code swallows anyway (reported as "Exception ignored", e.g. inside a
+  DuckDB call back into Python) is re-delivered the same way, silently.
 * **anywhere else it gets swallowed** -- in the CLI (:func:`install`) an interrupt is sticky: the
   next transaction refuses to start or commit (:func:`checkpoint`), and ``neardup``'s ``main()``
   exits 130 even if the command ran on.
@@ -40,6 +41,9 @@ class _State:
     hint: str | None = None
     watcher: threading.Thread | None = None
     previous: Any = None
+    previous_hook: Any = None
+    in_hook = False            # inside the unraisable hook: never raise there
+    not_before = 0.0           # monotonic time before which a swallowed interrupt is not re-delivered
     early = False              # a SIGINT arrived while the CLI was still starting
     cli_process = False        # this process is the `neardup` command (not a library user)
 
@@ -58,17 +62,41 @@ def _in_import(frame: Any) -> bool:
 
 
 def _redeliver_after_import() -> None:
-    """Watcher thread: once the main thread has left every import, deliver the deferred SIGINT again."""
+    """Watcher thread: once the main thread has left every import and critical section, deliver the
+    deferred (or swallowed) SIGINT again."""
     import _thread
 
     while _S.pending and not _S.exiting:
         frame = sys._current_frames().get(_MAIN.ident or -1)
         if frame is None:
             return
-        if _S.depth == 0 and not _in_import(frame):
+        if _S.depth == 0 and not _S.in_hook and time.monotonic() >= _S.not_before and not _in_import(frame):
             _thread.interrupt_main(signal.SIGINT)
             return
         time.sleep(0.005)
+
+
+def _start_watcher() -> None:
+    if _S.watcher is None or not _S.watcher.is_alive():
+        _S.watcher = threading.Thread(target=_redeliver_after_import, name="neardup-sigint", daemon=True)
+        _S.watcher.start()
+
+
+def _unraisable(info: Any) -> None:
+    """A KeyboardInterrupt that C code could not propagate (it reports it as "Exception ignored"):
+    say nothing, and deliver the interrupt again from a place that can raise it."""
+    if _S.installed and isinstance(info.exc_value, KeyboardInterrupt):
+        _S.requested = True
+        if not _S.exiting:
+            _S.pending = True
+            _S.not_before = time.monotonic() + 0.02   # let the C code that swallowed it return first
+            _S.in_hook = True
+            try:
+                _start_watcher()
+            finally:
+                _S.in_hook = False
+        return
+    (_S.previous_hook or sys.__unraisablehook__)(info)
 
 
 def _handler(signum: int, frame: Any) -> None:
@@ -77,14 +105,12 @@ def _handler(signum: int, frame: Any) -> None:
         _S.requested = True
     if _S.exiting:
         return
-    if _S.depth > 0:
+    if _S.depth > 0 or _S.in_hook:
         _S.pending = True
         return
     if _in_import(frame):
         _S.pending = True
-        if _S.watcher is None or not _S.watcher.is_alive():
-            _S.watcher = threading.Thread(target=_redeliver_after_import, name="neardup-sigint", daemon=True)
-            _S.watcher.start()
+        _start_watcher()
         return
     _S.pending = False
     raise KeyboardInterrupt
@@ -121,6 +147,7 @@ def install() -> None:
     _S.depth = 0
     _S.ledger, _S.order, _S.hint = {}, [], None
     _S.previous = signal.getsignal(signal.SIGINT)
+    _S.previous_hook, sys.unraisablehook = sys.unraisablehook, _unraisable
     if _S.previous is not signal.SIG_IGN:  # started with Ctrl-C ignored (`cmd &` in a script): keep it so
         signal.signal(signal.SIGINT, _handler)
 
@@ -130,6 +157,8 @@ def uninstall() -> None:
     ignore it (the command finished: a late Ctrl-C must not turn exit 0 into a kill by SIGINT)."""
     _S.installed = False
     _S.exiting = _S.pending = False
+    if sys.unraisablehook is _unraisable:
+        sys.unraisablehook = _S.previous_hook or sys.__unraisablehook__
     if threading.current_thread() is _MAIN:
         if _S.cli_process:
             signal.signal(signal.SIGINT, signal.SIG_IGN)
