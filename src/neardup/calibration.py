@@ -339,11 +339,9 @@ def add_judgments(cat: Catalog, rows: Iterable[tuple[str, str, bool]], model: st
                   "source": [source] * len(rows), "model": [model] * len(rows),
                   "similarity": sims.astype(np.float64), "created_at": pa.array([now] * len(rows), pa.timestamp("us"))})
     with cat.transaction() as con:
-        con.register("_judged", t)
-        try:
+        with cat.registered("_judged", t):
             con.execute("INSERT INTO judgments SELECT a, b, same, source, model, similarity, created_at FROM _judged")
-        finally:
-            con.unregister("_judged")
+        cat.describe("recorded {n} pair judgment(s)", len(rows))
     return len(rows)
 
 
@@ -415,6 +413,7 @@ def calibrate(cat: Catalog, model: str | None = None, *, target: float = 0.99, o
             con.execute("INSERT INTO calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [model, cal.threshold, cal.low, cal.high, cal.precision, cal.recall, target, objective,
                          cal.judgments, _now()])
+            cat.describe(f"saved a calibration for model {model}")
     return cal
 
 
