@@ -18,11 +18,11 @@ import pyarrow as pa
 
 from .catalog import Catalog, EmbeddingSet
 from .errors import InputError
-from .policy import DEFAULT_POLICY, parse_policy, policy_columns, priority_rank, select_masters
+from .grouping import MODES, check_bound, default_grouping, group_nodes, group_weakest_links
+from .policy import DEFAULT_POLICY, parse_policy, policy_columns, priority_rank
 from .similarity.canonical import canonical_vectors
-from .similarity.forest import SimilarityForest, ceil_f32
+from .similarity.forest import SimilarityForest
 
-MODES = ("components", "leader")
 INDEXES = ("exact", "ann", "auto")
 ENGINES = ("local", "ray")
 AUTO_EXACT_MAX = 300_000  # --index auto: exact up to this many vectors, ANN above
@@ -75,11 +75,15 @@ def load_scope(catalog: Catalog, model: str | None = None, ids: Sequence[str] | 
     return Scope(name, version, scope_ids, rows, canonical_vectors(np.ascontiguousarray(vectors[rows])), digest)
 
 
-def check_options(*, mode: str = "components", prefer: str | Sequence[str] | None = DEFAULT_POLICY,
-                  index: str = "exact", engine: str = "local") -> None:
-    """Refuse a bad mode, policy, index or engine at once (before any note or any work): one line."""
-    if mode not in MODES:
+def check_options(*, mode: str | None = "components", prefer: str | Sequence[str] | None = DEFAULT_POLICY,
+                  index: str = "exact", engine: str = "local", bound: float | None = None) -> None:
+    """Refuse a bad mode, bound, policy, index or engine at once (before any note or any work): one line."""
+    if mode is not None and mode not in MODES:
         raise InputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    if bound is not None:
+        check_bound(bound)
+        if mode not in (None, "bounded"):
+            raise InputError(f"--bound applies to mode bounded, not {mode}")
     parse_policy(prefer)
     if index not in INDEXES:
         raise InputError(f"index {index!r}: use one of {', '.join(INDEXES)}")
@@ -163,80 +167,26 @@ class DedupResult:
         return self.members.filter(pc.equal(self.members["group_id"], group_id))
 
 
-def _rowwise_dot(X: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    out = np.empty(len(a), dtype=np.float32)
-    step = 1 << 16
-    for s in range(0, len(a), step):
-        out[s:s + step] = np.einsum("ij,ij->i", X[a[s:s + step]], X[b[s:s + step]])
-    return out
-
-
-def _leader_groups(X: np.ndarray, labels: np.ndarray, rank: np.ndarray, t: float) -> np.ndarray:
-    """Non-transitive grouping: in priority order, each kept image takes every remaining image within t.
-
-    Leader groups never cross components of the transitive graph, so each component is done alone.
-    Returns the leader (master) node of every node.
-    """
-    n = len(labels)
-    master = np.arange(n, dtype=np.int64)
-    order = np.lexsort((rank, labels))
-    lab_sorted = labels[order]
-    starts = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]])
-    ends = np.r_[starts[1:], n]
-    t32 = ceil_f32(t)  # similarities are exact float32 values: s >= t iff s >= t32
-    for s, e in zip(starts, ends):
-        if e - s < 2:
-            continue
-        members = order[s:e]  # sorted by rank within the component
-        Xc = np.asarray(X[np.sort(members)], dtype=np.float32)
-        pos = np.searchsorted(np.sort(members), members)
-        Xc = Xc[pos]
-        remaining = np.ones(len(members), dtype=bool)
-        k = 0
-        while True:
-            nxt = np.flatnonzero(remaining[k:])
-            if len(nxt) == 0:
-                break
-            k += int(nxt[0])
-            remaining[k] = False
-            rest = np.flatnonzero(remaining[k + 1:]) + k + 1
-            if len(rest):
-                sims = Xc[rest] @ Xc[k]
-                took = rest[sims >= t32]
-                remaining[took] = False
-                master[members[took]] = members[k]
-            k += 1
-    return master
-
-
 def group_images(forest: SimilarityForest, scope: Scope, threshold: float, rank: np.ndarray,
-                 mode: str = "components") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return ``(group_label, master_node, sim_to_master)`` for every node of the scope."""
-    if mode not in MODES:
-        raise InputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
-    labels = forest.components(threshold)
-    if mode == "components":
-        master = select_masters(labels, rank)
-    else:
-        master = _leader_groups(scope.vectors, labels, rank, threshold)
-        labels = master
-    sims = _rowwise_dot(scope.vectors, np.arange(len(master)), master)
-    sims[master == np.arange(len(master))] = 1.0
-    return labels, master, sims
+                 mode: str = "components", bound: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(group_label, master_node, sim_to_master)`` for every node of the scope (see grouping.py)."""
+    g = group_nodes(forest, scope.vectors, threshold, rank, mode, bound)
+    return g.labels, g.master, g.sim
 
 
-def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode: str = "components",
+def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode: str | None = None,
           prefer: str | Sequence[str] | None = DEFAULT_POLICY, dry_run: bool = False,
           ids: Sequence[str] | None = None, index: str = "exact", engine: str = "local",
-          floor: float | None = None, progress: ProgressFn | None = None, top_groups: int = 5) -> DedupResult:
+          floor: float | None = None, progress: ProgressFn | None = None, top_groups: int = 5,
+          bound: float | None = None) -> DedupResult:
     """Group near-duplicates at ``threshold`` and (unless ``dry_run``) apply the run to the catalog.
 
+    ``mode``/``bound`` default to the model's (:func:`neardup.grouping.default_grouping`).
     Reviewer overrides are respected: ``keep`` images are never suppressed, ``master`` images
     become the master of their group, ``not_duplicate`` images stay out of every group.
     """
     t = check_threshold(threshold)
-    if mode not in MODES:
-        raise InputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    check_options(mode=mode, bound=bound)
     policy = parse_policy(prefer)
     policy_text = ",".join(f"{k} {'desc' if d else 'asc'}" for k, d in policy)
     overrides = catalog.overrides()
@@ -244,6 +194,7 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
     not_dup = overrides["not_duplicate"] & set(base.ids.tolist())
     scope = load_scope(catalog, base.model, base.ids.tolist() if ids is not None else None, exclude=sorted(not_dup)) \
         if not_dup else base
+    mode, bound = default_grouping(scope.model, mode, bound)
     forest = similarity_forest(catalog, min(t, floor) if floor else t, scope=scope, index=index, engine=engine,
                                progress=progress)
 
@@ -259,7 +210,8 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
         boost = np.fromiter((i in forced for i in scope.ids.tolist()), dtype=bool, count=len(scope))
         rank = np.where(boost, rank - len(rank), rank)
 
-    labels, master, sims = group_images(forest, scope, t, rank, mode)
+    grouping = group_nodes(forest, scope.vectors, t, rank, mode, bound)
+    labels, master, sims = grouping.labels, grouping.master, grouping.sim
     node = np.arange(len(scope))
     is_master = master == node
     size = np.bincount(labels, minlength=len(scope))[labels]
@@ -306,7 +258,9 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
         })])
 
     # summary, with the chaining of the largest groups made visible
-    weakest = forest.weakest_links(t) if mode == "components" else {}
+    weakest = group_weakest_links(forest, t, labels) if mode != "leader" else {}
+    split = grouping.split_groups()
+    comp_size = np.bincount(grouping.component, minlength=len(scope))[grouping.component]
     min_sim = np.full(len(scope), 2.0, dtype=np.float64)
     np.minimum.at(min_sim, labels, sims)
     largest: list[dict[str, Any]] = []
@@ -314,11 +268,13 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
         lab = int(grp_keys[k])
         largest.append(dict(group_id=int(gid_of_label[lab]), size=int(grp_sizes[k]), master_id=str(grp_master_ids[k]),
                             weakest_link=round(float(weakest.get(lab, min_sim[lab])), 6),
-                            min_sim_to_master=round(float(min_sim[lab]), 6)))
+                            min_sim_to_master=round(float(min_sim[lab]), 6), split=bool(split[lab]),
+                            chain_size=int(comp_size[lab])))
     n_total = members.num_rows
     n_supp = int(suppressed.sum())
     summary = dict(
-        model=scope.model, threshold=t, mode=mode, policy=policy_text, images=n_total, groups=n_groups,
+        model=scope.model, threshold=t, mode=mode, bound=bound, policy=policy_text, images=n_total, groups=n_groups,
+        split_groups=int(len(np.unique(labels[split & (size >= 2)]))),
         suppressed=n_supp, retained=n_total - n_supp,
         largest_group=int(grp_sizes.max()) if len(grp_sizes) else 1,
         pairs=forest.pair_count(t) if mode == "components" or t >= forest.floor else None,

@@ -377,11 +377,11 @@ class FindResult:
 
 
 def find(sources: Sequence[str | os.PathLike[str]], db: str | os.PathLike[str] | Catalog, *, model: str | None = None,
-         threshold: float | None = None, mode: str = "components", dry_run: bool = False, batch_size: int = 32,
+         threshold: float | None = None, mode: str | None = None, dry_run: bool = False, batch_size: int = 32,
          progress: ProgressFn | None = None) -> FindResult:
     """One shot: scan ``sources`` into the catalog ``db``, embed with ``model``, dedup at ``threshold``.
 
-    ``threshold`` defaults to the model's calibrated default. Nothing is deleted or moved:
+    ``threshold`` and ``mode`` default to the model's calibrated ones. Nothing is deleted or moved:
     dedup only flags suppressed images in the catalog (undo with ``neardup restore``).
     """
     from .dedup import dedup  # the similarity engine (lead's module), imported when needed

@@ -24,17 +24,22 @@ def format_summary(summary: dict[str, Any]) -> str:
     s = summary
     head = "dry run (nothing written)" if s.get("run_id") is None else f"run {s['run_id']} applied"
     lines = [
-        f"{head}: model {s['model']}, threshold {s['threshold']}, mode {s['mode']}, prefer {s['policy']}",
+        f"{head}: model {s['model']}, threshold {s['threshold']}, mode {s['mode']}"
+        + (f" (bound {s['bound']:.4g})" if s.get("bound") is not None else "") + f", prefer {s['policy']}",
         f"  images {s['images']:,}  groups {s['groups']:,}  suppressed {s['suppressed']:,}  "
         f"retained {s['retained']:,}  largest group {s['largest_group']:,}"
         + (f"  pairs >= t {s['pairs']:,}" if s.get("pairs") is not None else ""),
     ]
+    if s.get("split_groups"):
+        lines.append(f"  {s['split_groups']:,} groups were cut out of longer chains (mode bounded)")
     if s.get("largest_groups"):
-        lines.append("  largest groups (weakest link = the similarity holding the group together; "
-                     "low values mean a chain):")
+        lines.append("  largest groups (span = lowest similarity of a member to its master; weakest link = the "
+                     "similarity holding the group together; low values mean a chain):")
         for g in s["largest_groups"]:
+            split = g.get("split")
+            how = "" if split is None else (f", split from a chain of {g['chain_size']:,}" if split else ", not split")
             lines.append(f"    group {g['group_id']}: {g['size']:,} images, master {g['master_id']}, "
-                         f"weakest link {g['weakest_link']:.4f}, lowest similarity to master {g['min_sim_to_master']:.4f}")
+                         f"span {g['min_sim_to_master']:.4f}, weakest link {g['weakest_link']:.4f}{how}")
     ov = s.get("overrides_respected") or {}
     if any(ov.values()):
         lines.append(f"  reviewer decisions respected: {ov.get('keep', 0)} kept, {ov.get('master', 0)} masters, "

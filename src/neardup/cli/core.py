@@ -130,7 +130,8 @@ def sweep(
 @app.command()
 def dedup(
     threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Cosine threshold in (0, 1]; pairs at or above it are duplicates. Default: this catalog's calibrated threshold for the model (`neardup calibrate`), else the model's own (see `neardup models`; 0.98 for imported CLIP-style vectors); the command says which.")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="components: transitive groups (A~B, B~C groups A, B, C). leader: each kept image suppresses only images within the threshold of itself.")] = "components",
+    mode: Annotated[Optional[str], typer.Option("--mode", help="components: transitive groups (A~B, B~C groups A, B, C; chains can grow). bounded: components cut at their weakest links until every member is within --bound of its master. leader: each kept image suppresses only images within the threshold of itself. Default: the model's (see `neardup models`).")] = None,
+    bound: Annotated[Optional[float], typer.Option("--bound", help="Mode bounded: the lowest similarity any member may have to its group's master (default: the model's).")] = None,
     prefer: Annotated[str, typer.Option("--prefer", help="Master policy, in order: score, brightness, resolution, file_size, newest, oldest, path, id (add :asc/:desc). id asc is always the last tie-break.")] = "score,brightness",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write nothing.")] = False,
     model: ModelOption = None,
@@ -148,7 +149,7 @@ def dedup(
     from ..dedup import dedup as run_dedup
     from ..report import format_summary
 
-    check_options(mode=mode, prefer=prefer, index=index, engine=engine)  # a usage error stays one line
+    check_options(mode=mode, prefer=prefer, index=index, engine=engine, bound=bound)  # a usage error stays one line
     with open_catalog(db) as cat:
         if threshold is None:
             from ..thresholds import choose_threshold
@@ -158,7 +159,7 @@ def dedup(
             err_console.print(f"using {choice.describe()} (give --threshold to override)", highlight=False,
                               soft_wrap=True)
         with progress_callback("similarity pass") as prog:
-            res = run_dedup(cat, threshold, model=model, mode=mode, prefer=prefer, dry_run=dry_run,
+            res = run_dedup(cat, threshold, model=model, mode=mode, bound=bound, prefer=prefer, dry_run=dry_run,
                             index=index, engine=engine, progress=prog)
     _print_recall(res.forest, threshold)
     if as_json:

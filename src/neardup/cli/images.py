@@ -77,16 +77,17 @@ def embed_cmd(
 
 @app.command("models")
 def models_cmd() -> None:
-    """List the embedding models: dimension, default threshold, and whether each can run offline here."""
+    """List the embedding models: dimension, default threshold and grouping, and whether each can run offline here."""
     from ..embed import DEFAULT_MODEL, list_models
 
     table = Table(title="Embedding models", title_justify="left")
-    for c in ("model", "dim", "default threshold", "offline here", "weights"):
+    for c in ("model", "dim", "default threshold", "default grouping", "offline here", "weights"):
         table.add_column(c)
     for m in list_models():
         av = m.availability()
         name = m.name + (" (default)" if m.name == DEFAULT_MODEL else "")
-        table.add_row(name, str(m.dim), f"{m.default_threshold:g}", "yes" if av.usable else "no",
+        grouping = m.default_mode + (f", bound {m.default_bound:g}" if m.default_bound is not None else "")
+        table.add_row(name, str(m.dim), f"{m.default_threshold:g}", grouping, "yes" if av.usable else "no",
                       av.detail)
     console.print(table)
     for m in list_models():
@@ -127,7 +128,7 @@ def find_cmd(
     db: DbOption = DEFAULT_DB_PATH,
     model: ModelOpt = None,
     threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Similarity threshold in (0, 1]; default: the model's calibrated default.")] = None,
-    mode: Annotated[str, typer.Option("--mode", help="components (transitive groups) or leader (every suppressed image is similar to its own master).")] = "components",
+    mode: Annotated[Optional[str], typer.Option("--mode", help="components (transitive groups), bounded (components cut so every member is within the model's bound of its master) or leader (every suppressed image is similar to its own master). Default: the model's (see `neardup models`).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report the groups but write no run (nothing is suppressed).")] = False,
     batch_size: BatchOpt = 32,
 ) -> None:

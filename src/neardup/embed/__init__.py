@@ -73,5 +73,14 @@ def default_threshold(name: str) -> float | None:
         return None
 
 
+def registered_grouping(name: str) -> tuple[str, float | None]:
+    """A registered model's default grouping mode and bound; ``("components", None)`` for unknown (imported) models."""
+    try:
+        m = get_model(name)
+    except InputError:
+        return "components", None
+    return m.default_mode, m.default_bound
+
+
 __all__ = ["Availability", "DEFAULT_MODEL", "EmbeddingModel", "canonical_name", "default_threshold", "get_model",
-           "l2_normalise", "list_models", "load_rgb", "open_upright", "to_rgb"]
+           "l2_normalise", "list_models", "load_rgb", "open_upright", "registered_grouping", "to_rgb"]

@@ -35,6 +35,9 @@ class EmbeddingModel(ABC):
     dim: int = 0
     #: cosine-similarity threshold calibrated for this model (see docs/models.md)
     default_threshold: float = 0.0
+    #: grouping mode and bound (mode ``bounded`` only) measured for this model (see docs/models.md)
+    default_mode: str = "components"
+    default_bound: float | None = None
     #: one-line description for ``neardup models``
     description: str = ""
     #: square side the model wants; decoding uses it to decode JPEGs at reduced size

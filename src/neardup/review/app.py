@@ -455,9 +455,10 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
                 raise HTTPException(409, f"run {run_id} covered part of the collection: re-run it from the command line")
             prefer = policy_spec(r["policy"])
             parse_policy(prefer)  # refuse before touching the catalog if the stored policy cannot be read back
+            bound = (r.get("summary") or {}).get("bound") if isinstance(r.get("summary"), dict) else None
             with cat.transaction():  # restore + new run: both or neither
                 cat.restore(run_id)
-                res = dedup(cat, r["threshold"], model=r["model"], mode=r["mode"], prefer=prefer)
+                res = dedup(cat, r["threshold"], model=r["model"], mode=r["mode"], prefer=prefer, bound=bound)
             app.state.weakest_cache.clear()
         return RedirectResponse(_with_flash("/runs", "reapplied", run_new=str(res.run_id)), status_code=303)
 

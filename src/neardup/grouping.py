@@ -1,0 +1,260 @@
+"""Grouping: the similarity forest cut at a threshold -> groups and their masters, in one of three modes.
+
+- ``components`` (the seed's rule): the connected components of "similarity >= t", transitive:
+  A~B and B~C group A, B and C even when A and C look nothing alike (chains).
+- ``bounded``: the same components, each split at its weakest link (the lowest edge of the
+  maximum spanning forest, i.e. a cut of the single-linkage tree) until every member of every
+  group is within ``bound`` of its group's master. A group is therefore always a component at
+  some threshold >= t, and a chain (fixed-camera frames drifting into a hand entering the view,
+  look-alike photos of one place) stops where a member would fall below the bound to its master.
+- ``leader``: non-transitive; in master-priority order each kept image takes every remaining
+  image within t of itself.
+
+Masters are the best-ranked member of each group (``rank``: lower is better). Every mode returns
+each node's group label, its master node, its similarity to that master, and the label of its
+transitive component at t, so a caller can say whether a group was split out of a larger one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+from .errors import InputError
+from .policy import select_masters
+from .similarity.forest import SimilarityForest, _find, ceil_f32
+
+MODES = ("components", "bounded", "leader")
+
+
+@dataclass
+class Grouping:
+    """Groups of one cut: per node its group label, master node, similarity to the master, component."""
+
+    labels: np.ndarray      # group label per node (a node index; equal labels = one group)
+    master: np.ndarray      # master node per node
+    sim: np.ndarray         # similarity of each node to its master (1.0 for masters), float32
+    component: np.ndarray   # transitive component label per node at the threshold
+    mode: str
+    threshold: float
+    bound: float | None = None
+
+    def split_groups(self) -> np.ndarray:
+        """Per node: True when its group is a proper part of its transitive component (the chain was cut)."""
+        n = len(self.labels)
+        gsize = np.bincount(self.labels, minlength=n)[self.labels]
+        csize = np.bincount(self.component, minlength=n)[self.component]
+        return gsize < csize
+
+
+def check_bound(bound: float) -> float:
+    """A bound is a cosine similarity in (0, 1]."""
+    b = float(bound)
+    if np.isnan(b) or not (0.0 < b <= 1.0):
+        raise InputError(f"bound {bound} is outside (0, 1]")
+    return b
+
+
+def default_grouping(model: str, mode: str | None = None, bound: float | None = None) -> tuple[str, float | None]:
+    """The mode and bound a run on ``model`` uses: the given ones, else the model's calibrated defaults.
+
+    A registered model carries ``default_mode`` / ``default_bound`` (docs/models.md says how they
+    were measured); imported vectors of an unknown model default to ``components``. Mode
+    ``bounded`` without a bound, on a model that has none, is refused with one line.
+    """
+    from .embed import registered_grouping
+
+    dm, db = registered_grouping(model)
+    mode = mode or dm
+    if mode not in MODES:
+        raise InputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    if mode != "bounded":
+        return mode, None
+    if bound is None:
+        bound = db
+    if bound is None:
+        raise InputError(f"mode bounded needs --bound: model {model!r} has no default bound")
+    return mode, check_bound(bound)
+
+
+def group_weakest_links(forest: SimilarityForest, threshold: float, labels: np.ndarray) -> dict[int, float]:
+    """Per group label: the lowest forest edge (>= threshold) inside the group — its weakest link.
+
+    For components and bounded groups (subtrees of the single-linkage tree) these edges span the
+    group, so below that similarity the group would fall apart.
+    """
+    src, dst, w = forest.edges_at(threshold)
+    inside = labels[src] == labels[dst]
+    lab, w = labels[src][inside], w[inside]
+    if len(lab) == 0:
+        return {}
+    low = np.full(len(labels), np.inf)
+    np.minimum.at(low, lab, w.astype(np.float64))
+    keys = np.unique(lab)
+    return {int(k): float(low[k]) for k in keys}
+
+
+def rowwise_dot(X: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``X[a[i]] . X[b[i]]`` for every i, in float32 blocks (memory stays O(block))."""
+    out = np.empty(len(a), dtype=np.float32)
+    step = 1 << 16
+    for s in range(0, len(a), step):
+        out[s:s + step] = np.einsum("ij,ij->i", X[a[s:s + step]], X[b[s:s + step]])
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# bounded: top-down cut of the single-linkage tree built from the forest
+# --------------------------------------------------------------------------------------------
+@nb.njit(cache=True)
+def _linkage_tree(n: int, src: np.ndarray, dst: np.ndarray, k: int, rank: np.ndarray):  # pragma: no cover - numba
+    """Single-linkage tree of the first k forest edges (heaviest first).
+
+    Node ids: leaves 0..n-1, the merge made by edge e is node n+e. Returns per tree node its two
+    children (-1 for leaves), its size, its best-ranked leaf, and a leaf order in which every
+    node's leaves are the contiguous range ``order[start[node] : start[node] + size[node]]``.
+    """
+    m = n + k
+    left = np.full(m, -1, np.int64)
+    right = np.full(m, -1, np.int64)
+    size = np.ones(m, np.int64)
+    best = np.empty(m, np.int64)
+    parent = np.full(m, -1, np.int64)
+    for i in range(n):
+        best[i] = i
+    uf = np.arange(n, dtype=np.int64)
+    top = np.arange(n, dtype=np.int64)  # union-find root -> current tree node of that set
+    for e in range(k):
+        a = _find(uf, src[e])
+        b = _find(uf, dst[e])
+        node = n + e
+        ta, tb = top[a], top[b]
+        left[node], right[node] = ta, tb
+        parent[ta] = node
+        parent[tb] = node
+        size[node] = size[ta] + size[tb]
+        ba, bb = best[ta], best[tb]
+        if rank[bb] < rank[ba] or (rank[bb] == rank[ba] and bb < ba):
+            best[node] = bb
+        else:
+            best[node] = ba
+        if a < b:
+            uf[b] = a
+            top[a] = node
+        else:
+            uf[a] = b
+            top[b] = node
+    start = np.zeros(m, np.int64)
+    off = 0
+    for v in range(m):
+        if parent[v] == -1:
+            start[v] = off
+            off += size[v]
+    for v in range(m - 1, n - 1, -1):  # parents are created after their children
+        start[left[v]] = start[v]
+        start[right[v]] = start[v] + size[left[v]]
+    order = np.empty(n, np.int64)
+    for i in range(n):
+        order[start[i]] = i
+    roots = np.flatnonzero(parent == -1)
+    return left, right, size, best, start, order, roots
+
+
+def bounded_groups(forest: SimilarityForest, vectors: np.ndarray, threshold: float, bound: float,
+                   rank: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Components at ``threshold`` cut at their weakest links until each member is within ``bound`` of its master.
+
+    Returns ``(labels, master)`` per node. Each group is a subtree of the single-linkage tree: the
+    largest one, from the top, whose members all have similarity >= ``bound`` to its best-ranked
+    member. Cost: one dot product per member for every subtree looked at.
+    """
+    n = forest.n
+    k = forest.n_edges_at(threshold)
+    rank = np.asarray(rank, dtype=np.int64)
+    left, right, size, best, start, order, roots = _linkage_tree(n, forest.src, forest.dst, k, rank)
+    labels = np.arange(n, dtype=np.int64)
+    master = np.arange(n, dtype=np.int64)
+    b32 = ceil_f32(bound)  # similarities are exact float32 values: s >= bound iff s >= b32
+    stack = [int(r) for r in roots if size[r] >= 2]
+    while stack:
+        v = stack.pop()
+        mem = order[start[v]:start[v] + size[v]]
+        m = int(best[v])
+        if size[v] == 2:
+            ok = bool(forest.weight[v - n] >= b32)  # the one edge is the pair's own similarity
+        else:
+            others = mem[mem != m]
+            sims = np.asarray(vectors[others], dtype=np.float32) @ np.asarray(vectors[m], dtype=np.float32)
+            ok = bool(sims.min() >= b32)
+        if ok:
+            labels[mem] = mem.min()
+            master[mem] = m
+        else:
+            for c in (int(left[v]), int(right[v])):
+                if size[c] >= 2:
+                    stack.append(c)
+    return labels, master
+
+
+# --------------------------------------------------------------------------------------------
+# leader: non-transitive
+# --------------------------------------------------------------------------------------------
+def leader_groups(X: np.ndarray, labels: np.ndarray, rank: np.ndarray, t: float) -> np.ndarray:
+    """Non-transitive grouping: in priority order, each kept image takes every remaining image within t.
+
+    Leader groups never cross components of the transitive graph, so each component is done alone.
+    Returns the leader (master) node of every node.
+    """
+    n = len(labels)
+    master = np.arange(n, dtype=np.int64)
+    order = np.lexsort((rank, labels))
+    lab_sorted = labels[order]
+    starts = np.flatnonzero(np.r_[True, lab_sorted[1:] != lab_sorted[:-1]])
+    ends = np.r_[starts[1:], n]
+    t32 = ceil_f32(t)  # similarities are exact float32 values: s >= t iff s >= t32
+    for s, e in zip(starts, ends):
+        if e - s < 2:
+            continue
+        members = order[s:e]  # sorted by rank within the component
+        Xc = np.asarray(X[np.sort(members)], dtype=np.float32)
+        pos = np.searchsorted(np.sort(members), members)
+        Xc = Xc[pos]
+        remaining = np.ones(len(members), dtype=bool)
+        k = 0
+        while True:
+            nxt = np.flatnonzero(remaining[k:])
+            if len(nxt) == 0:
+                break
+            k += int(nxt[0])
+            remaining[k] = False
+            rest = np.flatnonzero(remaining[k + 1:]) + k + 1
+            if len(rest):
+                sims = Xc[rest] @ Xc[k]
+                took = rest[sims >= t32]
+                remaining[took] = False
+                master[members[took]] = members[k]
+            k += 1
+    return master
+
+
+def group_nodes(forest: SimilarityForest, vectors: np.ndarray, threshold: float, rank: np.ndarray,
+                mode: str = "components", bound: float | None = None) -> Grouping:
+    """Group the forest's nodes at ``threshold`` in ``mode`` (``bound`` only for ``bounded``)."""
+    if mode not in MODES:
+        raise InputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    component = forest.components(threshold)
+    if mode == "bounded":
+        if bound is None:
+            raise InputError("mode 'bounded' needs a bound (e.g. --bound 0.85)")
+        b = check_bound(bound)
+        labels, master = bounded_groups(forest, vectors, threshold, b, rank)
+    elif mode == "leader":
+        master = leader_groups(vectors, component, rank, threshold)
+        labels, b = master, None
+    else:
+        labels, master, b = component, select_masters(component, rank), None
+    sims = rowwise_dot(vectors, np.arange(len(master)), master)
+    sims[master == np.arange(len(master))] = 1.0
+    return Grouping(labels, master, sims, component, mode, float(threshold), b)
