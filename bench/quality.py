@@ -180,8 +180,15 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.json"))
+    ap.add_argument("--real", action="store_true",
+                    help="real labelled sets (bench/datasets.py): per-kind targets and grouping designs (quality_real.py)")
+    ap.add_argument("--reuse", action="store_true", help="with --real: reuse the vectors of the last --real run")
     ap.add_argument("--_run", help=argparse.SUPPRESS)
+    ap.add_argument("--_real", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args._real or args.real:
+        real_main(args)
+        return
     if args._run:
         name, _, mode = args._run.partition(":")
         print(json.dumps(run_ours(name, RAW / "photos", mode or "components")))
@@ -229,6 +236,17 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(markdown(report))
+
+
+def real_main(args: argparse.Namespace) -> None:
+    """``--real``: the issue-11 targets on real labelled sets (see bench/quality_real.py)."""
+    import quality_real
+
+    if args._real:
+        print(json.dumps(quality_real.embed_real(args._real)))
+        return
+    report = quality_real.run([m for m in args.models.split(",") if m and ":" not in m], reuse=args.reuse)
+    print(quality_real.markdown(report))
 
 
 def markdown(report: dict) -> str:

@@ -173,9 +173,16 @@ def test_demo_runs_offline_and_recovers_the_photos(tmp_path: Path, capsys) -> No
     found: dict[int, set[str]] = {}
     for m in members:
         found.setdefault(m["group_id"], set()).add(group_of[m["image_id"]])
-    # every found group is pure (one source photo) and every photo ended up in exactly one group
+    # every found group is pure (one source photo). The model's default grouping (bounded: every member
+    # within the bound of its master) may leave a heavily edited copy (2-5 degree rotation, caption,
+    # JPEG q30-50) on its own; every original still has its group of duplicates
     assert all(len(g) == 1 for g in found.values())
-    assert len(found) == n_photos
+    heavy = sum(1 for r in labels if r["kind"] in ("rotate", "text", "jpeg"))
+    assert n_photos <= len(found) <= n_photos + heavy
+    gid = {m["image_id"]: m["group_id"] for m in members}
+    sizes = {g: sum(1 for x in gid.values() if x == g) for g in set(gid.values())}
+    assert all(sizes[gid[r["path"]]] >= 2 for r in labels if r["kind"] == "original")
+    assert run["mode"] == "bounded" and run["summary"]["bound"] is not None
     # a second demo run reuses everything and gives the same answer
     code2, out2, err2 = _cli(["demo", str(folder), "--model", MODEL], capsys)
     assert code2 == 0, err2

