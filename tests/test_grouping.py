@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from reference import same_partition
+from reference import all_pair_sims, same_partition
 
 from neardup import Catalog, InputError
 from neardup.dedup import dedup
@@ -210,19 +210,20 @@ def load_chain(db) -> list[str]:
 
 def test_dedup_bounded_splits_and_says_so(db):
     load_chain(db)
+    S = all_pair_sims(np.vstack([chain_vectors(), [[0.0, -1.0]]]))  # the stored (canonical) vectors' exact dots
     with Catalog(db) as cat:
         comp = dedup(cat, 0.9, mode="components", dry_run=True)
         bnd = dedup(cat, 0.9, mode="bounded", bound=0.8)
         runs = cat.runs()
     assert comp.summary["groups"] == 1 and comp.summary["largest_groups"][0]["size"] == 3
     assert comp.summary["largest_groups"][0]["split"] is False
-    assert comp.summary["largest_groups"][0]["min_sim_to_master"] == pytest.approx(np.cos(np.radians(45)), abs=1e-5)
+    assert comp.summary["largest_groups"][0]["min_sim_to_master"] == pytest.approx(S[0, 2], abs=1e-6)
     s = bnd.summary
     assert s["mode"] == "bounded" and s["bound"] == 0.8 and s["groups"] == 1 and s["split_groups"] == 1
     g = s["largest_groups"][0]
     assert g["size"] == 2 and g["master_id"] == "a" and g["split"] is True and g["chain_size"] == 3
-    assert g["min_sim_to_master"] == pytest.approx(np.cos(np.radians(20)), abs=1e-5)
-    assert g["weakest_link"] == pytest.approx(np.cos(np.radians(20)), abs=1e-5)
+    assert g["min_sim_to_master"] == pytest.approx(S[0, 1], abs=1e-6)
+    assert g["weakest_link"] == pytest.approx(S[0, 1], abs=1e-6)
     m = {r["image_id"]: r for r in bnd.members.to_pylist()}
     assert m["b"]["master_id"] == "a" and m["b"]["is_suppressed"] and not m["c"]["is_suppressed"]
     assert runs[0]["mode"] == "bounded"
@@ -269,10 +270,11 @@ def test_cli_bounded_prints_span_and_split(db):
     from neardup.cli import app
 
     load_chain(db)
+    ab = all_pair_sims(chain_vectors())[0, 1]  # the stored (canonical) vectors' exact similarity of A and B
     r = CliRunner().invoke(app, ["dedup", "-t", "0.9", "--mode", "bounded", "--bound", "0.8", "--dry-run", "--db", str(db)])
     assert r.exit_code == 0, r.output
     assert "mode bounded (bound 0.8)" in r.output
-    assert "span 0.9397" in r.output and "split from a chain of 3" in r.output
+    assert f"span {ab:.4f}" in r.output and "split from a chain of 3" in r.output
     r = CliRunner().invoke(app, ["dedup", "-t", "0.9", "--mode", "components", "--dry-run", "--json", "--db", str(db)])
     s = json.loads(r.output.strip().splitlines()[-1])
     assert s["largest_groups"][0]["split"] is False and s["bound"] is None
