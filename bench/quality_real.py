@@ -187,7 +187,9 @@ def _rank(model: str, paths: list[str], data: Path) -> np.ndarray:
 
 
 def _aligned(model: str, data: Path) -> tuple[np.ndarray, list[str], list[Item]]:
-    V = np.load(RAW / f"{model}.vectors.npy")
+    from neardup.similarity.canonical import canonical_vectors
+
+    V = canonical_vectors(np.load(RAW / f"{model}.vectors.npy"))  # what a pass compares (exact dots)
     paths = json.loads((RAW / f"{model}.paths.json").read_text())
     lab = {it.path: it for it in read_labels(data / "labels.csv")}
     missing = [p for p in paths if p not in lab]
