@@ -168,7 +168,8 @@ def bounded_groups(forest: SimilarityForest, vectors: np.ndarray, threshold: flo
 
     Returns ``(labels, master)`` per node. Each group is a subtree of the single-linkage tree: the
     largest one, from the top, whose members all have similarity >= ``bound`` to its best-ranked
-    member. Cost: one dot product per member for every subtree looked at.
+    member. Cost: one dot product per member of each subtree looked at whose master differs from its
+    parent's (a subtree that keeps its parent's master reuses the parent's similarities).
     """
     n = forest.n
     k = forest.n_edges_at(threshold)
@@ -177,24 +178,28 @@ def bounded_groups(forest: SimilarityForest, vectors: np.ndarray, threshold: flo
     labels = np.arange(n, dtype=np.int64)
     master = np.arange(n, dtype=np.int64)
     b32 = ceil_f32(bound)  # similarities are exact float32 values: s >= bound iff s >= b32
-    stack = [int(r) for r in roots if size[r] >= 2]
+    # (node, its parent's similarities to the parent's master, the parent's leaf-range start): a child
+    # with the parent's master reads its similarities from the parent's instead of recomputing them
+    stack: list[tuple[int, np.ndarray | None, int]] = [(int(r), None, 0) for r in roots if size[r] >= 2]
     while stack:
-        v = stack.pop()
-        mem = order[start[v]:start[v] + size[v]]
-        m = int(best[v])
-        if size[v] == 2:
-            ok = bool(forest.weight[v - n] >= b32)  # the one edge is the pair's own similarity
+        v, psims, pstart = stack.pop()
+        st, sz, m = int(start[v]), int(size[v]), int(best[v])
+        mem = order[st:st + sz]
+        if psims is not None:
+            sims = psims[st - pstart:st - pstart + sz]
+        elif sz == 2:
+            # the one edge is the pair's own similarity
+            sims = np.where(mem == m, np.float32(np.inf), forest.weight[v - n]).astype(np.float32)
         else:
-            others = mem[mem != m]
-            sims = np.asarray(vectors[others], dtype=np.float32) @ np.asarray(vectors[m], dtype=np.float32)
-            ok = bool(sims.min() >= b32)
-        if ok:
+            sims = np.asarray(vectors[mem], dtype=np.float32) @ np.asarray(vectors[m], dtype=np.float32)
+            sims[mem == m] = np.inf  # the master itself does not count
+        if sims.min() >= b32:
             labels[mem] = mem.min()
             master[mem] = m
-        else:
-            for c in (int(left[v]), int(right[v])):
-                if size[c] >= 2:
-                    stack.append(c)
+            continue
+        for c in (int(left[v]), int(right[v])):
+            if size[c] >= 2:
+                stack.append((c, sims if int(best[c]) == m else None, st))
     return labels, master
 
 
