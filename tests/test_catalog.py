@@ -216,6 +216,21 @@ def test_not_a_catalog_and_wrong_version(tmp_path):
         Catalog(db)
 
 
+def test_a_catalog_made_before_later_tables_opens_and_gains_them(db, base):
+    """A catalog from an earlier version (no txn_log, judgments, calibrations) opens, and a write works."""
+    import duckdb
+
+    con = duckdb.connect(str(db))
+    for t in ("txn_log", "judgments", "calibrations"):
+        con.execute(f"DROP TABLE IF EXISTS {t}")
+    con.close()
+    with Catalog(db) as cat:
+        tables = {r[0] for r in cat.con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
+        assert {"txn_log", "judgments", "calibrations"} <= tables
+        res = dedup(cat, 0.5)
+        assert cat.run(res.run_id)["status"] == "applied"
+
+
 def _hold_lock(db, ready, done):
     cat = Catalog(db)
     ready.set()

@@ -217,13 +217,14 @@ class Catalog:
                 raise CatalogError(
                     f"{self.path}: catalog schema version {found} but this neardup reads version {SCHEMA_VERSION}"
                 )
-            if not self.read_only and not set(_LATER_TABLES) <= tables:
-                with self.transaction():
-                    self.con.execute(_LATER_SCHEMA)
             if not self.read_only:
+                # tables later versions added to a catalog made before them; txn_log first: every
+                # transaction() writes its marker row there
                 if "txn_log" not in tables:
+                    self.con.execute("CREATE TABLE IF NOT EXISTS txn_log(token VARCHAR, committed_at TIMESTAMP)")
+                if not set(_LATER_TABLES) <= tables:
                     with self.transaction():
-                        self.con.execute("CREATE TABLE IF NOT EXISTS txn_log(token VARCHAR, committed_at TIMESTAMP)")
+                        self.con.execute(_LATER_SCHEMA)
                 self.collect_garbage()
             return
         if tables:
