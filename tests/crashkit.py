@@ -38,8 +38,6 @@ def _digest(rows: Any) -> str:
 
 def state(db: Path) -> dict[str, Any]:
     """What a command can change, without timestamps: images, runs, overrides, vectors, sources."""
-    import duckdb
-
     from neardup.catalog import Catalog
 
     out: dict[str, Any] = {}
@@ -70,7 +68,6 @@ def state(db: Path) -> dict[str, Any]:
                 vec[model] = repr(exc)
         out["vectors"] = vec
         out["by_id"] = by_id
-        del duckdb
     return out
 
 

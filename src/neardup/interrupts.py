@@ -44,7 +44,6 @@ class _State:
     previous_hook: Any = None
     in_hook = False            # inside the unraisable hook: never raise there
     not_before = 0.0           # monotonic time before which a swallowed interrupt is not re-delivered
-    early = False              # a SIGINT arrived while the CLI was still starting
     cli_process = False        # this process is the `neardup` command (not a library user)
 
 
@@ -116,33 +115,18 @@ def _handler(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _early_handler(signum: int, frame: Any) -> None:
-    """SIGINT while the CLI is still importing its modules: remember it; ``main()`` stops at once."""
-    _S.early = True
-
-
-def early() -> None:
-    """Called first thing when ``neardup`` runs as the command: a Ctrl-C while the heavy libraries
-    load is noted instead of raised (an interrupt inside their imports can be swallowed)."""
-    if threading.current_thread() is _MAIN:
-        _S.cli_process = True
-        with contextlib.suppress(ValueError, TypeError):
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                signal.signal(signal.SIGINT, _early_handler)
-
-
-def is_cli_invocation(argv: list[str], orig_argv: list[str]) -> bool:
-    """Whether this process is the ``neardup`` command (console script or ``python -m neardup``)."""
-    name = argv[0].replace("\\", "/").rsplit("/", 1)[-1] if argv else ""
-    return name in ("neardup", "neardup.exe") or orig_argv[1:3] == ["-m", "neardup"]
-
-
 def install() -> None:
     """Take over SIGINT for a CLI command (main thread only): deferrals, sticky interrupts, a fresh ledger.
 
-    A Ctrl-C that arrived while the command was starting (see :func:`early`) counts as requested."""
+    A Ctrl-C that arrived while the `neardup` command was starting (noted by ``neardup/__init__``)
+    counts as requested."""
+    pkg = sys.modules.get("neardup")
+    _S.cli_process = bool(getattr(pkg, "_cli_process", False))
+    early = getattr(pkg, "_early_sigint", None)
     _S.installed = True
-    _S.requested, _S.early = _S.early, False
+    _S.requested = bool(early)
+    if early:
+        early.clear()
     _S.pending = _S.exiting = False
     _S.depth = 0
     _S.ledger, _S.order, _S.hint = {}, [], None
