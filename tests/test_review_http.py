@@ -254,6 +254,9 @@ def test_state_changes_only_through_post_with_token(client: TestClient, catalog:
     assert r.status_code == 303
     with check_catalog(catalog, client) as cat:
         assert cat.sql("SELECT is_suppressed FROM images WHERE id = ?", [victim]).to_pylist()[0]["is_suppressed"] is True
+        # "undo keep" restores exactly the state before the keep: no override, no judgment
+        assert cat.overrides()["keep"] == set()
+        assert cat.scalar("SELECT count(*) FROM judgments") == 0
 
 
 def test_redirects_stay_on_site(client: TestClient, catalog: dict) -> None:

@@ -631,6 +631,23 @@ def record_review_judgment(cat: Catalog, image_id: str, kind: str) -> bool:
     return True
 
 
+def forget_review_judgment(cat: Catalog, image_id: str, kind: str) -> int:
+    """Undo :func:`record_review_judgment` for a decision being removed: delete the judgments it wrote.
+
+    Those are the rows with source ``review:<kind>`` on a pair with ``image_id`` written since the
+    decision's override was made (call before removing the override). Returns rows deleted.
+    """
+    since = cat.scalar("SELECT max(created_at) FROM overrides WHERE image_id = ? AND kind = ?", [image_id, kind])
+    if since is None or kind not in JUDGMENT_SOURCES_REVIEW:
+        return 0
+    params = [f"review:{kind}", image_id, image_id, since]
+    n = int(cat.scalar("SELECT count(*) FROM judgments WHERE source = ? AND (a = ? OR b = ?) AND created_at >= ?", params))
+    if n:
+        with cat.transaction() as con:
+            con.execute("DELETE FROM judgments WHERE source = ? AND (a = ? OR b = ?) AND created_at >= ?", params)
+    return n
+
+
 __all__ = ["Calibration", "CalibrationNeedsMore", "Population", "add_judgments", "bootstrap_thresholds", "calibrate",
-           "export_judgments", "fit", "fit_arrays", "import_judgments", "isotonic", "p_same", "judgments", "latest_calibration",
+           "export_judgments", "fit", "forget_review_judgment", "fit_arrays", "import_judgments", "isotonic", "p_same", "judgments", "latest_calibration",
            "offer_pairs", "read_judgments_csv", "record_review_judgment", "sampling_bands", "write_pairs_csv"]

@@ -65,8 +65,10 @@ CREATE TABLE IF NOT EXISTS judgments(
 CREATE TABLE IF NOT EXISTS calibrations(
     model VARCHAR, threshold DOUBLE, low DOUBLE, high DOUBLE, precision DOUBLE, recall DOUBLE,
     target DOUBLE, objective VARCHAR, judgments BIGINT, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS group_reviews(
+    run_id INTEGER, group_id BIGINT, decision VARCHAR, detail VARCHAR, created_at TIMESTAMP);
 """
-_LATER_TABLES = ("judgments", "calibrations")
+_LATER_TABLES = ("judgments", "calibrations", "group_reviews")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key VARCHAR PRIMARY KEY, value VARCHAR);

@@ -423,6 +423,9 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
                         csrf: str | None = Form(None), next: str | None = Form(None)) -> Response:
         check_post(request, csrf)
         with holder.open() as cat:
+            from ..calibration import forget_review_judgment
+
+            forget_review_judgment(cat, image_id, kind)   # "undo" restores exactly the state before the decision
             cat.remove_override(image_id, kind)
         return RedirectResponse(_with_flash(_safe_next(next), "removed", img=image_id), status_code=303)
 
@@ -462,9 +465,10 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
             app.state.weakest_cache.clear()
         return RedirectResponse(_with_flash("/runs", "reapplied", run_new=str(res.run_id)), status_code=303)
 
-    from . import judge
+    from . import judge, keyboard
 
     judge.register(app, holder, page, check_post)
+    keyboard.register(app, holder, page, check_post)
 
     # GET on an action URL: say it is POST-only (405) rather than 404
     for path in ("/actions/override", "/actions/override/remove", "/runs/restore-all"):

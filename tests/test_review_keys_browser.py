@@ -1,0 +1,173 @@
+"""Keyboard review of a 50-group run in a real browser (Debian's Chromium via Playwright):
+<= 60 key presses, progress, confirmation in view, undo; the catalog is checked afterwards.
+
+Skipped when /usr/bin/chromium or the playwright package is missing. Screenshots: test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from test_group_review import planted, snapshot
+from test_review_browser import ARGS, CHROMIUM, _free_port, _shot
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)"),
+]
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from neardup.catalog import Catalog
+
+    tmp = tmp_path_factory.mktemp("keys")
+    db = tmp / "cat.duckdb"
+    run, vec = planted(db)
+    rng = np.random.default_rng(3)
+    ids, paths = [], []
+    for k, image_id in enumerate(sorted(vec)):
+        w, h = (200, 120) if k % 3 else (120, 200)       # wide and tall: thumbnails must not crop
+        arr = np.clip(rng.integers(40, 200, 3) + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+        p = tmp / f"{image_id}.jpg"
+        Image.fromarray(arr).save(p, quality=80)
+        ids.append(image_id)
+        paths.append(str(p))
+    with Catalog(db) as cat:
+        cat.upsert_images(pa.table({"id": ids, "path": paths}))
+    return dict(db=db, run=run)
+
+
+@pytest.fixture(scope="module")
+def server(catalog: dict) -> Iterator[dict]:
+    import uvicorn
+
+    from neardup.review import create_app
+
+    port = _free_port()
+    app = create_app(catalog["db"], idle_close_s=0)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    th = threading.Thread(target=srv.run, daemon=True)
+    th.start()
+    t0 = time.monotonic()
+    while not srv.started:
+        if time.monotonic() - t0 > 20:
+            raise RuntimeError("review server did not start")
+        time.sleep(0.05)
+    yield dict(url=f"http://127.0.0.1:{port}", app=app)
+    srv.should_exit = True
+    th.join(10)
+    app.state.holder.close()
+
+
+def _in_view(page, selector: str) -> bool:
+    box = page.locator(selector).bounding_box()
+    vh = page.viewport_size["height"]
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= vh
+
+
+def test_a_50_group_run_by_keyboard(server: dict, catalog: dict) -> None:
+    run = catalog["run"]
+    presses = 0
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server["url"] + "/review")
+        assert page.locator("#review-count").inner_text() == "0 of 50 groups reviewed"
+        fits = page.eval_on_selector_all(".review-group img.thumb", "els => els.map(e => getComputedStyle(e).objectFit)")
+        assert fits and set(fits) == {"contain"}
+        _shot(page, "review-keys-first")
+
+        def key(k: str, navigates: bool = True) -> None:
+            nonlocal presses
+            presses += 1
+            if navigates:
+                with page.expect_navigation():
+                    page.keyboard.press(k)
+            else:
+                page.keyboard.press(k)
+
+        seen: list[int] = []
+        special = {}
+        while True:
+            count = page.locator("#review-count").inner_text()
+            if count.startswith("50 of 50"):
+                break
+            g = int(page.locator(".review-group").get_attribute("data-group"))
+            assert g not in seen, "a reviewed group came back"
+            seen.append(g)
+            n_members = page.locator(".review-member").count()
+            if len(seen) == 10 and n_members >= 2:
+                key("2", navigates=False)                       # select the second member ...
+                sel = page.locator(".review-member.selected").get_attribute("data-image-id")
+                key("n")                                        # ... it is not a duplicate (stays on the group)
+                assert "not a duplicate" in page.locator("#confirm").inner_text()
+                assert _in_view(page, "#confirm")
+                _shot(page, "review-keys-not-duplicate")
+                special["not_dup"] = (g, sel)
+                key("a")
+            elif len(seen) == 20:
+                with server["app"].state.holder.open() as cat:
+                    special["before_keep"] = snapshot(cat)
+                key("k")                                        # keep all
+                special["keep_all"] = g
+                assert "Kept every member" in page.locator("#confirm").inner_text()
+                assert _in_view(page, "#confirm")
+            else:
+                key("a")
+                assert _in_view(page, "#confirm")
+            assert page.locator("#review-count").inner_text().startswith(f"{len(seen)} of 50")
+        assert len(seen) == 50 and presses <= 60, presses
+        _shot(page, "review-keys-done")
+
+        with server["app"].state.holder.open() as cat:
+            reviews = cat.sql("SELECT group_id, decision FROM group_reviews WHERE run_id = ?", [run]).to_pylist()
+            assert len(reviews) == 50
+            dec = {r["group_id"]: r["decision"] for r in reviews}
+            assert dec[special["keep_all"]] == "keep_all"
+            assert sum(d == "accept" for d in dec.values()) == 49
+            g_nd, img_nd = special["not_dup"]
+            assert img_nd in cat.overrides()["not_duplicate"]
+            kept = cat.overrides()["keep"]
+            kg = cat.sql("SELECT image_id FROM run_members WHERE run_id = ? AND group_id = ? AND NOT is_master",
+                         [run, special["keep_all"]]).column(0).to_pylist()
+            assert set(kg) <= kept
+            n_members = cat.scalar("SELECT count(*) FROM run_members WHERE run_id = ? AND group_id <= 50 AND NOT is_master", [run])
+            same = cat.scalar("SELECT count(*) FROM judgments WHERE same")
+            assert same == n_members - len(kg) - 1           # every accepted member but the not-a-duplicate one
+
+        # undo the keep-all: the catalog is exactly as before it
+        page.goto(server["url"] + f"/review?run={run}&group={special['keep_all']}")
+        with page.expect_navigation():
+            page.keyboard.press("u")
+        assert "Undid the decision" in page.locator("#confirm").inner_text()
+        assert page.locator("#review-count").inner_text().startswith("49 of 50")
+        _shot(page, "review-keys-undo")
+        with server["app"].state.holder.open() as cat:
+            now = snapshot(cat)
+        before = special["before_keep"]
+        # the keep-all group is unreviewed again, everything it wrote is gone, the rest is untouched
+        assert now["images"] == before["images"] and now["overrides"] == before["overrides"]
+        later = lambda rows: [r for r in rows if r.get("group_id") != special["keep_all"]]  # noqa: E731
+        assert len(now["group_reviews"]) == 49
+        assert not [j for j in now["judgments"] if j["source"] == f"review:group:{run}:{special['keep_all']}"]
+
+        # bulk accept from the page, then the groups page agrees on the count of groups
+        page.fill("#bulk-span", "-1")
+        with page.expect_navigation():
+            page.click("#bulk-accept")
+        assert "Accepted 1 groups" in page.locator("#confirm").inner_text()
+        assert page.locator("#review-count").inner_text().startswith("50 of 50")
+        assert errors == []
+        browser.close()
