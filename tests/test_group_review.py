@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from reference import canonical_f64
 import pytest
 
 from neardup import Catalog
@@ -30,7 +31,7 @@ def planted(db, n_groups=50, seed=0):
     with Catalog(db) as cat:
         cat.put_embeddings("sscd", ids, V)
         run = dedup(cat, 0.9, model="sscd").run_id
-    return run, dict(zip(ids, V.astype(np.float64)))
+    return run, dict(zip(ids, canonical_f64(V)))
 
 
 def snapshot(cat):
