@@ -163,6 +163,23 @@ def test_a_50_group_run_by_keyboard(server: dict, catalog: dict) -> None:
         assert len(now["group_reviews"]) == 49
         assert not [j for j in now["judgments"] if j["source"] == f"review:group:{run}:{special['keep_all']}"]
 
+        # C: compare the selected member with its master, then the difference view
+        key("2", navigates=False)
+        sel = page.locator(".review-member.selected").get_attribute("data-image-id")
+        master = page.locator(".review-group").get_attribute("data-master")
+        with page.expect_navigation():
+            page.keyboard.press("c")
+        assert page.url.split("?")[0].endswith("/compare")
+        page.wait_for_function("() => [...document.querySelectorAll('img.full')].every(i => i.complete && i.naturalWidth > 0)")
+        assert page.eval_on_selector_all("img.full", "els => els.map(e => e.alt)") == [master, sel]
+        assert set(page.eval_on_selector_all("img.full", "els => els.map(e => getComputedStyle(e).objectFit)")) == {"contain"}
+        _shot(page, "review-compare")
+        with page.expect_navigation():
+            page.click("#toggle-diff")
+        page.wait_for_function("() => { const i = document.getElementById('diff-img'); return i && i.complete && i.naturalWidth > 0; }")
+        _shot(page, "review-compare-difference")
+        page.goto(server["url"] + f"/review?run={run}&group={special['keep_all']}")
+
         # bulk accept from the page, then the groups page agrees on the count of groups
         page.fill("#bulk-span", "-1")
         with page.expect_navigation():

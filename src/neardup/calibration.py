@@ -441,7 +441,6 @@ def offer_pairs(cat: Catalog, n: int, model: str | None = None, *, target: float
     ``fitted``: the current fit (or why there is none) when the caller has it already.
     """
     from .dedup import load_scope
-    from .pairs import bands_pairs
 
     if n < 1:
         raise InputError(f"--sample {n}: give at least 1")
@@ -478,29 +477,43 @@ def offer_pairs(cat: Catalog, n: int, model: str | None = None, *, target: float
         if need is not None and len(judged):
             bands = [need] + bands   # the band the fit asks for comes first
         how = "spread over " + ", ".join(_band_text(b) for b in bands) + f" (the {model} default is {default:g})"
-    res = bands_pairs(scope.vectors, bands, sample=max(8, 4 * math.ceil(n / len(bands)) + 4), seed=seed)
-    chosen: list[dict[str, Any]] = []
     seen = set(judged) | {_ordered(str(a), str(b)) for a, b in exclude}
+    chosen: list[dict[str, Any]] = []
+    _draw(scope, bands, n, seen, chosen, seed)
+    if cal is not None:   # too few unjudged pairs right at the targets: widen around them, then spread
+        w = width
+        while len(chosen) < n and w < 0.25:
+            w *= 4
+            _draw(scope, [(max(-1.0, float(q) - w), min(1.0, float(q) + w)) for q in targets], n, seen, chosen, seed)
+        if len(chosen) < n:
+            _draw(scope, sampling_bands(default), n, seen, chosen, seed)
+    chosen.sort(key=lambda r: -r["similarity"])
+    return chosen, how
+
+
+def _draw(scope: Any, bands: Sequence[tuple[float, float]], n: int, seen: set[tuple[str, str]],
+          chosen: list[dict[str, Any]], seed: int) -> None:
+    """Add unjudged pairs from ``bands`` to ``chosen`` (one per band in turn) until it holds ``n``."""
+    from .pairs import MAX_SAMPLE, bands_pairs
+
+    k = min(MAX_SAMPLE, max(8, 4 * math.ceil(n / len(bands)) + 4) + len(seen))
     pools = []
-    for count, i, j, s in res:
+    for _, i, j, s in bands_pairs(scope.vectors, bands, sample=k, seed=seed):
         order = np.random.default_rng(seed).permutation(len(i))
-        pools.append([(str(scope.ids[i[k]]), str(scope.ids[j[k]]), float(s[k])) for k in order])
-    # one pair per band in turn (round robin), skipping judged or already chosen pairs
+        pools.append([(str(scope.ids[i[q]]), str(scope.ids[j[q]]), float(s[q])) for q in order])
     cursor = [0] * len(pools)
     while len(chosen) < n and any(c < len(p) for c, p in zip(cursor, pools)):
         for bi, pool in enumerate(pools):
             while cursor[bi] < len(pool):
-                a, b, s = pool[cursor[bi]]
+                a, b, sim = pool[cursor[bi]]
                 cursor[bi] += 1
                 key = _ordered(a, b)
                 if key not in seen:
                     seen.add(key)
-                    chosen.append(dict(a=key[0], b=key[1], similarity=round(s, 6)))
+                    chosen.append(dict(a=key[0], b=key[1], similarity=round(sim, 6)))
                     break
             if len(chosen) >= n:
                 break
-    chosen.sort(key=lambda r: -r["similarity"])
-    return chosen, how
 
 
 def write_pairs_csv(pairs: Sequence[dict[str, Any]], out: str | Path) -> None:

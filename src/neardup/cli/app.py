@@ -44,6 +44,15 @@ def open_catalog(db: Path, *, must_exist: bool = True, read_only: bool = False) 
     return Catalog(db, read_only=read_only, on_wait=lambda msg: err_console.print(msg, highlight=False, markup=False))
 
 
+def compact_table(title: str | None = None) -> Any:
+    """A Rich table that fits an 80-column terminal: a rule under the header, one space between columns."""
+    from rich import box
+    from rich.table import Table
+
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0), pad_edge=False,
+                 show_edge=False)
+
+
 def progress_bar(description: str) -> Any:
     """A Rich progress bar with rate and ETA, drawn on stderr (quiet when not a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn

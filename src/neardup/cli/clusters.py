@@ -157,10 +157,12 @@ def pairs_cmd(
                       f"({pct:.3g}%)", highlight=False)
         if not res.pairs:
             continue
-        t = Table(title=f"{len(res.pairs)} example pairs in {lo:g}:{hi:g} (seed {res.seed})", title_justify="left")
-        t.add_column("sim", justify="right")
-        t.add_column("A")
-        t.add_column("B")
+        from .app import compact_table
+
+        t = compact_table(f"{len(res.pairs)} example pairs in {lo:g}:{hi:g} (seed {res.seed})")
+        t.add_column("sim", justify="right", no_wrap=True)
+        t.add_column("A", overflow="fold")
+        t.add_column("B", overflow="fold")
         has_paths = any(p["path_a"] or p["path_b"] for p in res.pairs)
         if has_paths:
             t.add_column("A path", overflow="fold")

@@ -183,13 +183,23 @@ def runs(
     if as_json:
         typer.echo(json.dumps(rows, default=str))
         return
-    table = Table(title=f"Runs in {db} — {visible:,} of {total:,} images visible", title_justify="left")
-    for col in ("run", "created (UTC)", "status", "model", "threshold", "mode", "groups", "suppressed", "retained", "largest"):
-        table.add_column(col, justify="right" if col not in ("status", "model", "mode") else "left")
+    from .app import compact_table
+
+    table = compact_table(f"Runs in {Path(db).name} — {visible:,} of {total:,} images visible")
+    # short headers and values so the table fits 80 columns (the legend below says what they mean)
+    for col in ("run", "created UTC", "status", "model", "thresh", "mode", "groups", "supp.", "kept", "max"):
+        table.add_column(col, justify="left" if col in ("created UTC", "status", "model", "mode") else "right",
+                         no_wrap=True, overflow="fold" if col == "model" else "ellipsis")
     for r in rows:
-        table.add_row(str(r["id"]), str(r["created_at"])[:19], r["status"], r["model"], f"{r['threshold']:.4g}", r["mode"],
-                      f"{r['n_groups']:,}", f"{r['n_suppressed']:,}", f"{r['n_retained']:,}", f"{r['largest_group']:,}")
-    console.print(table if rows else "no runs yet (see `neardup dedup --help`)")
+        table.add_row(str(r["id"]), str(r["created_at"])[5:16], r["status"], r["model"], f"{r['threshold']:.4g}",
+                      {"components": "comp"}.get(r["mode"], r["mode"]), f"{r['n_groups']:,}", f"{r['n_suppressed']:,}",
+                      f"{r['n_retained']:,}", f"{r['largest_group']:,}")
+    if not rows:
+        console.print("no runs yet (see `neardup dedup --help`)")
+        return
+    console.print(table)
+    console.print("supp. = suppressed, kept = retained, max = largest group; comp = components mode",
+                  style="dim", highlight=False)
 
 
 @app.command()

@@ -80,18 +80,21 @@ def models_cmd() -> None:
     """List the embedding models: dimension, default threshold and grouping, and whether each can run offline here."""
     from ..embed import DEFAULT_MODEL, list_models
 
-    table = Table(title="Embedding models", title_justify="left")
-    for c in ("model", "dim", "default threshold", "default grouping", "offline here", "weights"):
-        table.add_column(c)
+    from .app import compact_table
+
+    table = compact_table("Embedding models")
+    for c in ("model", "dim", "threshold", "grouping", "offline", "weights"):
+        table.add_column(c, no_wrap=c not in ("weights", "grouping"), overflow="fold")
     for m in list_models():
         av = m.availability()
-        name = m.name + (" (default)" if m.name == DEFAULT_MODEL else "")
-        grouping = m.default_mode + (f", bound {m.default_bound:g}" if m.default_bound is not None else "")
-        table.add_row(name, str(m.dim), f"{m.default_threshold:g}", grouping, "yes" if av.usable else "no",
-                      av.detail)
+        name = m.name + ("*" if m.name == DEFAULT_MODEL else "")
+        grouping = m.default_mode + (f" {m.default_bound:g}" if m.default_bound is not None else "")
+        table.add_row(name, str(m.dim), f"{m.default_threshold:g}", grouping, "yes" if av.usable else "no", av.detail)
     console.print(table)
+    console.print("* the default model; threshold and grouping (mode, and bound for bounded) are its defaults",
+                  style="dim", highlight=False)
     for m in list_models():
-        console.print(f"  {m.name}: {m.description}", highlight=False)
+        console.print(f"{m.name}: {m.description}", highlight=False, soft_wrap=False)
 
 
 @app.command("skipped")

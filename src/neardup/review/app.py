@@ -465,10 +465,11 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
             app.state.weakest_cache.clear()
         return RedirectResponse(_with_flash("/runs", "reapplied", run_new=str(res.run_id)), status_code=303)
 
-    from . import judge, keyboard
+    from . import judge, keyboard, spotlight
 
     judge.register(app, holder, page, check_post)
     keyboard.register(app, holder, page, check_post)
+    spotlight.register(app, holder, page)
 
     # GET on an action URL: say it is POST-only (405) rather than 404
     for path in ("/actions/override", "/actions/override/remove", "/runs/restore-all"):

@@ -1,5 +1,5 @@
 // Keyboard review: A accept, K keep all, M master, N not a duplicate (selected member),
-// 1-9 / ArrowUp/ArrowDown select, J/ArrowRight next group, P/ArrowLeft previous, U undo.
+// 1-9 / ArrowUp/ArrowDown select, J/ArrowRight next group, P/ArrowLeft previous, U undo, C compare.
 (function () {
   "use strict";
   var members = Array.prototype.slice.call(document.querySelectorAll(".review-member"));
@@ -34,6 +34,10 @@
     else if (lk === "j" || k === "ArrowRight") done = press("#next-group");
     else if (lk === "p" || k === "ArrowLeft") done = press("#prev-group");
     else if (lk === "u") done = press('#undo-form button[data-key="u"]');
+    else if (lk === "c" && members.length) {
+      var link = members[sel].querySelector("a.compare");
+      if (link) { sent = true; window.location.href = link.href; done = true; }
+    }
     else if ("akmn".indexOf(lk) >= 0 && lk) done = press('#review-form button[data-key="' + lk + '"]');
     if (done) e.preventDefault();
   });
