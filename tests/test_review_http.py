@@ -592,7 +592,7 @@ def test_clusters_page_before_after_per_cluster(catalog: dict) -> None:
     with TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False) as c:
         html = re.sub(r"\s+", " ", c.get("/clusters").text)
     app.state.holder.close()
-    rows = re.findall(r'<td class="cid">(\d+)</td><td>([0-9,]+)</td><td><strong>([0-9,]+)</strong></td>', html)
+    rows = re.findall(r'<td class="cid"><a href="/clusters/\d+"[^>]*>(\d+)</a></td><td>([0-9,]+)</td><td><strong>([0-9,]+)</strong></td>', html)
     assert {int(a): (int(b.replace(",", "")), int(c_.replace(",", ""))) for a, b, c_ in rows} == want
     import html as htmlmod
     strip_ids = [htmlmod.unescape(x) for x in re.findall(r'<div class="thumb placeholder[^"]*" title="[^"]*"><span>([^<]*)</span>', html)]

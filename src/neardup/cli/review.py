@@ -33,7 +33,7 @@ def review(
                                            "catalog's images to your network.")] = "127.0.0.1",
     no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open a browser tab.")] = False,
 ) -> None:
-    """Serve the review pages (groups, clusters, threshold explorer, runs) on 127.0.0.1 and print the URL."""
+    """Serve the review pages on 127.0.0.1 and print the URL: groups, review by keys (A accept, K keep all, ...), judge pairs (calibrates the threshold), clusters, threshold explorer, runs."""
     import uvicorn
 
     from ..review import create_app
