@@ -658,6 +658,7 @@ def forget_review_judgment(cat: Catalog, image_id: str, kind: str) -> int:
     if n:
         with cat.transaction() as con:
             con.execute("DELETE FROM judgments WHERE source = ? AND (a = ? OR b = ?) AND created_at >= ?", params)
+            cat.describe("removed {n} judgment(s) of an undone review decision", n)
     return n
 
 

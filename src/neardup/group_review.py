@@ -112,6 +112,7 @@ def decide_group(cat: Catalog, run_id: int, group_id: int, decision: str, image_
             con.execute("INSERT INTO judgments VALUES (?, ?, ?, ?, ?, ?, ?)", [a, b, same, source, model, s, now])
         if overrides:
             cat._recompute_suppression()
+        cat.describe(f"recorded the review decision {decision!r} on group {group_id} of run {run_id}")
     return dict(decision=decision, group_id=group_id, overrides=overrides, judgments=len(judged))
 
 
@@ -126,6 +127,7 @@ def undo_group(cat: Catalog, run_id: int, group_id: int) -> bool:
         con.execute("DELETE FROM judgments WHERE source = ?", [source])
         con.execute("DELETE FROM group_reviews WHERE run_id = ? AND group_id = ?", [run_id, group_id])
         cat._recompute_suppression()
+        cat.describe(f"undid the review decisions on group {group_id} of run {run_id}")
     return True
 
 
@@ -146,4 +148,5 @@ def bulk_accept(cat: Catalog, run_id: int, min_span: float) -> int:
         for (g,) in rows:
             con.execute("INSERT INTO group_reviews VALUES (?, ?, ?, ?, ?)",
                         [run_id, int(g), "accept", json.dumps(dict(overrides=[], bulk=min_span)), now])
+        cat.describe("accepted {n} group(s) as they are", len(rows))
     return len(rows)
