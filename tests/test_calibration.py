@@ -253,7 +253,11 @@ def test_the_calibrate_command_lines(capsys, planted, tmp_path):
     # dedup without --threshold uses the calibration and says so
     code, out, err = run(capsys, "dedup", "--dry-run", "--json", "--db", str(db))
     assert code == 0 and "calibration for sscd from" in err
-    assert json.loads(out)["threshold"] == pytest.approx(res2["threshold"])
+    summary = json.loads(out)
+    assert summary["threshold"] == pytest.approx(res2["threshold"])
+    # calibrate's "what a run would do" is what that run does (the model's default grouping)
+    assert res2["counts"]["threshold"]["suppressed"] == summary["suppressed"]
+    assert res2["counts"]["threshold"]["retained"] == summary["retained"]
 
     # plain text output and the export
     code, out, _ = run(capsys, "calibrate", "--db", str(db))

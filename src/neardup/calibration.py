@@ -193,6 +193,7 @@ class Calibration:
     target: float
     objective: str
     counts: dict[str, dict[str, int]] = field(default_factory=dict)   # "threshold"/"low"/"high" -> suppressed, retained
+    counts_mode: str = "components"     # the grouping the counts come from (see :func:`calibrate`)
     next_band: tuple[float, float] | None = None
     draws: np.ndarray | None = field(default=None, repr=False)
 
@@ -396,8 +397,14 @@ def population(cat: Catalog, model: str, floor: float) -> tuple[Population, Any]
 
 
 def calibrate(cat: Catalog, model: str | None = None, *, target: float = 0.99, objective: str = "precision",
-              n_boot: int = 1000, seed: int = 0, save: bool = True) -> Calibration:
-    """Fit the threshold from the catalog's judgments for ``model`` and (``save``) record it as calibrated."""
+              n_boot: int = 1000, seed: int = 0, save: bool = True, run_counts: bool = True) -> Calibration:
+    """Fit the threshold from the catalog's judgments for ``model`` and (``save``) record it as calibrated.
+
+    ``counts`` says what a run would suppress at the threshold and at both interval ends: with
+    ``run_counts``, from dry runs with the model's default grouping (exactly what ``neardup dedup``
+    would do); otherwise from the forest's transitive components, an upper bound for every mode
+    (``counts_mode`` says which).
+    """
     model = resolve_model(cat, model)
     t = judgments(cat, model)
     sims = np.asarray(t["similarity"].to_numpy(), np.float64)
@@ -405,9 +412,21 @@ def calibrate(cat: Catalog, model: str | None = None, *, target: float = 0.99, o
     floor = calibration_floor(model_default_threshold(model), sims)
     pop, forest = population(cat, model, floor)
     cal = fit(sims, same, pop, model=model, target=target, objective=objective, n_boot=n_boot, seed=seed)
-    rows = forest.sweep([cal.threshold, cal.low, cal.high])
-    cal.counts = {k: dict(suppressed=r["suppressed"], retained=r["retained"], groups=r["groups"])
-                  for k, r in zip(("threshold", "low", "high"), rows)}
+    from .grouping import default_grouping
+
+    mode = default_grouping(model)[0]
+    if run_counts and mode != "components":
+        from .dedup import dedup
+
+        cal.counts_mode = mode
+        for k in ("threshold", "low", "high"):
+            sm = dedup(cat, getattr(cal, k), model=model, dry_run=True).summary
+            cal.counts[k] = dict(suppressed=sm["suppressed"], retained=sm["retained"], groups=sm["groups"])
+    else:
+        cal.counts_mode = "components" if mode == "components" else "components (upper bound)"
+        rows = forest.sweep([cal.threshold, cal.low, cal.high])
+        cal.counts = {k: dict(suppressed=r["suppressed"], retained=r["retained"], groups=r["groups"])
+                      for k, r in zip(("threshold", "low", "high"), rows)}
     if save and not cat.read_only:
         with cat.transaction() as con:
             con.execute("INSERT INTO calibrations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -81,7 +81,7 @@ def calibrate_cmd(
                   f"{cal.high:.4f}; {goal})", highlight=False)
     console.print(f"from {cal.judgments} judgments ({cal.n_same} same, {cal.n_different} different); estimated "
                   f"pair precision {cal.precision:.3f}, recall {cal.recall:.3f} at {cal.threshold:.4f}", highlight=False)
-    t = Table(title="what a run would do", title_justify="left")
+    t = Table(title=f"what a run would do ({cal.counts_mode} grouping)", title_justify="left")
     for c in ("", "threshold", "suppressed", "retained", "groups"):
         t.add_column(c, justify="left" if not c else "right")
     for key, label in (("low", "interval low"), ("threshold", "fitted"), ("high", "interval high")):

@@ -91,7 +91,7 @@ def models_cmd() -> None:
         grouping = m.default_mode + (f" {m.default_bound:g}" if m.default_bound is not None else "")
         table.add_row(name, str(m.dim), f"{m.default_threshold:g}", grouping, "yes" if av.usable else "no", av.detail)
     console.print(table)
-    console.print("* the default model; threshold and grouping (mode, and bound for bounded) are its defaults",
+    console.print("* the default model; threshold, grouping (mode and bound): each model's defaults",
                   style="dim", highlight=False)
     for m in list_models():
         console.print(f"{m.name}: {m.description}", highlight=False, soft_wrap=False)

@@ -44,7 +44,7 @@ def judge_context(cat: Any, model: str, skipped: set[tuple[str, str]], seed: int
     n = jt.num_rows
     n_same = int(sum(jt["same"].to_pylist())) if n else 0
     try:
-        fit: Any = calibrate(cat, model, n_boot=PAGE_BOOT, seed=0, save=False)
+        fit: Any = calibrate(cat, model, n_boot=PAGE_BOOT, seed=0, save=False, run_counts=False)
         need = None
     except CalibrationNeedsMore as exc:
         fit, need = None, exc
