@@ -85,14 +85,32 @@ CREATE TABLE IF NOT EXISTS runs(
 CREATE TABLE IF NOT EXISTS run_members(
     run_id INTEGER NOT NULL, image_id VARCHAR NOT NULL, group_id BIGINT NOT NULL,
     master_id VARCHAR NOT NULL, is_master BOOLEAN NOT NULL, is_suppressed BOOLEAN NOT NULL,
-    sim_to_master FLOAT);
+    sim_to_master FLOAT, group_size BIGINT, group_score DOUBLE);
 CREATE TABLE IF NOT EXISTS overrides(
     image_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, created_at TIMESTAMP, note VARCHAR);
 CREATE TABLE IF NOT EXISTS skipped(
     path VARCHAR PRIMARY KEY, reason VARCHAR, seen_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS txn_log(token VARCHAR, committed_at TIMESTAMP);
-CREATE OR REPLACE VIEW visible AS SELECT * FROM images WHERE NOT is_suppressed;
 """ + _LATER_SCHEMA
+
+#: Columns added after the first catalogs were written; added at open when missing.
+_ADDED_COLUMNS = (
+    "ALTER TABLE run_members ADD COLUMN IF NOT EXISTS group_size BIGINT",
+    "ALTER TABLE run_members ADD COLUMN IF NOT EXISTS group_score DOUBLE",
+)
+
+#: What downstream reads: the images not suppressed. A master of the latest applied run carries
+#: its group's size and aggregated score (whole votes); any other visible image stands alone.
+_VISIBLE_VIEW = """
+CREATE OR REPLACE VIEW visible AS
+SELECT i.*, coalesce(g.group_size, 1) AS group_size,
+       CASE WHEN g.image_id IS NULL THEN i.score ELSE g.group_score END AS group_score
+FROM images i
+LEFT JOIN (SELECT image_id, group_size, group_score FROM run_members
+           WHERE is_master AND run_id = (SELECT max(id) FROM runs WHERE status = 'applied')) g
+       ON g.image_id = i.id
+WHERE NOT i.is_suppressed
+"""
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: Embedding version files (and their temporaries) that the collector may remove when unreferenced.
@@ -228,6 +246,7 @@ class Catalog:
                     with self.transaction():
                         self.con.execute(_LATER_SCHEMA)
                 self.collect_garbage()
+                self._migrate()
             return
         if tables:
             raise CatalogError(f"{self.path}: this DuckDB file is not a neardup catalog (tables: {', '.join(sorted(tables))})")
@@ -235,8 +254,21 @@ class Catalog:
             raise CatalogError(f"{self.path}: empty catalog")
         with self.transaction():
             self.con.execute(_SCHEMA)
+            self.con.execute(_VISIBLE_VIEW)
             self.con.execute("INSERT INTO meta VALUES ('schema_version', ?), ('created_at', ?)",
                              [str(SCHEMA_VERSION), _now().isoformat()])
+
+    def _migrate(self) -> None:
+        """Bring a catalog written by an older neardup up to date (new columns, the current view)."""
+        cols = {r[0] for r in self.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'run_members'").fetchall()}
+        view = self.one("SELECT sql FROM duckdb_views() WHERE view_name = 'visible'")
+        if {"group_size", "group_score"} <= cols and view and "group_score" in str(view[0]):
+            return
+        with self.transaction():
+            for stmt in _ADDED_COLUMNS:
+                self.con.execute(stmt)
+            self.con.execute(_VISIBLE_VIEW)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -570,8 +602,12 @@ class Catalog:
                  info["n_images"], info["n_groups"], info["n_suppressed"], info["n_retained"], info["largest_group"], summary],
             )
             with self.registered("_members", members):
+                cols = [c for c in ("group_size", "group_score") if c in members.column_names]
+                extra = "".join(f", {c}" for c in cols)
                 self.con.execute(
-                    "INSERT INTO run_members SELECT ?, image_id, group_id, master_id, is_master, is_suppressed, sim_to_master FROM _members",
+                    "INSERT INTO run_members (run_id, image_id, group_id, master_id, is_master, is_suppressed, "
+                    f"sim_to_master{extra}) SELECT ?, image_id, group_id, master_id, is_master, is_suppressed, "
+                    f"sim_to_master{extra} FROM _members",
                     [run_id],
                 )
             self._recompute_suppression()
@@ -631,7 +667,8 @@ class Catalog:
     def run_members(self, run_id: int) -> pa.Table:
         self.run(run_id)
         return self.sql(
-            "SELECT image_id, group_id, master_id, is_master, is_suppressed, sim_to_master FROM run_members "
+            "SELECT image_id, group_id, master_id, is_master, is_suppressed, sim_to_master, group_size, group_score "
+            "FROM run_members "
             "WHERE run_id = ? ORDER BY group_id, NOT is_master, image_id",
             [run_id],
         )

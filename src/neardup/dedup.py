@@ -23,6 +23,7 @@ from .policy import DEFAULT_POLICY, parse_policy, policy_columns, priority_rank
 from .similarity.canonical import canonical_vectors
 from .similarity.forest import SimilarityForest
 
+GROUP_SCORES = ("sum", "max", "mean")
 INDEXES = ("exact", "ann", "auto")
 ENGINES = ("local", "ray")
 AUTO_EXACT_MAX = 300_000  # --index auto: exact up to this many vectors, ANN above
@@ -47,6 +48,7 @@ class Scope:
     vectors: np.ndarray      # canonical float32 (memory map when rows is None; rounded here if the
                              # catalog predates canonical vectors)
     key: str                 # cache key of the scope
+    whole: bool = False      # the whole catalog (minus exclusions): its forest is kept up to date incrementally
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -63,7 +65,7 @@ def load_scope(catalog: Catalog, model: str | None = None, ids: Sequence[str] | 
         exclude = sorted(set(map(str, exclude or ())) | gone)
     if ids is None and not exclude:
         es: EmbeddingSet = catalog.load_embeddings(model)
-        return Scope(es.model, es.version, es.ids, None, canonical_vectors(es.vectors), "all")
+        return Scope(es.model, es.version, es.ids, None, canonical_vectors(es.vectors), "all", True)
     name, version, vectors = catalog.embedding_vectors(model)
     rows, scope_ids = catalog.embedding_rows(name, ids, exclude)
     if ids is not None:
@@ -72,7 +74,8 @@ def load_scope(catalog: Catalog, model: str | None = None, ids: Sequence[str] | 
             missing = sorted(wanted - set(scope_ids.tolist()) - set(map(str, exclude or ())))
             raise InputError(f"{len(missing)} ids have no {name} embedding (e.g. {missing[0]!r})")
     digest = hashlib.sha1("\n".join(scope_ids.tolist()).encode()).hexdigest()[:16]
-    return Scope(name, version, scope_ids, rows, canonical_vectors(np.ascontiguousarray(vectors[rows])), digest)
+    return Scope(name, version, scope_ids, rows, canonical_vectors(np.ascontiguousarray(vectors[rows])), digest,
+                 ids is None)
 
 
 def check_options(*, mode: str | None = "components", prefer: str | Sequence[str] | None = DEFAULT_POLICY,
@@ -116,10 +119,19 @@ def compute_forest(vectors: np.ndarray, floor: float, *, index: str = "exact", e
 def similarity_forest(catalog: Catalog, floor: float, *, scope: Scope | None = None, model: str | None = None,
                       index: str = "exact", engine: str = "local", progress: ProgressFn | None = None,
                       use_cache: bool = True) -> SimilarityForest:
-    """The forest for a scope, from the cache when one with a floor <= ``floor`` exists."""
+    """The forest for a scope, from the cache when one with a floor <= ``floor`` exists.
+
+    The exact forest of the whole catalog is kept up to date incrementally (see
+    :mod:`neardup.incremental`): after rows are added only the new x all pairs are computed.
+    """
     scope = scope or load_scope(catalog, model)
     cache_dir = catalog.sidecar / "forests"
     kind = "exact" if index == "exact" or (index == "auto" and len(scope) <= AUTO_EXACT_MAX) else "ann"
+    if use_cache and kind == "exact" and scope.whole:
+        from .incremental import cached_forest
+
+        return cached_forest(catalog, scope, floor, progress=progress, full_pass=lambda: compute_forest(
+            scope.vectors, floor, index="exact", engine=engine, progress=progress))
     prefix = f"{scope.model}-v{scope.version}-{scope.key}-{kind}-f"
     if use_cache and cache_dir.exists():
         best: tuple[float, Path] | None = None
@@ -178,15 +190,20 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
           prefer: str | Sequence[str] | None = DEFAULT_POLICY, dry_run: bool = False,
           ids: Sequence[str] | None = None, index: str = "exact", engine: str = "local",
           floor: float | None = None, progress: ProgressFn | None = None, top_groups: int = 5,
-          bound: float | None = None) -> DedupResult:
+          bound: float | None = None, group_score: str = "sum") -> DedupResult:
     """Group near-duplicates at ``threshold`` and (unless ``dry_run``) apply the run to the catalog.
 
     ``mode``/``bound`` default to the model's (:func:`neardup.grouping.default_grouping`).
+    Each member row carries its group's size and its members' ``score`` aggregated by
+    ``group_score`` (sum, max or mean; missing scores are left out), so the master -- the one
+    visible image -- carries the whole group's votes.
     Reviewer overrides are respected: ``keep`` images are never suppressed, ``master`` images
     become the master of their group, ``not_duplicate`` images stay out of every group.
     """
     t = check_threshold(threshold)
     check_options(mode=mode, bound=bound)
+    if group_score not in GROUP_SCORES:
+        raise InputError(f"group score {group_score!r}: use one of {', '.join(GROUP_SCORES)}")
     policy = parse_policy(prefer)
     policy_text = ",".join(f"{k} {'desc' if d else 'asc'}" for k, d in policy)
     overrides = catalog.overrides()
@@ -237,6 +254,8 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
         s_nodes = s_nodes[np.argsort(ids_arr[s_nodes].astype(str), kind="stable")]
         group_id[s_nodes] = np.arange(n_groups + 1, n_groups + 1 + len(s_nodes))
 
+    scores = _scores(catalog, ids_arr)
+    g_size, g_score = aggregate_scores(labels, scores, group_score)
     members = pa.table({
         "image_id": pa.array(ids_arr.tolist(), pa.string()),
         "group_id": pa.array(group_id, pa.int64()),
@@ -244,10 +263,13 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
         "is_master": pa.array(is_master),
         "is_suppressed": pa.array(suppressed),
         "sim_to_master": pa.array(sims.astype(np.float32)),
+        "group_size": pa.array(g_size, pa.int64()),
+        "group_score": pa.array(g_score, pa.float64(), mask=np.isnan(g_score)),
     })
     # reviewer's not-a-duplicate images: singletons of their own
     if not_dup:
         extra = sorted(not_dup)
+        own = _scores(catalog, np.asarray(extra, dtype=object))
         members = pa.concat_tables([members, pa.table({
             "image_id": pa.array(extra, pa.string()),
             "group_id": pa.array(np.arange(len(scope) + 1, len(scope) + 1 + len(extra)), pa.int64()),
@@ -255,6 +277,8 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
             "is_master": pa.array(np.ones(len(extra), bool)),
             "is_suppressed": pa.array(np.zeros(len(extra), bool)),
             "sim_to_master": pa.array(np.ones(len(extra), np.float32)),
+            "group_size": pa.array(np.ones(len(extra), np.int64)),
+            "group_score": pa.array(own, pa.float64(), mask=np.isnan(own)),
         })])
 
     # summary, with the chaining of the largest groups made visible
@@ -275,13 +299,17 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
     summary = dict(
         model=scope.model, threshold=t, mode=mode, bound=bound, policy=policy_text, images=n_total, groups=n_groups,
         split_groups=int(len(np.unique(labels[split & (size >= 2)]))),
-        suppressed=n_supp, retained=n_total - n_supp,
+        suppressed=n_supp, retained=n_total - n_supp, group_score=group_score,
         largest_group=int(grp_sizes.max()) if len(grp_sizes) else 1,
         pairs=forest.pair_count(t) if mode == "components" or t >= forest.floor else None,
         largest_groups=largest,
         overrides_respected=dict(keep=int((would_suppress & kept_flag).sum()), master=len(forced),
                                  not_duplicate=len(not_dup)),
     )
+    update = (forest.meta or {}).get("update")
+    if update:
+        summary["pass"] = {k: v for k, v in update.items() if k != "changed_ids"}
+    summary.update(masters_changed(catalog, scope.model, ids_arr, is_master))
     result = DedupResult(t, mode, scope.model, policy_text, members, summary, None, dry_run, forest)
     if not dry_run:
         info = dict(model=scope.model, threshold=t, mode=mode, policy=policy_text,
@@ -291,6 +319,52 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
         result.run_id = catalog.record_run(info, members)
         summary["run_id"] = result.run_id
     return result
+
+
+def _scores(catalog: Catalog, ids: np.ndarray) -> np.ndarray:
+    """``images.score`` of each id (NaN where missing), in the order given."""
+    t = catalog.images(["id", "score"])
+    pos = {k: i for i, k in enumerate(t["id"].to_pylist())}
+    vals = np.asarray(t["score"].to_numpy(zero_copy_only=False), dtype=np.float64)
+    take = np.fromiter((pos.get(i, -1) for i in ids.tolist()), dtype=np.int64, count=len(ids))
+    out = np.full(len(ids), np.nan)
+    out[take >= 0] = vals[take[take >= 0]]
+    return out
+
+
+def aggregate_scores(labels: np.ndarray, scores: np.ndarray, how: str = "sum") -> tuple[np.ndarray, np.ndarray]:
+    """Per node: its group's size and its members' scores aggregated (sum, max or mean; NaN ignored).
+
+    A group with no score at all gets NaN (stored as NULL).
+    """
+    n = len(labels)
+    size = np.bincount(labels, minlength=n)
+    have = ~np.isnan(scores)
+    cnt = np.bincount(labels, weights=have.astype(np.float64), minlength=n)
+    if how == "max":
+        agg = np.full(n, -np.inf)
+        np.maximum.at(agg, labels[have], scores[have])
+    else:
+        agg = np.bincount(labels, weights=np.where(have, scores, 0.0), minlength=n)
+        if how == "mean":
+            agg = np.divide(agg, cnt, out=np.zeros(n), where=cnt > 0)
+    agg = np.where(cnt > 0, agg, np.nan)
+    return size[labels], agg[labels]
+
+
+def masters_changed(catalog: Catalog, model: str, scope_ids: np.ndarray, is_master: np.ndarray) -> dict[str, Any]:
+    """How many masters of the latest applied run (same model), still in this pass, are masters no longer.
+
+    A master is replaced only when its group gains a member the policy ranks higher (or merges
+    with a group whose master ranks higher); images that left the pass are not counted.
+    """
+    run_id = catalog.scalar("SELECT max(id) FROM runs WHERE status = 'applied' AND model = ?", [model])
+    if run_id is None:
+        return {}
+    prev = catalog.sql("SELECT image_id FROM run_members WHERE run_id = ? AND is_master", [int(run_id)])
+    prev_set = set(prev.column(0).to_pylist())
+    now_not_master = scope_ids[~is_master].tolist()
+    return dict(masters_changed=sum(1 for i in now_not_master if i in prev_set), compared_with_run=int(run_id))
 
 
 def export_run(catalog: Catalog, run_id: int, out: str | Path, fmt: str | None = None) -> int:

@@ -40,6 +40,14 @@ def format_summary(summary: dict[str, Any]) -> str:
             how = "" if split is None else (f", split from a chain of {g['chain_size']:,}" if split else ", not split")
             lines.append(f"    group {g['group_id']}: {g['size']:,} images, master {g['master_id']}, "
                          f"span {g['min_sim_to_master']:.4f}, weakest link {g['weakest_link']:.4f}{how}")
+    ps = s.get("pass") or {}
+    if ps.get("mode") == "incremental":
+        lines.append(f"  incremental pass: {ps.get('added', 0):,} added, {ps.get('changed', 0):,} changed, "
+                     f"{ps.get('removed', 0):,} removed since the cached pass ({ps.get('seconds', 0):.2f} s)")
+    elif ps.get("mode") == "cached":
+        lines.append("  similarity pass: from the cache (nothing changed since)")
+    if s.get("compared_with_run") is not None:
+        lines.append(f"  masters changed since run {s['compared_with_run']}: {s.get('masters_changed', 0):,}")
     ov = s.get("overrides_respected") or {}
     if any(ov.values()):
         lines.append(f"  reviewer decisions respected: {ov.get('keep', 0)} kept, {ov.get('master', 0)} masters, "

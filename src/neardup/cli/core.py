@@ -137,13 +137,16 @@ def dedup(
     model: ModelOption = None,
     index: IndexOption = "exact",
     engine: EngineOption = "local",
+    group_score: Annotated[str, typer.Option("--group-score", help="How a group's scores are combined onto its master (group_score on the visible view and in export): sum, max or mean.")] = "sum",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     db: DbOption = DEFAULT_DB_PATH,
 ) -> None:
     """Group near-duplicates, keep one master per group, suppress the rest (reversibly: see restore).
 
     The run is applied in one transaction: a crash or Ctrl-C leaves the catalog as it was.
-    Reviewer decisions (keep, master, not-a-duplicate) are respected and counted.
+    Reviewer decisions (keep, master, not-a-duplicate) are respected and counted. The similarity
+    pass is cached and kept up to date: after new images arrive only new x all pairs are computed.
+    Each master carries its group's size and aggregated score (group_size, group_score).
     """
     from ..dedup import check_options
     from ..dedup import dedup as run_dedup
@@ -160,7 +163,7 @@ def dedup(
                               soft_wrap=True)
         with progress_callback("similarity pass") as prog:
             res = run_dedup(cat, threshold, model=model, mode=mode, bound=bound, prefer=prefer, dry_run=dry_run,
-                            index=index, engine=engine, progress=prog)
+                            index=index, engine=engine, progress=prog, group_score=group_score)
     _print_recall(res.forest, threshold)
     if as_json:
         typer.echo(json.dumps(res.summary, default=float))
@@ -229,7 +232,8 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Output file.")] = Path("groups.csv"),
     db: DbOption = DEFAULT_DB_PATH,
 ) -> None:
-    """Write one row per image of a run: image_id, group_id, master_id, is_master, is_suppressed, sim_to_master."""
+    """Write one row per image of a run: image_id, group_id, master_id, is_master, is_suppressed, sim_to_master,
+    group_size, group_score."""
     from ..dedup import export_run
 
     with open_catalog(db) as cat:

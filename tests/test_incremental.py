@@ -1,0 +1,205 @@
+"""Incremental passes equal a full recompute, against an independent brute-force reference.
+
+Vectors are canonical (rounded to multiples of 2**-11), so every float32 dot product of them is
+exact; the reference computes all pairs in float64 (exact too) and components with scipy, and
+bins the histogram by the documented rule. Sequences of adds, changes and removals (a vanished
+file, a "not a duplicate" decision) are drawn by hypothesis; after each step the cached forest
+must answer exactly what the reference says, and must have been updated, not recomputed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from neardup import Catalog
+from neardup.dedup import dedup, load_scope, similarity_forest
+from neardup.similarity.exact import exact_forest
+from neardup.similarity.incremental import RowSource, extend_forest, remove_nodes
+
+FLOOR = 0.95
+THRESHOLDS = (0.95, 0.97, 0.98, 0.99)
+
+
+def canon(X: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, np.float64)
+    X = X / np.linalg.norm(X, axis=1, keepdims=True)
+    return (np.rint(X * 2048) / 2048).astype(np.float32)
+
+
+def vectors(rng: np.random.Generator, n: int, d: int = 24, centres: np.ndarray | None = None) -> np.ndarray:
+    """Tight clusters around a few centres: many pairs in 0.95..1, chains, and singletons."""
+    if centres is None:
+        centres = rng.standard_normal((6, d))
+    c = centres[rng.integers(0, len(centres), n)]
+    return canon(c + rng.uniform(0.05, 0.3) * rng.standard_normal((n, d)))
+
+
+def ref(X: np.ndarray, t: float) -> tuple[np.ndarray, int]:
+    """Components of 'exact dot >= t' and the number of such pairs (float64, no renormalising)."""
+    X = np.asarray(X, np.float64)
+    S = X @ X.T
+    i, j = np.nonzero(np.triu(S >= t, 1))
+    g = coo_matrix((np.ones(len(i)), (i, j)), shape=(len(X), len(X)))
+    return connected_components(g, directed=False)[1], len(i)
+
+
+def ref_hist(X: np.ndarray, floor: float) -> np.ndarray:
+    """Pairs >= floor binned as documented: bin b = [floor + b*1e-5, floor + (b+1)*1e-5), 1.0 in the last."""
+    X = np.asarray(X, np.float64)
+    s = (X @ X.T)[np.triu_indices(len(X), 1)]
+    s = np.minimum(s[s >= floor], 1.0)
+    nbins = int(np.ceil((1.0 - floor) / 1e-5)) + 1
+    b = np.minimum(((s - floor) / 1e-5).astype(np.int64), nbins - 1)
+    return np.bincount(b, minlength=nbins)
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    pairs = set(zip(np.asarray(a).tolist(), np.asarray(b).tolist()))
+    return len(pairs) == len(set(np.asarray(a).tolist())) == len(set(np.asarray(b).tolist()))
+
+
+def check(forest, X: np.ndarray) -> None:
+    assert forest.n == len(X)
+    assert np.array_equal(forest.hist, ref_hist(X, forest.floor))
+    for t in (t for t in THRESHOLDS if t >= forest.floor):
+        labels, pairs = ref(X, t)
+        assert same_partition(forest.components(t), labels), t
+        assert forest.pair_count(t) == pairs, t
+
+
+# -- the forest updates alone -----------------------------------------------------------------
+@settings(max_examples=int(os.environ.get("NEARDUP_EXAMPLES", 25)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31), n0=st.integers(0, 120), n_add=st.integers(0, 60), frac_rm=st.floats(0, 0.6),
+       block=st.sampled_from([7, 32, 2048]))
+def test_remove_then_extend_equals_brute_force(seed, n0, n_add, frac_rm, block):
+    rng = np.random.default_rng(seed)
+    X0 = vectors(rng, n0)
+    f0 = exact_forest(X0, FLOOR) if n0 else None
+    removed = rng.random(n0) < frac_rm
+    edges = (f0.src, f0.dst, f0.weight) if n0 else (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.float32),)
+    hist = f0.hist.copy() if n0 else ref_hist(X0, FLOOR)
+    edges, lost, _ = remove_nodes(RowSource(X0), edges, FLOOR, removed, batch=block, block_rows=block, col_chunk=block)
+    assert not (removed[edges[0]].any() or removed[edges[1]].any())
+    hist -= lost
+    keep = np.flatnonzero(~removed)
+    renum = np.full(n0, -1)
+    renum[keep] = np.arange(len(keep))
+    X = np.concatenate([X0[keep], vectors(rng, n_add)])
+    seed_edges = (renum[edges[0]], renum[edges[1]], edges[2])
+    (s, d, w), added = extend_forest(RowSource(X), len(keep), seed_edges, FLOOR, block_rows=block, col_chunk=block)
+    from neardup.similarity.forest import SimilarityForest
+
+    check(SimilarityForest(len(X), s, d, w, FLOOR, hist + added), X)
+
+
+# -- the catalog: sequences of adds, changes and removals ---------------------------------------
+def _meta(ids, rng):
+    return pa.table({"id": pa.array(list(ids), pa.string()),
+                     "score": pa.array(np.round(rng.uniform(0, 5, len(ids)), 1)),
+                     "brightness": pa.array(rng.uniform(0.1, 0.9, len(ids)))})
+
+
+def _reference_run(cat: Catalog, t: float) -> tuple[dict[str, str], int]:
+    """master per image and pairs >= t, from the stored vectors and metadata alone (brute force)."""
+    es = cat.load_embeddings()
+    gone = {r[0] for r in cat.con.execute(
+        "SELECT id FROM images WHERE status IN ('missing', 'unreadable')").fetchall()} \
+        if "status" in cat.image_columns() else set()
+    gone |= {r[0] for r in cat.con.execute("SELECT image_id FROM overrides WHERE kind = 'not_duplicate'").fetchall()}
+    keep = np.array([i not in gone for i in es.ids.tolist()], bool)
+    ids = es.ids[keep]
+    X = np.asarray(es.vectors)[keep]
+    labels, pairs = ref(X, t)
+    meta = {r["id"]: r for r in cat.images(["id", "score", "brightness"]).to_pylist()}
+    best: dict[int, tuple] = {}
+    for lab, i in zip(labels.tolist(), ids.tolist()):
+        key = (-meta[i]["score"], -meta[i]["brightness"], i)
+        if lab not in best or key < best[lab]:
+            best[lab] = key
+    return {i: best[lab][2] for lab, i in zip(labels.tolist(), ids.tolist())}, pairs
+
+
+ops = st.lists(st.tuples(st.sampled_from(["add", "change", "vanish", "not_dup", "return"]),
+                         st.integers(1, 25)), min_size=1, max_size=5)
+
+
+@settings(max_examples=int(os.environ.get("NEARDUP_EXAMPLES", 12)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**31), steps=ops)
+def test_dedup_after_adds_changes_removals_equals_reference(tmp_path_factory, seed, steps):
+    rng = np.random.default_rng(seed)
+    db = tmp_path_factory.mktemp("inc") / "cat.duckdb"
+    centres = rng.standard_normal((6, 24))
+    next_id = 0
+
+    def new_ids(k):
+        nonlocal next_id
+        out = [f"i{next_id + j:05d}" for j in range(k)]
+        next_id += k
+        return out
+
+    with Catalog(db) as cat:
+        ids = new_ids(60)
+        cat.put_embeddings("m", ids, vectors(rng, 60, centres=centres), images=_meta(ids, rng))
+        assert dedup(cat, 0.98, dry_run=True, floor=FLOOR).forest.meta["update"]["mode"] == "full"
+        in_scope = set(ids)
+        for op, k in steps:
+            all_ids = cat.load_embeddings().ids.tolist()
+            pick = sorted(rng.choice(all_ids, min(k, len(all_ids)), replace=False).tolist())
+            if op == "add":
+                ids = new_ids(k)
+                cat.put_embeddings("m", ids, vectors(rng, k, centres=centres), images=_meta(ids, rng))
+            elif op == "change":
+                cat.put_embeddings("m", pick, vectors(rng, len(pick), centres=centres))
+            elif op in ("vanish", "return"):
+                status = "missing" if op == "vanish" else "ok"
+                cat.upsert_images(pa.table({"id": pick, "status": [status] * len(pick)}))
+            else:
+                for i in pick[:3]:
+                    cat.add_override(i, "not_duplicate")
+            t = float(rng.choice(THRESHOLDS))
+            res = dedup(cat, t, dry_run=True, floor=FLOOR)
+            upd = res.forest.meta["update"]
+            assert upd["mode"] in ("incremental", "cached"), upd
+            want_master, pairs = _reference_run(cat, t)
+            got = {r["image_id"]: r["master_id"] for r in res.members.to_pylist() if r["image_id"] in want_master}
+            assert got == want_master
+            assert res.summary["pairs"] == pairs
+            if op == "change":  # exactly the changed images that were in the last pass and still are
+                assert set(upd["changed_ids"]) == set(pick) & in_scope & set(want_master)
+            in_scope = set(want_master)
+
+
+def test_without_the_old_vectors_it_recomputes(db):
+    rng = np.random.default_rng(3)
+    with Catalog(db) as cat:
+        ids = [f"a{i}" for i in range(80)]
+        cat.put_embeddings("m", ids, vectors(rng, 80), images=_meta(ids, rng))
+        dedup(cat, 0.98, dry_run=True)
+        for p in (cat.sidecar / "forests").glob("*.vectors.npy"):
+            p.unlink()  # as on a file system without hard links
+        cat.put_embeddings("m", ids[:5], vectors(rng, 5))
+        res = dedup(cat, 0.98, dry_run=True)
+        assert res.forest.meta["update"]["mode"] == "full"
+        check(res.forest, np.asarray(cat.load_embeddings().vectors))
+        # pure additions need no old vectors
+        for p in (cat.sidecar / "forests").glob("*.vectors.npy"):
+            p.unlink()
+        more = [f"b{i}" for i in range(30)]
+        cat.put_embeddings("m", more, vectors(rng, 30), images=_meta(more, rng))
+        res = dedup(cat, 0.98, dry_run=True)
+        assert res.forest.meta["update"]["mode"] == "incremental" and res.forest.meta["update"]["added"] == 30
+        check(res.forest, np.asarray(cat.load_embeddings().vectors))
+        # the cache answers at once when nothing changed, and a full pass agrees with it
+        assert dedup(cat, 0.98, dry_run=True).forest.meta["update"]["mode"] == "cached"
+        full = similarity_forest(cat, 0.98, scope=load_scope(cat), use_cache=False)
+        assert np.array_equal(full.hist, res.forest.hist)
