@@ -203,3 +203,32 @@ def test_without_the_old_vectors_it_recomputes(db):
         assert dedup(cat, 0.98, dry_run=True).forest.meta["update"]["mode"] == "cached"
         full = similarity_forest(cat, 0.98, scope=load_scope(cat), use_cache=False)
         assert np.array_equal(full.hist, res.forest.hist)
+
+
+def test_masters_change_only_for_a_higher_ranked_newcomer(db):
+    """masters_changed counts the last run's masters that lost their place, by brute force; each lost
+    it to a member ranked higher by the policy (score desc, brightness desc, id asc)."""
+    rng = np.random.default_rng(11)
+    centres = rng.standard_normal((6, 24))
+    with Catalog(db) as cat:
+        ids = [f"a{i:03d}" for i in range(120)]
+        cat.put_embeddings("m", ids, vectors(rng, 120, centres=centres), images=_meta(ids, rng))
+        first = dedup(cat, 0.97)
+        before = {r["image_id"]: r["master_id"] for r in first.members.to_pylist()}
+        more = [f"b{i:03d}" for i in range(30)]
+        cat.put_embeddings("m", more, vectors(rng, 30, centres=centres), images=_meta(more, rng))
+        second = dedup(cat, 0.97)
+        assert second.summary["pass"]["mode"] == "incremental" and second.summary["compared_with_run"] == first.run_id
+        want, _ = _reference_run(cat, 0.97)
+        got = {r["image_id"]: r["master_id"] for r in second.members.to_pylist()}
+        assert got == want
+        old_masters = {m for m in before.values()}
+        lost = {m for m in old_masters if want[m] != m}
+        assert lost and second.summary["masters_changed"] == len(lost)
+        meta = {r["id"]: r for r in cat.images(["id", "score", "brightness"]).to_pylist()}
+        key = lambda i: (-meta[i]["score"], -meta[i]["brightness"], i)  # noqa: E731
+        for m in lost:
+            assert key(want[m]) < key(m)
+        # nothing new: nothing recomputed, no master changes
+        third = dedup(cat, 0.97)
+        assert third.summary["pass"]["mode"] == "cached" and third.summary["masters_changed"] == 0
