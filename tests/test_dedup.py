@@ -158,7 +158,8 @@ def test_export_one_row_per_image(db, tmp_path, fmt):
     else:
         import json
         t = pa.Table.from_pylist(json.loads(out.read_text()))
-    assert t.column_names == ["image_id", "group_id", "master_id", "is_master", "is_suppressed", "sim_to_master"]
+    assert t.column_names == ["image_id", "group_id", "master_id", "is_master", "is_suppressed", "sim_to_master",
+                              "group_size", "group_score"]
     rows = t.to_pylist()
     assert sorted(r["image_id"] for r in rows) == sorted(c.ids)
     singles = [r for r in rows if r["image_id"] == r["master_id"] and

@@ -43,7 +43,7 @@ class RowSource:
     def __init__(self, X: np.ndarray, order: np.ndarray | None = None) -> None:
         self.X = X
         self.order = None if order is None else np.asarray(order, dtype=np.int64)
-        if self.order is not None and len(self.order) and np.array_equal(self.order, np.arange(len(self.order))):
+        if self.order is not None and len(self.order) == len(X) and np.array_equal(self.order, np.arange(len(X))):
             self.order = None  # identity: plain slices, no gather
         self.n = len(X) if self.order is None else len(self.order)
 

@@ -1,0 +1,103 @@
+"""Commands for a source that keeps adding: match (new images against a catalog) and estimate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import typer
+
+from ..errors import InputError
+from .app import DEFAULT_DB_PATH, app, console, err_console, open_catalog, progress_callback
+
+_VECTOR_SUFFIXES = (".npy", ".parquet", ".pq")
+
+
+def _query_vectors(queries: Path, ids: Optional[Path], model: str, id_column: str,
+                   vector_column: Optional[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Query ids and vectors: read from .npy/.parquet, or embedded from photos with the catalog's model."""
+    from ..ingest import read_vectors
+
+    if queries.suffix.lower() in _VECTOR_SUFFIXES:
+        return read_vectors(queries, ids, id_column=id_column, vector_column=vector_column)
+    if ids is not None:
+        raise InputError("--ids goes with a .npy of query vectors; photos are named by their paths")
+    from ..embed import canonical_name, get_model
+    from ..sources import iter_image_paths
+
+    try:
+        canonical_name(model)
+    except InputError:
+        raise InputError(f"the catalog's vectors (model {model!r}) were imported, so photos cannot be embedded "
+                         "the same way; give query vectors (.npy with --ids, or .parquet)") from None
+    if not queries.exists():
+        raise InputError(f"{queries}: no such file or folder")
+    paths = iter_image_paths([queries])
+    if not paths:
+        raise InputError(f"{queries}: no images found")
+    m = get_model(model)
+    m.check_usable()
+    vecs = []
+    with progress_callback(f"embedding {len(paths):,} photos with {model}") as prog:
+        for s in range(0, len(paths), 32):
+            vecs.append(m.embed_files(paths[s:s + 32]))
+            prog(min(s + 32, len(paths)), len(paths))
+    return np.asarray(paths, dtype=object), np.concatenate(vecs)
+
+
+@app.command()
+def match(
+    queries: Annotated[Optional[Path], typer.Argument(help="Query vectors (.npy with --ids, or .parquet with id and vector columns), or a folder / list of photos (embedded with the catalog's model). Leave out with --leakage.")] = None,
+    against: Annotated[Path, typer.Option("--against", "--db", help="The catalog to match against (opened read-only: nothing is written).")] = DEFAULT_DB_PATH,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Report every catalog image at or above this similarity (default: the model's).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output: .csv, .parquet or .json with query_id, match_id, similarity, rank.")] = Path("matches.csv"),
+    fmt: Annotated[Optional[str], typer.Option("--format", help="csv, parquet or json (default: from --out's suffix).")] = None,
+    ids: Annotated[Optional[Path], typer.Option("--ids", help="With a .npy: one query id per line, in row order.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="The catalog's embedding model to match in (default: its most recent).")] = None,
+    visible_only: Annotated[bool, typer.Option("--visible-only", help="Match only the catalog's visible images (default: every image, suppressed ones too).")] = False,
+    leakage: Annotated[bool, typer.Option("--leakage", help="No queries: match one split of the catalog against another (a metadata column, see --split-column).")] = False,
+    split_column: Annotated[str, typer.Option("--split-column", help="--leakage: the metadata column naming each image's split.")] = "split",
+    splits: Annotated[Optional[str], typer.Option("--splits", help="--leakage: QUERY,REFERENCE splits (default: the only two, smaller against larger).")] = None,
+    id_column: Annotated[str, typer.Option("--id-column", help="Parquet queries: the id column.")] = "id",
+    vector_column: Annotated[Optional[str], typer.Option("--vector-column", help="Parquet queries: the vector column.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """For each query: its best catalog match and every catalog image >= t. Never suppresses anything.
+
+    Exact: one float32 GEMM of the queries against every catalog vector. Rows are ranked per
+    query by similarity (ties: smaller match id first); a query with nothing >= t still gets its
+    best match (rank 1, similarity below t). --leakage reports the images of one split that have
+    a near-duplicate in another.
+    """
+    from ..match import leakage as run_leakage
+    from ..match import match as run_match
+    from ..match import write_matches
+    from ..thresholds import default_threshold
+
+    if leakage and queries is not None:
+        raise InputError("--leakage matches two splits of the catalog: give no queries")
+    if not leakage and queries is None:
+        raise InputError("give query vectors or photos to match (or --leakage)")
+    with open_catalog(against, read_only=True) as cat:
+        name = model or cat.default_model()
+        t = default_threshold(cat, name) if threshold is None else threshold
+        with progress_callback("matching") as prog:
+            if leakage:
+                split_pair = [s.strip() for s in splits.split(",")] if splits else None
+                res = run_leakage(cat, t, split_column=split_column, splits=split_pair, model=name, progress=prog)
+            else:
+                qids, vecs = _query_vectors(queries, ids, name, id_column, vector_column)
+                res = run_match(cat, vecs, qids, t, model=name, progress=prog)
+    write_matches(res.table, out, fmt)
+    s = res.summary
+    if as_json:
+        typer.echo(json.dumps(s))
+        return
+    what = (f"{s['queries']:,} images of split {s['query_split']!r} against {s['catalog']:,} of {s['reference_split']!r}"
+            if leakage else f"{s['queries']:,} queries against {s['catalog']:,} catalog images")
+    console.print(f"{what} (model {s['model']}, threshold {s['threshold']}, exact): "
+                  f"{s['with_match']:,} have a match >= t, {s['without_match']:,} do not; "
+                  f"{s['rows']:,} rows written to {out}")
+    err_console.print("nothing in the catalog was changed", style="dim")

@@ -1,0 +1,150 @@
+"""match: every query's best catalog match and every match >= t, against brute force; nothing written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_incremental import canon
+
+from neardup import Catalog, InputError
+from neardup.match import leakage, match, match_matrix, rank_matches
+from neardup.similarity.incremental import RowSource
+
+
+def brute_force(Q: np.ndarray, qids, X: np.ndarray, cids, t: float, tol: float = 0.0) -> dict[str, list[tuple[str, float]]]:
+    """Per query: [(match id, similarity)] in rank order -- every s >= t by (s desc, id asc), else the best one."""
+    S = np.asarray(Q, np.float64) @ np.asarray(X, np.float64).T
+    out = {}
+    for qi, q in enumerate(qids):
+        items = sorted(((-S[qi, j], str(cids[j])) for j in range(len(cids))))
+        hits = [(c, -s) for s, c in items if -s >= t - tol]
+        out[q] = hits if hits else [(items[0][1], -items[0][0])]
+    return out
+
+
+def as_lists(table: pa.Table) -> dict[str, list[tuple[str, float]]]:
+    out: dict[str, list[tuple[str, float]]] = {}
+    for r in table.to_pylist():
+        out.setdefault(r["query_id"], []).append((r["match_id"], r["similarity"], r["rank"]))
+    for q, rows in out.items():
+        assert [r[2] for r in rows] == list(range(1, len(rows) + 1))
+        out[q] = [(m, s) for m, s, _ in rows]
+    return out
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31), nq=st.integers(1, 70), n=st.integers(1, 300), dup=st.integers(0, 20),
+       t=st.sampled_from([0.9, 0.95, 0.98, 0.999]), block=st.sampled_from([3, 64, 8192]))
+def test_exact_matching_equals_brute_force(seed, nq, n, dup, t, block):
+    """Canonical vectors: float32 dots are exact, so the comparison is exact -- ties included
+    (duplicated catalog rows tie exactly and must come out by id)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((5, 20))
+    X = canon(centres[rng.integers(0, 5, n)] + 0.2 * rng.standard_normal((n, 20)))
+    if dup:
+        X = np.concatenate([X, X[rng.integers(0, n, dup)]])
+    perm = rng.permutation(len(X))
+    X = X[perm]
+    cids = np.asarray([f"c{rng.integers(0, 10**6):06d}-{i}" for i in range(len(X))], dtype=object)
+    Q = canon(centres[rng.integers(0, 5, nq)] + 0.2 * rng.standard_normal((nq, 20)))
+    qids = np.asarray([f"q{i}" for i in range(nq)], dtype=object)
+    keys = np.empty(len(cids), np.int64)
+    keys[np.argsort(cids.astype(str), kind="stable")] = np.arange(len(cids))
+    q, c, s, best_c, best_v = match_matrix(Q, RowSource(X), keys, t, query_block=block, col_chunk=block)
+    got = as_lists(rank_matches(qids, cids, q, c, s, best_c, best_v))
+    assert got == brute_force(Q, qids, X, cids, t)
+
+
+def _catalog(db, rng, n=400, d=24):
+    centres = rng.standard_normal((8, d))
+    X = canon(centres[rng.integers(0, 8, n)] + 0.15 * rng.standard_normal((n, d)))
+    ids = [f"img{i:04d}" for i in range(n)]
+    split = np.where(rng.random(n) < 0.3, "test", "train")
+    with Catalog(db) as cat:
+        cat.put_embeddings("m", ids, X, images=pa.table({"id": ids, "split": split.tolist()}))
+    return centres, X, ids, split
+
+
+def test_match_and_leakage_against_brute_force_write_nothing(db, tmp_path):
+    rng = np.random.default_rng(4)
+    centres, X, ids, split = _catalog(db, rng)
+    Q = centres[rng.integers(0, 8, 50)] + 0.15 * rng.standard_normal((50, 24))
+    qids = [f"new{i}" for i in range(50)]
+    before = db.read_bytes()
+    with Catalog(db, read_only=True) as cat:
+        res = match(cat, Q, qids, 0.95)
+        lk = leakage(cat, 0.95)
+    assert db.read_bytes() == before  # nothing written
+    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    want = brute_force(Qn, qids, X, ids, 0.95)
+    got = as_lists(res.table)
+    assert set(got) == set(qids)
+    for q in qids:  # float32 similarities of normalised (off-grid) queries: compare to 1e-6
+        g, w = got[q], want[q]
+        assert [m for m, _ in g if abs(dict(w).get(m, 0) - 0.95) > 1e-6] == \
+            [m for m, _ in w if abs(dict(w)[m] - 0.95) > 1e-6] or len(g) == len(w)
+        for (mg, sg), (mw, sw) in zip(g, w):
+            assert abs(sg - sw) < 1e-6
+    assert res.summary["with_match"] == sum(1 for q in qids if want[q][0][1] >= 0.95)
+    # leakage: the test split (smaller) against train, exactly (both sides canonical, from the store)
+    te = [i for i, s in zip(ids, split) if s == "test"]
+    tr = [i for i, s in zip(ids, split) if s == "train"]
+    pos = {k: i for i, k in enumerate(ids)}
+    want = brute_force(X[[pos[i] for i in te]], te, X[[pos[i] for i in tr]], np.asarray(tr, object), 0.95)
+    assert as_lists(lk.table) == want
+    assert lk.summary["query_split"] == "test" and lk.summary["reference_split"] == "train"
+    assert lk.summary["with_match"] == sum(1 for q in te if want[q][0][1] >= 0.95)
+
+
+def test_cli_match_formats_and_bad_input(db, tmp_path):
+    rng = np.random.default_rng(5)
+    centres, X, ids, _ = _catalog(db, rng, n=120)
+    Q = canon(centres[rng.integers(0, 8, 10)] + 0.15 * rng.standard_normal((10, 24)))
+    np.save(tmp_path / "q.npy", Q)
+    (tmp_path / "q.txt").write_text("\n".join(f"q{i}" for i in range(10)) + "\n")
+    before = db.read_bytes()
+    neardup = [sys.executable, "-m", "neardup"]
+    for suffix in ("csv", "parquet", "json"):
+        out = tmp_path / f"m.{suffix}"
+        r = subprocess.run([*neardup, "match", str(tmp_path / "q.npy"), "--ids", str(tmp_path / "q.txt"),
+                            "--against", str(db), "--threshold", "0.97", "--out", str(out), "--json"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        summary = json.loads(r.stdout)
+        table = pq.read_table(out) if suffix == "parquet" else (
+            pa.Table.from_pylist(json.loads(out.read_text())) if suffix == "json" else
+            __import__("pyarrow.csv", fromlist=["read_csv"]).read_csv(out))
+        assert table.column_names == ["query_id", "match_id", "similarity", "rank"]
+        assert summary["queries"] == 10 and table.num_rows == summary["rows"] >= 10
+    # bad input: one line naming the problem, exit 2, catalog unchanged
+    (tmp_path / "short.txt").write_text("q0\nq1\n")
+    r = subprocess.run([*neardup, "match", str(tmp_path / "q.npy"), "--ids", str(tmp_path / "short.txt"),
+                        "--against", str(db), "--out", str(tmp_path / "x.csv")], capture_output=True, text=True)
+    assert r.returncode == 2 and "2 ids but" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    np.save(tmp_path / "wrong.npy", Q[:, :10])
+    r = subprocess.run([*neardup, "match", str(tmp_path / "wrong.npy"), "--ids", str(tmp_path / "q.txt"),
+                        "--against", str(db), "--out", str(tmp_path / "x.csv")], capture_output=True, text=True)
+    assert r.returncode == 2 and "dimension 10" in r.stderr
+    r = subprocess.run([*neardup, "match", "--leakage", "--split-column", "fold", "--against", str(db),
+                        "--out", str(tmp_path / "x.csv")], capture_output=True, text=True)
+    assert r.returncode == 2 and "no 'fold' column" in r.stderr
+    assert db.read_bytes() == before
+
+
+def test_leakage_needs_two_splits(db):
+    rng = np.random.default_rng(6)
+    _catalog(db, rng, n=30)
+    with Catalog(db) as cat:
+        cat.upsert_images(pa.table({"id": ["img0000"], "split": ["val"]}))
+        with pytest.raises(InputError, match="holds 3 splits"):
+            leakage(cat, 0.9)
+        res = leakage(cat, 0.9, splits=["val", "train"])
+        assert res.summary["queries"] == 1
