@@ -496,7 +496,7 @@ def test_large_collections_use_the_cached_pass_for_the_sweep(catalog: dict, monk
 
     monkeypatch.setattr(D, "SWEEP_AUTO_MAX", 10)
     forests = catalog["db"].with_name(catalog["db"].name + ".d") / "forests"
-    assert sorted(p.name.rsplit("-f", 1)[1] for p in forests.glob("*.npz")) == ["0.980000.npz"]
+    assert sorted(p.name.rsplit("-f", 1)[1] for p in forests.glob("*.npz")) == ["0.980000.state.npz"]
     app = create_app(catalog["db"], idle_close_s=0)
     with TestClient(app, base_url="http://127.0.0.1:8765", raise_server_exceptions=False) as c:
         html = re.sub(r"\s+", " ", c.get("/").text)

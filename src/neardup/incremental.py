@@ -236,4 +236,39 @@ def _update(state: ForestState, path: Path, scope: "Scope", fps: np.ndarray,
     return forest, info
 
 
-__all__ = ["ForestState", "cached_forest", "row_fingerprints"]
+def whole_catalog_forests(catalog: "Catalog", model: str) -> list[tuple[float, Path]]:
+    """Cached forests of the whole current embedding set of ``model`` (node = row), as (floor, path).
+
+    Incremental states count only when synced to the current version with nothing left out;
+    plain forest files (the ANN pass) by their name. Load either with :func:`load_forest`.
+    """
+    d = catalog.sidecar / "forests"
+    row = catalog.one("SELECT version FROM embedding_sets WHERE model = ?", [model])
+    if not d.is_dir() or row is None:
+        return []
+    version = int(row[0])
+    out: list[tuple[float, Path]] = []
+    for p in d.glob(f"{model}-v{version}-all-*-f*.npz"):
+        with contextlib.suppress(ValueError):
+            out.append((float(p.name.rsplit("-f", 1)[1][:-4]), p))
+    prefix = f"{model}-exact-f"
+    for p in d.glob(prefix + "*.state.npz"):
+        try:
+            floor = float(p.name[len(prefix):-len(".state.npz")])
+            with np.load(p) as z:
+                synced = str(z["synced"])
+        except Exception:
+            continue
+        if synced == f"{model}-v{version}-all":
+            out.append((floor, p))
+    return sorted(out)
+
+
+def load_forest(path: Path) -> SimilarityForest:
+    """A cached forest from a state file or a plain forest file."""
+    if path.name.endswith(".state.npz"):
+        return ForestState.load(path).forest
+    return SimilarityForest.load(path)
+
+
+__all__ = ["ForestState", "cached_forest", "load_forest", "row_fingerprints", "whole_catalog_forests"]

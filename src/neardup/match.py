@@ -36,6 +36,8 @@ FORMATS = ("csv", "parquet", "json")
 def _scan_match(S, col0, t32, key, best_v, best_k, best_c, out_q, out_c, out_s, out_n, row0, row_lo, row_hi):
     """Per row of one block: update the best match (ties: smaller key) and collect hits >= t.
 
+    One 64-wide compare per chunk against min(best so far, t): the set bits are the hits and the
+    candidates for a new best (after a row's first chunks, almost never one below t).
     Thread t owns rows [row_lo[t], row_hi[t]); it stops early when its buffer might overflow and
     leaves row_lo[t] at the first row it did not do (the caller empties buffers and calls again).
     """
@@ -52,33 +54,28 @@ def _scan_match(S, col0, t32, key, best_v, best_k, best_c, out_q, out_c, out_s, 
             bk = best_k[q]
             bc = best_c[q]
             for c_lo in range(0, ncols, 64):
-                c_hi = min(c_lo + 64, ncols)
-                m = S[r, c_lo]
-                for c in range(c_lo + 1, c_hi):
-                    m = max(m, S[r, c])
-                if m >= bv:
-                    for c in range(c_lo, c_hi):
-                        v = S[r, c]
-                        if v == m:
-                            k = key[col0 + c]
-                            if v > bv or k < bk:
-                                bv = v
-                                bk = k
-                                bc = col0 + c
-                if m >= t32:
-                    if c_hi - c_lo == 64:
-                        mask = ge_mask64(S, r, c_lo, t32)
-                    else:
-                        mask = np.uint64(0)
-                        for c in range(c_lo, c_hi):
-                            if S[r, c] >= t32:
-                                mask |= np.uint64(1) << np.uint64(c - c_lo)
-                    while mask:
-                        c = c_lo + lowest_bit(mask)
-                        mask &= mask - np.uint64(1)
+                lim = bv if bv < t32 else t32
+                if c_lo + 64 <= ncols:
+                    mask = ge_mask64(S, r, c_lo, lim)
+                else:
+                    mask = np.uint64(0)
+                    for c in range(c_lo, ncols):
+                        if S[r, c] >= lim:
+                            mask |= np.uint64(1) << np.uint64(c - c_lo)
+                while mask:
+                    c = c_lo + lowest_bit(mask)
+                    mask &= mask - np.uint64(1)
+                    v = S[r, c]
+                    if v >= bv:
+                        k = key[col0 + c]
+                        if v > bv or k < bk:
+                            bv = v
+                            bk = k
+                            bc = col0 + c
+                    if v >= t32:
                         out_q[t, cnt] = q
                         out_c[t, cnt] = col0 + c
-                        out_s[t, cnt] = S[r, c]
+                        out_s[t, cnt] = v
                         cnt += 1
             best_v[q] = bv
             best_k[q] = bk
@@ -103,7 +100,7 @@ def match_matrix(queries: np.ndarray, catalog: RowSource, keys: np.ndarray, thre
     best_k = np.full(nq, np.iinfo(np.int64).max, dtype=np.int64)
     best_c = np.full(nq, -1, dtype=np.int64)
     T = max(1, int(nb.get_num_threads()))
-    cap = 4 * col_chunk + 4096
+    cap = 32 * col_chunk + 4096  # rows with thousands of hits (a dense group) need room
     out_q, out_c = np.empty((T, cap), np.int64), np.empty((T, cap), np.int64)
     out_s = np.empty((T, cap), np.float32)
     hits: list[tuple[np.ndarray, ...]] = []

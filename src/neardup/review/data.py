@@ -142,23 +142,13 @@ def sweep_range(chosen: float | None) -> tuple[float, float]:
 
 def cached_floor(cat: Catalog, model: str) -> float | None:
     """The lowest floor of a whole-collection similarity forest already on disk for ``model`` (None: none)."""
-    d = cat.sidecar / "forests"
-    if not d.is_dir():
-        return None
+    from ..incremental import whole_catalog_forests
+
     try:
-        version = _one(cat, "SELECT version FROM embedding_sets WHERE model = ?", [model])
+        found = whole_catalog_forests(cat, model)
     except Exception:
         return None
-    if version is None:
-        return None
-    best: float | None = None
-    for p in d.glob(f"{model}-v{version[0]}-all-*-f*.npz"):
-        try:
-            f = float(p.name.rsplit("-f", 1)[1][:-4])
-        except ValueError:
-            continue
-        best = f if best is None else min(best, f)
-    return best
+    return min(f for f, _ in found) if found else None
 
 
 def sweep_data(cat: Catalog, chosen: float | None, model: str | None = None, *,
@@ -405,23 +395,16 @@ def weakest_link(cat: Catalog, run: dict[str, Any], group_id: int) -> WeakestLin
 
 def _weakest_from_forest(cat: Catalog, model: str, version: int, rows: np.ndarray, t: float,
                          all_ids: np.ndarray) -> WeakestLink | None:
-    d = cat.sidecar / "forests"
-    if not d.is_dir():
-        return None
+    from ..incremental import load_forest, whole_catalog_forests
+
     best: tuple[float, Path] | None = None
-    for p in d.glob(f"{model}-v{version}-all-*-f*.npz"):
-        try:
-            f = float(p.name.rsplit("-f", 1)[1][:-4])
-        except ValueError:
-            continue
+    for f, p in whole_catalog_forests(cat, model):
         if f <= t + 1e-9 and (best is None or f > best[0]):
             best = (f, p)
     if best is None:
         return None
     try:
-        from ..similarity.forest import SimilarityForest
-
-        forest = SimilarityForest.load(best[1])
+        forest = load_forest(best[1])
     except Exception:
         return None
     if forest.n != len(all_ids):

@@ -53,6 +53,11 @@ class RowSource:
         idx = self.order[a:b]
         return np.ascontiguousarray(self.X[idx], dtype=np.float32)
 
+    def take_rows(self, nodes: np.ndarray) -> np.ndarray:
+        """Rows ``nodes`` of the working order (any order, float32, contiguous)."""
+        idx = np.asarray(nodes, dtype=np.int64)
+        return np.ascontiguousarray(self.X[idx if self.order is None else self.order[idx]], dtype=np.float32)
+
 
 def empty_edges() -> Edges:
     return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
