@@ -126,9 +126,10 @@ def estimate_vectors(X: np.ndarray, rank: np.ndarray, threshold: float, *, sampl
     while (z < 0).any() and computed < s + budget:
         want: list[int] = []
         picks: dict[int, list[int]] = {}
+        per = batch_per_sample << min(rounds, 4)  # fewer, larger rounds as the hard cases remain
         for k in np.flatnonzero(z < 0).tolist():
-            take = frontier[k][:batch_per_sample]
-            frontier[k] = frontier[k][batch_per_sample:]
+            take = frontier[k][:per]
+            frontier[k] = frontier[k][per:]
             picks[k] = take
             want += [v for v in take if v not in cache]
         want = sorted(set(want))[: max(0, s + budget - computed)]
