@@ -22,6 +22,7 @@ from scipy.sparse.csgraph import connected_components
 from neardup import Catalog
 from neardup.dedup import dedup, load_scope, similarity_forest
 from neardup.similarity.exact import exact_forest
+from neardup.similarity.forest import hist_bins
 from neardup.similarity.incremental import RowSource, extend_forest, remove_nodes
 
 FLOOR = 0.95
@@ -52,12 +53,15 @@ def ref(X: np.ndarray, t: float) -> tuple[np.ndarray, int]:
 
 
 def ref_hist(X: np.ndarray, floor: float) -> np.ndarray:
-    """Pairs >= floor binned as documented: bin b = [floor + b*1e-5, floor + (b+1)*1e-5), 1.0 in the last."""
+    """Pairs >= floor binned as documented: bin b = [(F + b)/1e5, (F + b + 1)/1e5) for a floor F/1e5,
+    similarities above 1 counted as 1, the last bin open above."""
     X = np.asarray(X, np.float64)
     s = (X @ X.T)[np.triu_indices(len(X), 1)]
     s = np.minimum(s[s >= floor], 1.0)
-    nbins = int(np.ceil((1.0 - floor) / 1e-5)) + 1
-    b = np.minimum(((s - floor) / 1e-5).astype(np.int64), nbins - 1)
+    F = int(round(floor * 1e5))
+    nbins = (100000 - F) + 1
+    lower = (F + np.arange(nbins)) / 1e5
+    b = np.searchsorted(lower, s, side="right") - 1
     return np.bincount(b, minlength=nbins)
 
 
@@ -68,7 +72,8 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
 
 def check(forest, X: np.ndarray) -> None:
     assert forest.n == len(X)
-    assert np.array_equal(forest.hist, ref_hist(X, forest.floor))
+    want = ref_hist(X, forest.floor)
+    assert np.array_equal(forest.hist[:len(want)], want) and not forest.hist[len(want):].any()
     for t in (t for t in THRESHOLDS if t >= forest.floor):
         labels, pairs = ref(X, t)
         assert same_partition(forest.components(t), labels), t
@@ -86,7 +91,7 @@ def test_remove_then_extend_equals_brute_force(seed, n0, n_add, frac_rm, block):
     f0 = exact_forest(X0, FLOOR) if n0 else None
     removed = rng.random(n0) < frac_rm
     edges = (f0.src, f0.dst, f0.weight) if n0 else (np.zeros(0, np.int64),) * 2 + (np.zeros(0, np.float32),)
-    hist = f0.hist.copy() if n0 else ref_hist(X0, FLOOR)
+    hist = f0.hist.copy() if n0 else np.zeros(hist_bins(FLOOR), np.int64)
     edges, lost, _ = remove_nodes(RowSource(X0), edges, FLOOR, removed, batch=block, block_rows=block, col_chunk=block)
     assert not (removed[edges[0]].any() or removed[edges[1]].any())
     hist -= lost

@@ -26,6 +26,7 @@ import pyarrow as pa
 from .catalog import Catalog
 from .errors import InputError
 from .similarity.bitmask import ge_mask64, lowest_bit
+from .similarity.forest import ceil_f32
 from .similarity.incremental import RowSource
 
 ProgressFn = Callable[[int, int], None]
@@ -95,7 +96,7 @@ def match_matrix(queries: np.ndarray, catalog: RowSource, keys: np.ndarray, thre
     """
     Q = np.ascontiguousarray(queries, dtype=np.float32)
     nq, n = len(Q), catalog.n
-    t32 = np.float32(threshold)
+    t32 = ceil_f32(threshold)  # exact float32 similarities: s >= t iff s >= t32
     best_v = np.full(nq, -np.inf, dtype=np.float32)
     best_k = np.full(nq, np.iinfo(np.int64).max, dtype=np.int64)
     best_c = np.full(nq, -1, dtype=np.int64)
@@ -165,12 +166,13 @@ def rank_matches(query_ids: np.ndarray, catalog_ids: np.ndarray, q: np.ndarray, 
 
 
 def _canonical(X: np.ndarray) -> np.ndarray:
-    """Round queries the way the catalog stores vectors (when this neardup stores canonical vectors)."""
+    """Round queries the way the catalog stores vectors, so every similarity is an exact dot product."""
+    from .similarity.canonical import canonical_vectors
+
     try:
-        from .similarity.canonical import canonical_vectors
-    except ImportError:  # pragma: no cover - before canonical storage
-        return X
-    return canonical_vectors(X)
+        return canonical_vectors(X)
+    except ValueError as exc:
+        raise InputError(f"queries: {exc}") from None
 
 
 def _catalog_side(cat: Catalog, model: str | None, ids: Sequence[str] | None = None,

@@ -31,7 +31,7 @@ import numpy as np
 
 from .exact import (_refresh_labels, filter_levels, level_of_bin, merge_kept_edges, scan_kept_edges,
                     thread_row_bounds)
-from .forest import _hist_bin, _labels, hist_bins
+from .forest import _hist_bin, _labels, ceil_f32, hist_bins, hist_edges
 
 Edges = tuple[np.ndarray, np.ndarray, np.ndarray]
 ProgressFn = Callable[[int, int], None]
@@ -113,9 +113,9 @@ def extend_forest(rows: RowSource, m: int, forest: Edges, floor: float, *, block
 
 
 @nb.njit(cache=True)
-def _bin_counts(vals: np.ndarray, floor: float, nbins: int, out: np.ndarray) -> None:
+def _bin_counts(vals: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:
     for k in range(vals.shape[0]):
-        b, _ = _hist_bin(vals[k], floor, nbins)
+        b, _ = _hist_bin(vals[k], edges)
         out[b] += 1
 
 
@@ -151,7 +151,8 @@ def remove_nodes(old_rows: RowSource, forest: Edges, floor: float, removed: np.n
     members = members[np.argsort(labels[members], kind="stable")]
     m_lab = labels[members]
     r_lab = labels[R]
-    f32 = np.float32(floor)
+    f32 = ceil_f32(floor)  # similarities are exact float32 values: s >= floor iff s >= f32
+    edges = hist_edges(floor)
     for i0, i1 in _label_batches(m_lab, batch):
         ms = np.sort(members[i0:i1])
         lo = int(np.searchsorted(r_lab, m_lab[i0], side="left"))
@@ -169,7 +170,7 @@ def remove_nodes(old_rows: RowSource, forest: Edges, floor: float, removed: np.n
             # each pair once: a removed row pairs with every survivor, and with removed rows after it
             later = ~rem_m[None, :] | (np.arange(len(ms))[None, :] > p[:, None])
             hit = (S >= f32) & same & later
-            _bin_counts(S[hit], float(floor), nbins, lost)
+            _bin_counts(S[hit], edges, lost)
     # -- forest: survivors' edges; pieces; rescan each touched component's smaller pieces
     keep_e = ~removed[src] & ~removed[dst]
     s_src, s_dst, s_w = src[keep_e], dst[keep_e], w[keep_e]
