@@ -237,3 +237,38 @@ def test_masters_change_only_for_a_higher_ranked_newcomer(db):
         # nothing new: nothing recomputed, no master changes
         third = dedup(cat, 0.97)
         assert third.summary["pass"]["mode"] == "cached" and third.summary["masters_changed"] == 0
+
+
+def test_decisions_survive_except_on_changed_or_vanished_images(db):
+    """A reviewer decision stands until its own image changes (new vector) or vanishes; then exactly
+    that image's decisions move to overrides_invalidated, with the reason; every other decision stays."""
+    rng = np.random.default_rng(21)
+    centres = rng.standard_normal((4, 24))
+    ids = [f"d{i:03d}" for i in range(60)]
+    with Catalog(db) as cat:
+        cat.put_embeddings("m", ids, vectors(rng, 60, centres=centres), images=_meta(ids, rng))
+        cat.add_override("d001", "keep")
+        cat.add_override("d002", "master")
+        cat.add_override("d003", "not_duplicate")
+        cat.add_override("d004", "keep")
+        cat.add_override("d005", "keep")
+        dedup(cat, 0.97)
+        assert {r[0] for r in cat.con.execute("SELECT image_id FROM overrides").fetchall()} == \
+            {"d001", "d002", "d003", "d004", "d005"}
+        cat.put_embeddings("m", ["d001", "d003"], vectors(rng, 2, centres=centres))      # changed
+        cat.upsert_images(pa.table({"id": ["d004"], "status": ["missing"]}))           # vanished
+        cat.put_embeddings("m", ["d005"], np.asarray(cat.load_embeddings().vectors)[[ids.index("d005")]])  # same vector
+        dry = dedup(cat, 0.97, dry_run=True)
+        assert dry.summary["decisions_invalidated"] == {"changed": 2, "vanished": 1}
+        assert cat.scalar("SELECT count(*) FROM overrides") == 5      # a dry run moves nothing
+        res = dedup(cat, 0.97)
+        assert res.summary["decisions_invalidated"] == {"changed": 2, "vanished": 1}
+        left = {(r[0], r[1]) for r in cat.con.execute("SELECT image_id, kind FROM overrides").fetchall()}
+        assert left == {("d002", "master"), ("d005", "keep")}
+        moved = {(r[0], r[1], r[2]) for r in cat.con.execute(
+            "SELECT image_id, kind, reason FROM overrides_invalidated").fetchall()}
+        assert moved == {("d001", "keep", "changed"), ("d003", "not_duplicate", "changed"), ("d004", "keep", "vanished")}
+        # the run respects what is left and nothing else: d003 is back in the pass
+        rows = {r["image_id"]: r for r in res.members.to_pylist()}
+        assert "d004" not in rows and res.summary["overrides_respected"]["not_duplicate"] == 0
+        assert "decisions_invalidated" not in dedup(cat, 0.97, dry_run=True).summary

@@ -67,8 +67,11 @@ CREATE TABLE IF NOT EXISTS calibrations(
     target DOUBLE, objective VARCHAR, judgments BIGINT, created_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS group_reviews(
     run_id INTEGER, group_id BIGINT, decision VARCHAR, detail VARCHAR, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS decision_basis(image_id VARCHAR NOT NULL, model VARCHAR NOT NULL, fingerprint UBIGINT);
+CREATE TABLE IF NOT EXISTS overrides_invalidated(
+    image_id VARCHAR, kind VARCHAR, created_at TIMESTAMP, note VARCHAR, invalidated_at TIMESTAMP, reason VARCHAR);
 """
-_LATER_TABLES = ("judgments", "calibrations", "group_reviews")
+_LATER_TABLES = ("judgments", "calibrations", "group_reviews", "decision_basis", "overrides_invalidated")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -683,6 +686,9 @@ class Catalog:
                 raise InputError(f"no image {image_id!r} in the catalog")
             self.con.execute("DELETE FROM overrides WHERE image_id = ? AND kind = ?", [image_id, kind])
             self.con.execute("INSERT INTO overrides VALUES (?, ?, ?, ?)", [image_id, kind, _now(), note])
+            from .incremental import record_decision_basis  # what the decision was made on (see dedup)
+
+            record_decision_basis(self, image_id)
             self._recompute_suppression()
             self.describe(f"recorded the decision {kind!r} for image {image_id!r}")
 

@@ -207,6 +207,14 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
     policy = parse_policy(prefer)
     policy_text = ",".join(f"{k} {'desc' if d else 'asc'}" for k, d in policy)
     overrides = catalog.overrides()
+    # decisions on images whose vector changed or whose file vanished since no longer apply
+    from .incremental import invalidate_decisions, stale_decisions
+
+    stale = stale_decisions(catalog, model or catalog.default_model())
+    if stale:
+        if not dry_run:
+            invalidate_decisions(catalog, stale)
+        overrides = {k: v - set(stale) for k, v in overrides.items()}
     base = load_scope(catalog, model, ids)
     not_dup = overrides["not_duplicate"] & set(base.ids.tolist())
     scope = load_scope(catalog, base.model, base.ids.tolist() if ids is not None else None, exclude=sorted(not_dup)) \
@@ -306,6 +314,8 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
         overrides_respected=dict(keep=int((would_suppress & kept_flag).sum()), master=len(forced),
                                  not_duplicate=len(not_dup)),
     )
+    if stale:
+        summary["decisions_invalidated"] = {r: sum(1 for v in stale.values() if v == r) for r in ("changed", "vanished")}
     update = (forest.meta or {}).get("update")
     if update:
         summary["pass"] = {k: v for k, v in update.items() if k != "changed_ids"}

@@ -236,6 +236,66 @@ def _update(state: ForestState, path: Path, scope: "Scope", fps: np.ndarray,
     return forest, info
 
 
+def _vector_fingerprints(catalog: "Catalog", model: str, ids: list[str]) -> dict[str, int]:
+    """Fingerprint of the current vector of each id that has one for ``model``."""
+    if not ids:
+        return {}
+    _, _, vectors = catalog.embedding_vectors(model)
+    rows, found = catalog.embedding_rows(model, ids)
+    if not len(rows):
+        return {}
+    fps = row_fingerprints(np.asarray(vectors[rows]))
+    return {str(i): int(f) for i, f in zip(found.tolist(), fps.tolist())}
+
+
+def record_decision_basis(catalog: "Catalog", image_id: str) -> None:
+    """Remember what a reviewer decided on: the image's current vector under every model (its fingerprint)."""
+    for m in catalog.embedding_models():
+        fp = _vector_fingerprints(catalog, m["model"], [image_id]).get(image_id)
+        catalog.con.execute("DELETE FROM decision_basis WHERE image_id = ? AND model = ?", [image_id, m["model"]])
+        if fp is not None:
+            catalog.con.execute("INSERT INTO decision_basis VALUES (?, ?, ?)", [image_id, m["model"], fp])
+
+
+def stale_decisions(catalog: "Catalog", model: str) -> dict[str, str]:
+    """Images whose reviewer decisions no longer apply: ``{id: "changed" | "vanished"}``.
+
+    Changed: the image's vector differs from the one the decision was made on. Vanished: its file
+    is missing or unreadable. Every other decision stands.
+    """
+    decided = sorted({r[0] for r in catalog.con.execute("SELECT DISTINCT image_id FROM overrides").fetchall()})
+    if not decided:
+        return {}
+    gone = catalog.unavailable_ids()
+    out = {i: "vanished" for i in decided if i in gone}
+    basis = {r[0]: int(r[1]) for r in catalog.con.execute(
+        "SELECT image_id, fingerprint FROM decision_basis WHERE model = ?", [model]).fetchall()}
+    now = _vector_fingerprints(catalog, model, [i for i in decided if i in basis and i not in out])
+    out.update({i: "changed" for i, fp in now.items() if fp != basis[i]})
+    return out
+
+
+def invalidate_decisions(catalog: "Catalog", stale: dict[str, str]) -> int:
+    """Move the decisions of ``stale`` images to ``overrides_invalidated`` (kept, with the reason); one transaction."""
+    if not stale:
+        return 0
+    import pyarrow as pa
+
+    t = pa.table({"image_id": list(stale), "reason": list(stale.values())})
+    with catalog.transaction() as con:
+        con.register("_stale", t)
+        try:
+            n = con.execute("SELECT count(*) FROM overrides SEMI JOIN _stale USING (image_id)").fetchone()[0]
+            con.execute("INSERT INTO overrides_invalidated SELECT o.image_id, o.kind, o.created_at, o.note, "
+                        "current_timestamp, s.reason FROM overrides o JOIN _stale s USING (image_id)")
+            con.execute("DELETE FROM overrides WHERE image_id IN (SELECT image_id FROM _stale)")
+            con.execute("DELETE FROM decision_basis WHERE image_id IN (SELECT image_id FROM _stale)")
+        finally:
+            con.unregister("_stale")
+        catalog._recompute_suppression()
+    return int(n)
+
+
 def whole_catalog_forests(catalog: "Catalog", model: str) -> list[tuple[float, Path]]:
     """Cached forests of the whole current embedding set of ``model`` (node = row), as (floor, path).
 
@@ -271,4 +331,5 @@ def load_forest(path: Path) -> SimilarityForest:
     return SimilarityForest.load(path)
 
 
-__all__ = ["ForestState", "cached_forest", "load_forest", "row_fingerprints", "whole_catalog_forests"]
+__all__ = ["ForestState", "cached_forest", "invalidate_decisions", "load_forest", "record_decision_basis",
+           "row_fingerprints", "stale_decisions", "whole_catalog_forests"]

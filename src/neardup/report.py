@@ -48,6 +48,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append("  similarity pass: from the cache (nothing changed since)")
     if s.get("compared_with_run") is not None:
         lines.append(f"  masters changed since run {s['compared_with_run']}: {s.get('masters_changed', 0):,}")
+    inv = s.get("decisions_invalidated") or {}
+    if any(inv.values()):
+        lines.append(f"  reviewer decisions set aside: {inv.get('changed', 0)} on images that changed, "
+                     f"{inv.get('vanished', 0)} on images whose file vanished (kept in overrides_invalidated)")
     ov = s.get("overrides_respected") or {}
     if any(ov.values()):
         lines.append(f"  reviewer decisions respected: {ov.get('keep', 0)} kept, {ov.get('master', 0)} masters, "
