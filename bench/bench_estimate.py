@@ -13,6 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
+import neardup  # noqa: F401  (first: it sets OPENBLAS_THREAD_TIMEOUT before numpy loads, as the CLI does)
 import numpy as np
 
 

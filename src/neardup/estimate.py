@@ -126,7 +126,7 @@ def estimate_vectors(X: np.ndarray, rank: np.ndarray, threshold: float, *, sampl
     while (z < 0).any() and computed < s + budget:
         want: list[int] = []
         picks: dict[int, list[int]] = {}
-        per = batch_per_sample << min(rounds, 4)  # fewer, larger rounds as the hard cases remain
+        per = batch_per_sample << min(2 * rounds, 10)  # few rounds: each one reads every row once
         for k in np.flatnonzero(z < 0).tolist():
             take = frontier[k][:per]
             frontier[k] = frontier[k][per:]
