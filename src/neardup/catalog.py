@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import interrupts
+from .columns import check_image_columns
 from .errors import CatalogError, InputError
 
 SCHEMA_VERSION = 1
@@ -371,27 +372,36 @@ class Catalog:
         ).fetchall()
         return {r[0]: r[1] for r in rows}
 
-    def upsert_images(self, table: pa.Table, *, _in_transaction: bool = False) -> tuple[int, int]:
+    def check_images(self, table: pa.Table, *, source: str = "images", first_row: int = 0,
+                     reserved: Sequence[str] = ()) -> pa.Table:
+        """Refuse (one line naming file, column, row) a table :meth:`upsert_images` could not take whole.
+
+        Returns the table with the catalog's existing columns cast to their catalog types.
+        """
+        with self._lock:
+            return check_image_columns(self.con, self.image_columns(), table, source=source,
+                                       reserved=(*RESERVED_IMAGE_COLUMNS, *reserved), first_row=first_row)
+
+    def upsert_images(self, table: pa.Table, *, source: str = "images",
+                      _in_transaction: bool = False) -> tuple[int, int]:
         """Insert new images and update the given columns of existing ones (matched on ``id``).
 
         Columns that the images table lacks are added (user metadata is kept). Returns
-        ``(inserted, updated)``. Columns neardup derives itself (:data:`RESERVED_IMAGE_COLUMNS`)
-        are refused.
+        ``(inserted, updated)``. Columns neardup derives itself (:data:`RESERVED_IMAGE_COLUMNS`, any
+        case), names that clash with the catalog's, and values its typed columns cannot hold are
+        refused, with ``source`` (a file name) in the one-line message, before anything is written.
         """
         if "id" not in table.column_names:
             raise InputError("image table has no 'id' column")
-        reserved = [c for c in RESERVED_IMAGE_COLUMNS if c in table.column_names]
-        if reserved:
-            raise InputError(f"column {reserved[0]!r} is set by neardup itself and cannot be imported; rename it")
         ctx = contextlib.nullcontext() if _in_transaction else self.transaction()
         with ctx:
             existing = self.image_columns()
+            self.check_images(table, source=source, cast=False)
             with self.registered("_upsert", table):
                 types = self.con.sql("SELECT * FROM _upsert LIMIT 0").types
                 for name, dtype in zip(table.column_names, types):
                     if name not in existing:
-                        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", name):
-                            raise InputError(f"metadata column {name!r}: names must be letters, digits and _")
+                        dtype = "VARCHAR" if str(dtype) == '"NULL"' else dtype  # all-empty column: no type of its own
                         self.con.execute(f'ALTER TABLE images ADD COLUMN "{name}" {dtype}')
                 n_new = self.one("SELECT count(*) FROM _upsert u ANTI JOIN images i ON u.id = i.id")[0]
                 cols = [c for c in table.column_names if c != "id"]
@@ -487,10 +497,25 @@ class Catalog:
             known = ", ".join(m["model"] for m in self.embedding_models()) or "none"
             raise CatalogError(f"{self.path}: no embeddings for model {model!r} (have: {known})")
         file, count, dim, version = row
-        vectors = np.load(self.sidecar / "embeddings" / file, mmap_mode="r")
+        vectors = np.load(self._embeddings_file(file), mmap_mode="r")
         if vectors.shape != (count, dim):
             raise CatalogError(f"{self.path}: embeddings file {file} has shape {vectors.shape}, catalog says {(count, dim)}")
         return model, int(version), vectors
+
+    def require_sidecar(self) -> None:
+        """One line naming the sidecar folder when the catalog has vectors but the folder is gone
+        (a catalog file copied or moved without its ``.d`` folder)."""
+        if not self.sidecar.is_dir() and self.one("SELECT 1 FROM embedding_sets LIMIT 1"):
+            raise CatalogError(f"{self.path}: its sidecar folder {self.sidecar} is missing (it holds the vectors and "
+                               f"thumbnails: copy or move it together with {self.path.name})")
+
+    def _embeddings_file(self, file: str) -> Path:
+        """The path of a recorded embeddings file; one line naming what is missing when it is gone."""
+        path = self.sidecar / "embeddings" / file
+        if path.is_file():
+            return path
+        self.require_sidecar()
+        raise CatalogError(f"{self.path}: embeddings file {path} is missing from the sidecar folder")
 
     def put_embeddings(self, model: str, ids: Sequence[str] | np.ndarray, vectors: np.ndarray,
                        images: pa.Table | None = None,
@@ -518,6 +543,7 @@ class Catalog:
         ids = np.asarray(ids, dtype=object)
         if vectors.ndim != 2 or len(ids) != vectors.shape[0]:
             raise InputError(f"{len(ids)} ids for {vectors.shape[0] if vectors.ndim else 0} vectors")
+        self.require_sidecar()  # never start a new sidecar beside vectors that are elsewhere
         emb_dir = self.sidecar / "embeddings"
         with _EMBEDDINGS_LOCK, self._lock:
             emb_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,6 +20,7 @@ import pyarrow as pa
 from .catalog import Catalog, EmbeddingSet
 from .errors import InputError
 from .grouping import MODES, check_bound, default_grouping, group_nodes, group_weakest_links
+from .paths import check_output_file
 from .policy import DEFAULT_POLICY, parse_policy, policy_columns, priority_rank
 from .similarity.canonical import canonical_vectors
 from .similarity.forest import SimilarityForest
@@ -124,7 +126,7 @@ def similarity_forest(catalog: Catalog, floor: float, *, scope: Scope | None = N
     The exact forest of the whole catalog is kept up to date incrementally (see
     :mod:`neardup.incremental`): after rows are added only the new x all pairs are computed.
     """
-    scope = scope or load_scope(catalog, model)
+    scope = scope if scope is not None else load_scope(catalog, model)  # an empty Scope is falsy
     cache_dir = catalog.sidecar / "forests"
     kind = "exact" if index == "exact" or (index == "auto" and len(scope) <= AUTO_EXACT_MAX) else "ann"
     if use_cache and kind == "exact" and scope.whole:
@@ -386,13 +388,22 @@ def export_run(catalog: Catalog, run_id: int, out: str | Path, fmt: str | None =
     fmt = (fmt or out.suffix.lstrip(".") or "csv").lower()
     if fmt not in ("csv", "parquet", "json"):
         raise InputError(f"export format {fmt!r}: use csv, parquet or json")
+    check_output_file(out)
     table = catalog.run_members(run_id)
-    tmp = out.with_name(out.name + ".tmp")
-    if fmt == "csv":
-        pacsv.write_csv(table, tmp)
-    elif fmt == "parquet":
-        pq.write_table(table, tmp)
-    else:
-        tmp.write_text(json.dumps(table.to_pylist(), indent=None, default=float) + "\n", encoding="utf-8")
-    tmp.replace(out)
+    # written beside ``out`` under a unique hidden name, then renamed: never a half file, never a stray one
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            if fmt == "csv":
+                pacsv.write_csv(table, fh)
+            elif fmt == "parquet":
+                pq.write_table(table, fh)
+            else:
+                fh.write((json.dumps(table.to_pylist(), indent=None, default=float) + "\n").encode("utf-8"))
+        tmp.replace(out)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot write ({exc.strerror or str(exc).splitlines()[0]})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return table.num_rows
+

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from .catalog import Catalog
 from .errors import InputError
+from .paths import require_regular_file
 
 DEFAULT_MODEL = "precomputed"
 
@@ -33,7 +34,7 @@ class ImportReport:
 
 def read_ids(path: str | Path) -> np.ndarray:
     """One id per line (blank trailing lines ignored; blank lines inside are an error)."""
-    p = Path(path)
+    p = require_regular_file(path, "ids file")
     try:
         lines = p.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -68,9 +69,7 @@ def _vectors_from_list_column(col: pa.ChunkedArray, source: str, name: str) -> n
 def read_vectors(path: str | Path, ids: str | Path | Sequence[str] | None = None, *,
                  id_column: str = "id", vector_column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read ``(ids, vectors)`` from a ``.npy`` (ids from a text file, one per line) or a Parquet file."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file")
+    p = require_regular_file(path, "vectors file")
     suffix = p.suffix.lower()
     if suffix == ".npy":
         try:
@@ -156,9 +155,7 @@ def validate_and_normalise(ids: np.ndarray, vectors: np.ndarray, source: str) ->
 
 def read_meta(path: str | Path) -> pa.Table:
     """Read image metadata (CSV or Parquet) with an ``id`` column; ids are cast to strings."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file")
+    p = require_regular_file(path, "metadata file")
     try:
         if p.suffix.lower() in (".parquet", ".pq"):
             table = pq.read_table(p)
@@ -220,6 +217,8 @@ def import_embeddings(catalog: Catalog, vectors: str | Path | np.ndarray, ids: s
     unmatched: list[str] = []
     if meta is not None:
         meta_table = meta if isinstance(meta, pa.Table) else read_meta(meta)
+        # before anything is written, and before filtering, so a bad value's row is the file's row
+        catalog.check_images(meta_table, source="meta" if isinstance(meta, pa.Table) else str(meta))
         meta_ids = meta_table["id"].to_pylist()
         known = set(id_arr.tolist()) | catalog.existing_ids(meta_ids)
         mask = np.array([m in known for m in meta_ids], dtype=bool)

@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import io
 import os
+import stat
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from .catalog import Catalog
 from .embed.base import draft_at_least, exif_orientation, to_rgb, upright
 from .errors import InputError
+from .paths import is_utf8, require_regular_file, shown
 
 #: Extensions picked up when walking a folder (lower case). Files named in a list are always tried.
 IMAGE_EXTENSIONS = frozenset({
@@ -43,6 +45,12 @@ THUMB_SIZE = 256
 #: Pixels above which a file is treated as a decompression bomb (Pillow's own default limit).
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 STATUS_OK, STATUS_MISSING, STATUS_UNREADABLE = "ok", "missing", "unreadable"
+#: Columns a scan measures from the file: a scan table's columns of these names are not used.
+MEASURED_COLUMNS = ("sha256", "width", "height", "brightness", "file_size")
+#: Columns a scan sets itself: a scan table may not have them (any case).
+SCAN_COLUMNS = ("mtime", "status", "source", "scanned_at")
+#: ``check(meta, source, first_row)``: refuses (one line) or returns the meta cast to the catalog's types.
+MetaCheck = Callable[[pa.Table, str, int], pa.Table]
 
 # Extra columns this stage keeps in ``images`` (added by upsert on first scan).
 _EXTRA_COLUMNS = pa.schema([("id", pa.string()), ("mtime", pa.float64()), ("status", pa.string()),
@@ -58,6 +66,7 @@ class SourceFile:
     source: str
     meta: dict[str, Any] = field(default_factory=dict)
     explicit: bool = False       # named by the user (list/CSV/argument), not found by walking
+    meta_types: dict[str, Any] = field(default_factory=dict)   # Arrow type of each meta column
 
 
 @dataclass
@@ -150,8 +159,12 @@ def _rel_or_abs(p: Path, base: Path) -> str:
         return p.as_posix()
 
 
-def _table_file(path: Path) -> list[SourceFile]:
-    """A CSV/Parquet with a ``path`` column; an ``id`` column and other columns (e.g. score) are kept."""
+def _table_file(path: Path, check_meta: MetaCheck | None = None) -> list[SourceFile]:
+    """A CSV/Parquet with a ``path`` column; an ``id`` column and other columns (e.g. score) are kept.
+
+    ``check_meta`` sees the kept columns (with ``id``) before any row is used, so a column the
+    catalog cannot take is refused before the scan writes anything.
+    """
     try:
         if path.suffix.lower() == ".csv":
             import pyarrow.csv as pcsv
@@ -166,10 +179,19 @@ def _table_file(path: Path) -> list[SourceFile]:
     if "path" not in table.column_names:
         raise InputError(f"{path}: no 'path' column (columns: {', '.join(table.column_names)})")
     base = path.parent.resolve()
+    first = 2 if path.suffix.lower() == ".csv" else 1
+    meta_types: dict[str, Any] = {}
+    if check_meta is not None:
+        kept = table.select([c for c in table.column_names if c != "path" and c not in MEASURED_COLUMNS])
+        kept = check_meta(kept, str(path), first)
+        for c in kept.column_names:
+            if c != "id":
+                table = table.set_column(table.column_names.index(c), c, kept[c])
+        meta_types = {f.name: f.type for f in kept.schema if f.name != "id"}
     rows = table.to_pylist()
     ids_seen: set[str] = set()
     out = []
-    for n, row in enumerate(rows, 2 if path.suffix.lower() == ".csv" else 1):
+    for n, row in enumerate(rows, first):
         raw = row.pop("path")
         if raw is None or str(raw).strip() == "":
             raise InputError(f"{path}: row {n} has an empty path")
@@ -182,18 +204,20 @@ def _table_file(path: Path) -> list[SourceFile]:
                 raise InputError(f"{path}: row {n}: duplicate id {given!r}")
             ids_seen.add(given)
         ids = (given,) if given is not None else (_rel_or_abs(absolute, base),)
-        meta = {k: v for k, v in row.items() if k not in ("sha256", "width", "height", "brightness", "file_size")}
-        out.append(SourceFile(str(absolute), ids, str(path), meta=meta, explicit=True))
+        meta = {k: v for k, v in row.items() if k not in MEASURED_COLUMNS}
+        out.append(SourceFile(str(absolute), ids, str(path), meta=meta, explicit=True, meta_types=meta_types))
     return out
 
 
-def collect(sources: Sequence[str | os.PathLike[str]],
-            exclude: Sequence[str | os.PathLike[str]] = ()) -> tuple[list[SourceFile], list[str]]:
+def collect(sources: Sequence[str | os.PathLike[str]], exclude: Sequence[str | os.PathLike[str]] = (),
+            check_meta: MetaCheck | None = None) -> tuple[list[SourceFile], list[str]]:
     """Expand sources into files. Returns ``(files, folders walked)`` (absolute folder paths).
 
     A folder is walked recursively (image extensions only); a ``.txt``/``.lst`` is a list of
     paths (one per line, relative to the list's folder); a ``.csv``/``.parquet`` needs a
-    ``path`` column; any other file is scanned as an image.
+    ``path`` column; any other file is scanned as an image. A source that is neither a folder
+    nor a regular file (a named pipe, a device) is refused at once; ``check_meta`` vets the
+    extra columns of each table (see :func:`_table_file`).
     """
     files: list[SourceFile] = []
     roots: list[str] = []
@@ -201,7 +225,9 @@ def collect(sources: Sequence[str | os.PathLike[str]],
     for src in sources:
         p = Path(src).expanduser()
         if not p.exists():
-            raise InputError(f"{src}: no such file or folder")
+            raise InputError(f"{shown(src)}: no such file or folder")
+        if not p.is_dir():
+            require_regular_file(p, "list" if p.suffix.lower() in LIST_EXTENSIONS | TABLE_EXTENSIONS else "file")
         if p.is_dir():
             root = p.resolve()
             roots.append(str(root))
@@ -211,7 +237,7 @@ def collect(sources: Sequence[str | os.PathLike[str]],
         elif p.suffix.lower() in LIST_EXTENSIONS:
             files.extend(_list_file(p))
         elif p.suffix.lower() in TABLE_EXTENSIONS:
-            files.extend(_table_file(p))
+            files.extend(_table_file(p, check_meta))
         else:
             a = p.resolve()
             files.append(SourceFile(str(a), (a.name, a.as_posix()), str(a.parent), explicit=True))
@@ -285,6 +311,10 @@ def inspect_image(path: str, *, thumbs_dir: Path | None = None, thumb_size: int 
     """
     try:
         st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            return Skip(path, "is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):  # a pipe or device would block or never end: never opened
+            return Skip(path, "not a regular file (a named pipe, device or socket)")
         if st.st_size == 0:
             return Skip(path, "empty file (0 bytes)")
         with open(path, "rb") as fh:
@@ -376,9 +406,23 @@ def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers
     first chunks are smaller (2 × workers, doubling up to ``chunk_size``), so the caller's model
     starts after a few decodes instead of a whole chunk.
     """
-    files, roots = collect(sources, exclude=[catalog.sidecar])
+    def check_meta(meta: pa.Table, source: str, first_row: int) -> pa.Table:
+        return catalog.check_images(meta, source=source, first_row=first_row, reserved=SCAN_COLUMNS)
+
+    catalog.require_sidecar()
+    files, roots = collect(sources, exclude=[catalog.sidecar], check_meta=check_meta)
     _ensure_columns(catalog)
     report = ScanReport(found=len(files))
+    # A name that is not UTF-8 cannot be stored (nor shown) as it is: skipped with its reason.
+    bad_names = [Skip(shown(f.path), "file name is not valid UTF-8: rename the file to include it")
+                 for f in files if not is_utf8(f.path)]
+    if bad_names:
+        files = [f for f in files if is_utf8(f.path)]
+        _record_skips(catalog, bad_names, [])
+        report.skipped.extend(bad_names)
+    meta_types: dict[str, Any] = {}
+    for f in files:
+        meta_types.update(f.meta_types)
     existing = catalog.sql("SELECT id, path, sha256, file_size, mtime, status FROM images WHERE path IS NOT NULL").to_pylist()
     by_path = {r["path"]: r for r in existing}
     taken_ids = set(catalog.sql("SELECT id FROM images").column(0).to_pylist())
@@ -428,7 +472,7 @@ def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers
 
     def write() -> None:
         if rows:
-            _upsert_rows(catalog, rows)
+            _upsert_rows(catalog, rows, meta_types)
         if skips or ok_paths:
             _record_skips(catalog, skips, ok_paths)
         report.skipped.extend(skips)
@@ -509,14 +553,19 @@ def _split(items: list[Any], size: int, first: int) -> list[list[Any]]:
     return out
 
 
-def _upsert_rows(cat: Catalog, rows: list[dict[str, Any]]) -> None:
-    """Upsert rows with possibly different key sets: one upsert per distinct set of columns."""
+def _upsert_rows(cat: Catalog, rows: list[dict[str, Any]], meta_types: dict[str, Any] | None = None) -> None:
+    """Upsert rows with possibly different key sets: one upsert per distinct set of columns.
+
+    ``meta_types`` gives the Arrow type of user columns (from their table), so a chunk whose
+    values are all empty still writes the column's type.
+    """
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in rows:
         groups.setdefault(tuple(r), []).append(r)
     types = {"id": pa.string(), "path": pa.string(), "sha256": pa.string(), "width": pa.int32(), "height": pa.int32(),
              "brightness": pa.float64(), "captured_at": pa.timestamp("us"), "file_size": pa.int64(),
              "mtime": pa.float64(), "status": pa.string(), "source": pa.string(), "scanned_at": pa.timestamp("us")}
+    types = {**(meta_types or {}), **types}
     for cols, rs in groups.items():
         arrays = {}
         for c in cols:

@@ -40,7 +40,7 @@ def scan_cmd(
 ) -> None:
     """Add images to the catalog: hash, size, brightness, EXIF capture time and a thumbnail for each.
 
-    Re-running is incremental: unchanged files are not read again, changed files are re-hashed (and re-embedded by the next `embed`), vanished files are marked missing. Unreadable files (corrupt, truncated, empty, unsupported, decompression bombs) are listed by `neardup skipped`. Your images are only read, never modified, moved or deleted."""
+    Re-running is incremental: unchanged files are not read again, changed files are re-hashed (and re-embedded by the next `embed`), vanished files are marked missing. Unreadable files (corrupt, truncated, empty, unsupported, decompression bombs, pipes, names that are not UTF-8) are listed by `neardup skipped`; a table whose extra columns clash with the catalog is refused before anything is written. Your images are only read, never modified, moved or deleted."""
     from ..sources import scan
 
     interrupts.hint("run the same scan again to continue; unchanged files are not read twice")
