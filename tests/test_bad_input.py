@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -227,13 +228,30 @@ def test_export_to_a_bad_place_is_one_line_and_leaves_no_tmp(with_run: Path, cas
     (d / "outdir").mkdir()
     if case == "a pipe":
         os.mkfifo(d / "pipe.csv")
+    if case == "a device":
+        # A private node of the null device: a regression that renames over its target must
+        # never get to replace the machine's own /dev/null.
+        try:
+            os.mknod(d / "null.csv", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except (PermissionError, AttributeError):
+            pytest.skip("cannot make a device node here (needs root)")
     out = {"missing folder": str(d / "nowhere" / "g.csv"), "a folder": str(d / "outdir"),
-           "unwritable": "/proc/self/groups.csv", "a pipe": str(d / "pipe.csv"), "a device": "/dev/null"}[case]
+           "unwritable": "/proc/self/groups.csv", "a pipe": str(d / "pipe.csv"), "a device": str(d / "null.csv")}[case]
     files_before, before = all_files(d), snapshot(d / "c.duckdb")
     res = neardup("export", "--out", out, "--format", "csv", "--db", "c.duckdb", cwd=d, timeout=30)
     assert_one_line_usage_error(res, out)
     assert all_files(d) == files_before and not list(d.rglob("*.tmp"))
     assert snapshot(d / "c.duckdb") == before
+
+
+@pytest.mark.parametrize("out", ["outdir", "/proc/self/report.html"])
+def test_report_to_a_bad_place_is_one_line_and_leaves_no_tmp(with_run: Path, out: str) -> None:
+    (with_run / "outdir").mkdir()
+    outside = lambda: [f for f in all_files(with_run) if not f.startswith("c.duckdb.d")]  # noqa: E731 (caches may grow)
+    files_before = outside()
+    res = neardup("report", "--out", out, "--db", "c.duckdb", cwd=with_run)
+    assert_one_line_usage_error(res, out)
+    assert outside() == files_before and not [f for f in all_files(with_run) if f.endswith(".tmp")]
 
 
 def test_export_unwritable_folder_as_a_user(with_run: Path) -> None:

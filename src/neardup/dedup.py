@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,7 +19,7 @@ import pyarrow as pa
 from .catalog import Catalog, EmbeddingSet
 from .errors import InputError
 from .grouping import MODES, check_bound, default_grouping, group_nodes, group_weakest_links
-from .paths import check_output_file
+from .paths import atomic_output, check_output_file
 from .policy import DEFAULT_POLICY, parse_policy, policy_columns, priority_rank
 from .similarity.canonical import canonical_vectors
 from .similarity.forest import SimilarityForest
@@ -388,22 +387,14 @@ def export_run(catalog: Catalog, run_id: int, out: str | Path, fmt: str | None =
     fmt = (fmt or out.suffix.lstrip(".") or "csv").lower()
     if fmt not in ("csv", "parquet", "json"):
         raise InputError(f"export format {fmt!r}: use csv, parquet or json")
-    check_output_file(out)
+    check_output_file(out)  # before the query: a bad --out is refused at once
     table = catalog.run_members(run_id)
-    # written beside ``out`` under a unique hidden name, then renamed: never a half file, never a stray one
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            if fmt == "csv":
-                pacsv.write_csv(table, fh)
-            elif fmt == "parquet":
-                pq.write_table(table, fh)
-            else:
-                fh.write((json.dumps(table.to_pylist(), indent=None, default=float) + "\n").encode("utf-8"))
-        tmp.replace(out)
-    except OSError as exc:
-        raise InputError(f"{out}: cannot write ({exc.strerror or str(exc).splitlines()[0]})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(out) as tmp, open(tmp, "xb") as fh:  # never a half file, never a stray one
+        if fmt == "csv":
+            pacsv.write_csv(table, fh)
+        elif fmt == "parquet":
+            pq.write_table(table, fh)
+        else:
+            fh.write((json.dumps(table.to_pylist(), indent=None, default=float) + "\n").encode("utf-8"))
     return table.num_rows
 

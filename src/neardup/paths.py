@@ -7,9 +7,11 @@ Linux) cannot be stored in the catalog's text columns. Both get one line instead
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
+from typing import Iterator
 
 from .errors import InputError
 
@@ -53,7 +55,7 @@ def check_output_file(path: str | os.PathLike[str]) -> Path:
     except OSError as exc:
         raise InputError(f"{shown(p)}: cannot write ({exc.strerror or exc})") from None
     if stat.S_ISDIR(mode):
-        raise InputError(f"{shown(p)}: is a folder; give a file name (e.g. {shown(p / 'groups.csv')})")
+        raise InputError(f"{shown(p)}: is a folder; give a file name (a new one, or a file to replace)")
     if not stat.S_ISREG(mode):
         raise InputError(f"{shown(p)}: is {_kind(mode)}; give a regular file name")
     return p
@@ -74,3 +76,28 @@ def require_regular_file(path: str | os.PathLike[str], what: str = "file") -> Pa
     if stat.S_ISREG(mode):
         return p
     raise InputError(f"{shown(p)}: is {_kind(mode)}, not a regular {what}; give a file")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], *, make_folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block ends it replaces ``path`` whole.
+
+    Checked first (:func:`check_output_file`); on any failure, Ctrl-C included, the temporary
+    file is removed, so a reader sees the old file or the new one and no stray ``.tmp`` is left.
+    An ``OSError`` while writing becomes one :class:`InputError` line naming ``path``.
+    """
+    p = Path(path)
+    if make_folder:
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"{shown(p)}: cannot create its folder ({exc.strerror or exc})") from None
+    check_output_file(p)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        tmp.replace(p)
+    except OSError as exc:
+        raise InputError(f"{shown(p)}: cannot write ({exc.strerror or str(exc).splitlines()[0]})") from None
+    finally:
+        tmp.unlink(missing_ok=True)

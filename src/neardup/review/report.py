@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..catalog import Catalog
+from ..paths import atomic_output
 from . import data as D
 from .render import make_env
 
@@ -94,8 +95,6 @@ def write_report(cat: Catalog, out_html: str | os.PathLike[str], *, max_groups: 
         groups=groups, n_groups=n_groups, c=D.clusters(cat, strip=cluster_strip, limit=max_clusters), ex=ex,
         band_counts=D.band_pair_counts(ctx["sweep"], bands), chosen=chosen, static=True,
         decisions=decisions, csrf_token="", current_url="", flash=None, **{**ctx, "run": run})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
+    with atomic_output(out, make_folder=True) as tmp:  # a bad --out is one line; no stray tmp
+        tmp.write_text(html, encoding="utf-8")
     return out
