@@ -180,22 +180,24 @@ def test_a_file_name_that_is_not_utf8_is_skipped_with_its_reason(tmp_path: Path)
     assert listed.returncode == 0 and "2 skipped" in listed.stdout and "Traceback" not in listed.stderr
 
 
-@pytest.mark.parametrize("what", ["list.txt", "table.csv", "/dev/zero", "--ids", "--meta"])
-def test_a_pipe_or_device_as_input_is_refused_at_once(emb: Path, what: str) -> None:
+PIPE_CASES = [  # (what is given, the name the line must carry, what it must call it)
+    ("list.txt", "list.txt", "named pipe"),
+    ("table.csv", "table.csv", "named pipe"),
+    ("/dev/zero", "/dev/zero", "device"),
+    ("--ids", "fifo.txt", "named pipe"),
+    ("--meta", "fifo.csv", "named pipe"),
+]
+
+
+@pytest.mark.parametrize("what,name,kind", PIPE_CASES, ids=[c[0] for c in PIPE_CASES])
+def test_a_pipe_or_device_as_input_is_refused_at_once(emb: Path, what: str, name: str, kind: str) -> None:
     before = snapshot(emb / "c.duckdb")
-    if what.startswith("/dev"):
-        args, name = ["scan", what], what
-    elif what.startswith("--"):
-        os.mkfifo(emb / "fifo.csv")
-        args = ["import-embeddings", "v.npy", "--ids", "ids.txt", what, "fifo.csv"] if what == "--meta" else \
-            ["import-embeddings", "v.npy", "--ids", "fifo.csv"]
-        name = "fifo.csv"
-    else:
-        os.mkfifo(emb / what)
-        args, name = ["scan", what], what
+    if not name.startswith("/dev"):
+        os.mkfifo(emb / name)
+    args = {"--ids": ["import-embeddings", "v.npy", "--ids", name],
+            "--meta": ["import-embeddings", "v.npy", "--ids", "ids.txt", "--meta", name]}.get(what, ["scan", name])
     res = neardup(*args, "--db", "c.duckdb", cwd=emb, timeout=30)  # a blocked read would time out here
-    assert_one_line_usage_error(res, name, "named pipe" if "fifo" in name or "." in name[1:] and not
-                                name.startswith("/") else "device")
+    assert_one_line_usage_error(res, name, kind)
     assert snapshot(emb / "c.duckdb") == before
 
 

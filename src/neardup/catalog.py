@@ -373,14 +373,15 @@ class Catalog:
         return {r[0]: r[1] for r in rows}
 
     def check_images(self, table: pa.Table, *, source: str = "images", first_row: int = 0,
-                     reserved: Sequence[str] = ()) -> pa.Table:
+                     reserved: Sequence[str] = (), cast: bool = True) -> pa.Table:
         """Refuse (one line naming file, column, row) a table :meth:`upsert_images` could not take whole.
 
         Returns the table with the catalog's existing columns cast to their catalog types.
         """
         with self._lock:
             return check_image_columns(self.con, self.image_columns(), table, source=source,
-                                       reserved=(*RESERVED_IMAGE_COLUMNS, *reserved), first_row=first_row)
+                                       reserved=(*RESERVED_IMAGE_COLUMNS, *reserved), first_row=first_row,
+                                       cast=cast)
 
     def upsert_images(self, table: pa.Table, *, source: str = "images",
                       _in_transaction: bool = False) -> tuple[int, int]:

@@ -21,14 +21,15 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 def check_image_columns(con: duckdb.DuckDBPyConnection, existing: Mapping[str, str], table: pa.Table, *,
-                        source: str, reserved: Iterable[str], first_row: int = 0) -> pa.Table:
+                        source: str, reserved: Iterable[str], first_row: int = 0, cast: bool = True) -> pa.Table:
     """Raise :class:`InputError` unless every column of ``table`` can be upserted into ``images``.
 
     ``existing`` maps the catalog's column names to their DuckDB types; ``reserved`` names
     columns the user may not set (compared case-insensitively); a value's row is reported as
     ``first_row + its index`` (callers pass their file's numbering). Returns ``table`` with the
     columns the catalog already has cast to the catalog's types (DuckDB's casts, as an upsert
-    would apply them). ``id`` is never type-checked (ids are text and checked by the caller).
+    would apply them; with ``cast=False``, ``table`` itself). ``id`` is never type-checked (ids
+    are text and checked by the caller); a column already of the catalog's type needs no check.
     """
     reserved_lc = {r.lower() for r in reserved}
     by_lower: dict[str, str] = {}
@@ -52,8 +53,13 @@ def check_image_columns(con: duckdb.DuckDBPyConnection, existing: Mapping[str, s
     if not to_check:
         return table
     view = "_neardup_check"
-    con.register(view, table.select(to_check).append_column("__neardup_row", pa.array(range(table.num_rows), pa.int64())))
+    rows = pa.array(range(table.num_rows), pa.int64())
+    con.register(view, table.select(to_check).append_column("__neardup_row", rows))
     try:
+        types = dict(zip(to_check, map(str, con.sql(f"SELECT * EXCLUDE (__neardup_row) FROM {view} LIMIT 0").types)))
+        to_check = [n for n in to_check if types[n] != existing[n]]
+        if not to_check:
+            return table
         for name in to_check:
             dtype = existing[name]
             bad = con.execute(
@@ -64,12 +70,14 @@ def check_image_columns(con: duckdb.DuckDBPyConnection, existing: Mapping[str, s
                 row, value = bad[0]
                 raise InputError(f"{source} row {first_row + int(row)}, column {name!r}: {value!r} is not a valid "
                                  f"{dtype.lower()} (the catalog's type for {name!r})")
-        cast = con.sql(f"SELECT {', '.join(f'CAST({_q(n)} AS {existing[n]}) AS {_q(n)}' for n in to_check)} "
-                       f"FROM {view} ORDER BY __neardup_row").to_arrow_table()
+        if not cast:
+            return table
+        casts = ", ".join(f"CAST({_q(n)} AS {existing[n]}) AS {_q(n)}" for n in to_check)
+        converted = con.sql(f"SELECT {casts} FROM {view} ORDER BY __neardup_row").to_arrow_table()
     finally:
         con.unregister(view)
     for name in to_check:
-        table = table.set_column(table.column_names.index(name), name, cast[name])
+        table = table.set_column(table.column_names.index(name), name, converted[name])
     return table
 
 
