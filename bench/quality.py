@@ -185,7 +185,14 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="with --real: reuse the vectors of the last --real run")
     ap.add_argument("--_run", help=argparse.SUPPRESS)
     ap.add_argument("--_real", help=argparse.SUPPRESS)
+    ap.add_argument("--masters", action="store_true",
+                    help="run the which-copy-is-kept benchmark instead (results/masters.json; see masters_bench); "
+                         "with --reuse: re-score its scanned + embedded catalogs")
+    ap.add_argument("--draws", type=int, default=2, help="--masters: families per photo")
     args = ap.parse_args()
+    if args.masters:
+        masters_bench(args.seed, args.draws, [m for m in args.models.split(",") if m][0], reuse=args.reuse)
+        return
     if args._real or args.real:
         real_main(args)
         return
@@ -288,6 +295,176 @@ def markdown(report: dict) -> str:
                   "|---|---|---|---|---|"]
         for row in c["thresholds"]:
             lines.append(f"| {row['t']:.2f} | {row['pair_recall']:.4f} | {row['fp_distinct_photos']} | {row['fp_tile_siblings']} | {row['precision_excl_siblings']:.4f} |")
+    return "\n".join(lines)
+
+
+# -- which copy is kept (issue 11) ---------------------------------------------------------------
+
+#: policies compared: the seed's rule, the default, and ablations of the default
+MASTER_POLICIES = {
+    "seed: score,brightness": "score,brightness",
+    "default": None,
+    "default without central": "score,border,content,jpeg_quality,colour,sharpness,clipped,brightness",
+    "measures first, then central": "score,border,content,jpeg_quality,colour,sharpness,clipped,central,brightness",
+    "central before jpeg_quality": "score,border,content,central,jpeg_quality,colour,sharpness,clipped,brightness",
+    "content before border": "score,content,border,jpeg_quality,central,colour,sharpness,clipped,brightness",
+    "central only": "score,central,brightness",
+    "resolution,file_size": "score,resolution,file_size",
+}
+#: how copies are saved: "editor" — at a quality drawn from 75-90 (what editors and apps write; the
+#: original is a q95 camera JPEG); "same" — every copy at the original's q95 (only pixels differ)
+REGIMES = {"editor": (75, 90), "same": (95, 95)}
+
+
+def masters_bench(seed: int, draws: int, model: str, reuse: bool = False) -> None:
+    """Families of one original + its degraded copies: is the kept copy the original (or its flip)?
+
+    Each regime runs the product path on a fresh catalog (scan, which measures; embed with
+    ``model``) and then scores every policy twice: on the true families (``select_masters`` over
+    the ground-truth groups, ``central`` over them too) and through ``dedup`` (dry run, the
+    model's default threshold): there a family counts as kept right when the group holding
+    its original has the original or its flip as master.
+    """
+    import shutil
+
+    from neardup.catalog import Catalog
+    from neardup.dedup import dedup
+    from neardup.embed import get_model
+    from neardup.pipeline import embed
+    from neardup.policy import DEFAULT_POLICY, decided_by, group_centrality, parse_policy, policy_columns, priority_rank, \
+        select_masters
+    from neardup.samples import DEGRADATIONS, build_degraded, read_labels
+    from neardup.sources import scan
+
+    m = get_model(model)
+    out: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": m.name,
+                 "threshold": m.default_threshold, "draws": draws, "seed": seed,
+                 "command": " ".join(["python", "bench/quality.py", *sys.argv[1:]]), "regimes": {}}
+    for regime, cq in REGIMES.items():
+        root = RAW / "masters" / regime
+        db = root / "catalog.duckdb"
+        fresh = not (reuse and db.exists())
+        if fresh:
+            shutil.rmtree(root, ignore_errors=True)
+            build_degraded(root / "photos", seed=seed, draws=draws, copy_quality=cq)
+        labels = read_labels(root / "photos" / "labels.csv")
+        kind_of = {str((root / "photos" / r["path"]).resolve()): (r["group"], r["kind"]) for r in labels}
+        t0 = time.perf_counter()
+        with Catalog(db) as cat:
+            if fresh:
+                scan(cat, [root / "photos"])
+                embed(cat, m)
+            seconds = time.perf_counter() - t0
+            es = cat.load_embeddings(m.name)
+            all_cols = sorted(set(policy_columns(parse_policy("score,quality,brightness,resolution,file_size")))
+                              | {"path"})
+            have = set(cat.image_columns())
+            meta = cat.images([c for c in all_cols if c in have])
+            pos = {k: i for i, k in enumerate(meta["id"].to_pylist())}
+            meta = meta.take(np.array([pos[i] for i in es.ids.tolist()]))
+            fam = [kind_of[p] for p in meta["path"].to_pylist()]
+            groups = sorted({g for g, _ in fam})
+            gidx = {g: i for i, g in enumerate(groups)}
+            true_labels = np.array([gidx[g] for g, _ in fam])
+            # labels must be node indices of a member (as dedup's are): the first node of each family
+            first = {}
+            for n, lab in enumerate(true_labels):
+                first.setdefault(lab, n)
+            true_labels = np.array([first[lab] for lab in true_labels])
+            meta_true = meta.append_column("central", pa_array(group_centrality(es.vectors, true_labels, es.ids)))
+            res_regime: dict = {"copy_quality": list(cq), "images": len(fam), "families": len(groups),
+                                "scan_embed_seconds": round(seconds, 1) if fresh else None, "policies": {}}
+            for name, spec in MASTER_POLICIES.items():
+                pol = parse_policy(spec or DEFAULT_POLICY)
+                rank = priority_rank(meta_true, pol)
+                master = select_masters(true_labels, rank)
+                dec = decided_by(true_labels, master, meta_true, pol)
+                kept = {fam[first_n][0]: fam[master[first_n]][1] for first_n in set(true_labels.tolist())}
+                decided = {}
+                for first_n in set(true_labels.tolist()):
+                    decided[str(dec[first_n])] = decided.get(str(dec[first_n]), 0) + 1
+                ok = sum(k in ("original", "flip") for k in kept.values())
+                # the product path: dedup's own groups at the model's default threshold
+                r = dedup(cat, m.default_threshold, model=m.name, prefer=spec or DEFAULT_POLICY, dry_run=True)
+                mem = r.members.to_pylist()
+                path_of = dict(zip(meta["id"].to_pylist(), meta["path"].to_pylist()))
+                sizes = _count(x["group_id"] for x in mem)
+                masters = [x["image_id"] for x in mem if x["is_master"] and sizes[x["group_id"]] >= 2]
+                ok_dedup = sum(kind_of[path_of[i]][1] in ("original", "flip") for i in masters)
+                merged = sum(len({kind_of[path_of[x["image_id"]]][0] for x in mem if x["group_id"] == g}) > 1
+                             for g, n in sizes.items() if n >= 2)
+                res_regime["policies"][name] = {
+                    "policy": ",".join(k for k, _ in pol),
+                    "true_groups_kept_original": ok, "true_groups_rate": round(ok / len(kept), 4),
+                    "kept_kind": dict(sorted(_count(kept.values()).items(), key=lambda kv: -kv[1])),
+                    "decided_by": dict(sorted(decided.items(), key=lambda kv: -kv[1])),
+                    "dedup_kept_original": ok_dedup, "dedup_rate": round(ok_dedup / max(1, len(masters)), 4),
+                    "dedup_groups": len(masters), "dedup_groups_mixing_families": merged,
+                }
+            # what each measure says, original vs each kind (how often the original is better / equal / worse)
+            res_regime["pairwise"] = _pairwise(meta_true, fam, list(DEGRADATIONS))
+        out["regimes"][regime] = res_regime
+    path = ROOT / "bench" / "results" / "masters.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(masters_markdown(out))
+
+
+def pa_array(x: np.ndarray):
+    import pyarrow as pa
+
+    return pa.array(x)
+
+
+def _count(values) -> dict:
+    c: dict = {}
+    for v in values:
+        c[v] = c.get(v, 0) + 1
+    return c
+
+
+def _pairwise(meta, fam, kinds) -> dict:
+    """Per policy key and degradation: families where the original's key value is better / equal / worse."""
+    from neardup.policy import POLICY_KEYS, key_values
+
+    keys = ["content", "colour", "jpeg_quality", "border", "clipped", "sharpness", "central", "brightness", "file_size"]
+    vals = {k: key_values(meta, k, POLICY_KEYS[k].descending) for k in keys}   # smaller is better
+    where = {(g, k): n for n, (g, k) in enumerate(fam)}
+    out: dict = {}
+    for key in keys:
+        row = {}
+        for kind in kinds:
+            b = e = w = 0
+            for (g, k), n in where.items():
+                if k != kind or (g, "original") not in where:
+                    continue
+                o, c = vals[key][where[(g, "original")]], vals[key][n]
+                b += o < c
+                e += o == c
+                w += o > c
+            row[kind] = [int(b), int(e), int(w)]
+        out[key] = row
+    return out
+
+
+def masters_markdown(out: dict) -> str:
+    lines = [f"model {out['model']} at its default threshold {out['threshold']}, {out['draws']} families per photo, "
+             f"{out['date']}; command: `{out['command']}`"]
+    for regime, r in out["regimes"].items():
+        lines += ["", f"**{regime}** (copies saved at JPEG quality {r['copy_quality'][0]}-{r['copy_quality'][1]}, "
+                  f"original at 95): {r['families']} families, {r['images']} images", "",
+                  "| policy | true families: master is the original or flip | dedup's groups: master is an original or flip | kept instead (true families) | decided by (true families) |",
+                  "|---|---|---|---|---|"]
+        for name, p in r["policies"].items():
+            n = r["families"]
+            other = ", ".join(f"{k} {v}" for k, v in p["kept_kind"].items() if k not in ("original", "flip")) or "—"
+            dec = ", ".join(f"{k} {v}" for k, v in p["decided_by"].items())
+            lines.append(f"| {name} | {p['true_groups_kept_original']}/{n} ({100 * p['true_groups_rate']:.1f}%) | "
+                         f"{p['dedup_kept_original']}/{p['dedup_groups']} ({100 * p['dedup_rate']:.1f}%) | {other} | {dec} |")
+        kinds = list(next(iter(r["pairwise"].values())))
+        lines += ["", "Original vs each copy, per key (families where the original is better / equal / worse):", "",
+                  "| key | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+        for key, row in r["pairwise"].items():
+            lines.append(f"| {key} | " + " | ".join("/".join(map(str, row[k])) for k in kinds) + " |")
     return "\n".join(lines)
 
 

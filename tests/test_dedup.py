@@ -12,6 +12,7 @@ from reference import all_pair_sims, clustered_vectors, min_margin, reference_gr
 from neardup import Catalog, InputError
 from neardup.dedup import dedup, export_run
 from neardup.ingest import import_embeddings
+from neardup.policy import SEED_POLICY
 from neardup.synthetic import seed_shaped
 
 
@@ -36,7 +37,7 @@ def test_groups_and_masters_equal_reference(db, t):
     labels, _ = reference_groups(c.vectors, t)
     want_master = reference_masters(labels, c.ids, c.score, c.brightness)
     with Catalog(db) as cat:
-        res = dedup(cat, t)
+        res = dedup(cat, t, prefer=SEED_POLICY)   # the seed's rule, reproduced exactly
     m = members_by_id(res)
     got = np.array([m[i]["group_id"] for i in c.ids])
     assert same_partition(got, labels)
@@ -64,14 +65,14 @@ def test_with_and_without_scores_policy(db):
     X = np.array([[1, 0], [0.999, 0.0447], [0.998, 0.0632], [0, 1]], np.float32)
     load(db, X, ["c", "b", "a", "z"], brightness=[0.2, 0.9, 0.9, 0.5])
     with Catalog(db) as cat:
-        res = dedup(cat, 0.99, dry_run=True)
+        res = dedup(cat, 0.99, dry_run=True, prefer=SEED_POLICY)
         m = members_by_id(res)
         # no scores: brightness decides, then id asc breaks the b/a tie
         assert m["c"]["master_id"] == "a" and m["z"]["is_master"]
         res = dedup(cat, 0.99, dry_run=True, prefer="id:desc")
         assert members_by_id(res)["a"]["master_id"] == "c"
-        with pytest.raises(InputError, match="unknown policy key 'sharpness'"):
-            dedup(cat, 0.99, prefer="sharpness")
+        with pytest.raises(InputError, match="unknown policy key 'sharpest'"):
+            dedup(cat, 0.99, prefer="sharpest")
         assert cat.runs() == []  # dry runs write nothing
 
 
@@ -90,7 +91,7 @@ def test_property_permuting_input_changes_no_group_or_master(tmp_path_factory, s
         db = tmp_path_factory.mktemp("p") / "c.duckdb"
         load(db, X[order], [ids[k] for k in order], score[order], bright[order])
         with Catalog(db) as cat:
-            res = dedup(cat, 0.98, dry_run=True)
+            res = dedup(cat, 0.98, dry_run=True, prefer=SEED_POLICY)
         out.append({r["image_id"]: (r["master_id"], r["is_suppressed"]) for r in res.members.to_pylist()})
     assert out[0] == out[1]
     labels, _ = reference_groups(X, 0.98)
@@ -135,6 +136,7 @@ def test_overrides_survive_and_are_respected(db):
     m2 = members_by_id(r2)
     assert not m2[victim]["is_suppressed"]
     assert m2[other]["is_master"] and m2[other]["is_suppressed"] is False
+    assert m2[other]["decided_by"] == "reviewer"   # the reviewer's "make master" decided that group
     assert m2[outsider]["is_master"] and m2[outsider]["master_id"] == outsider
     assert r2.summary["overrides_respected"] == dict(keep=1, master=1, not_duplicate=1)
     with Catalog(db) as cat:
@@ -159,8 +161,13 @@ def test_export_one_row_per_image(db, tmp_path, fmt):
         import json
         t = pa.Table.from_pylist(json.loads(out.read_text()))
     assert t.column_names == ["image_id", "group_id", "master_id", "is_master", "is_suppressed", "sim_to_master",
-                              "group_size", "group_score"]
+                              "group_size", "group_score", "decided_by"]
     rows = t.to_pylist()
+    # decided_by: the group's deciding key on every member of a duplicate group, empty for singletons
+    sizes = {}
+    for r in rows:
+        sizes[r["group_id"]] = sizes.get(r["group_id"], 0) + 1
+    assert all((r["decided_by"] in (None, "")) == (sizes[r["group_id"]] == 1) for r in rows)
     assert sorted(r["image_id"] for r in rows) == sorted(c.ids)
     singles = [r for r in rows if r["image_id"] == r["master_id"] and
                sum(1 for x in rows if x["group_id"] == r["group_id"]) == 1]

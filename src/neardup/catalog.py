@@ -116,6 +116,17 @@ LEFT JOIN (SELECT image_id, group_size, group_score FROM run_members
 WHERE NOT i.is_suppressed
 """
 
+#: columns added after the first catalogs were written (issue 11): the scan's quality measures
+#: (see neardup.quality) and the policy key that decided each group's master. Added at open.
+_QUALITY_COLUMNS = (
+    "ALTER TABLE images ADD COLUMN IF NOT EXISTS sharpness DOUBLE",
+    "ALTER TABLE images ADD COLUMN IF NOT EXISTS jpeg_quality DOUBLE",
+    "ALTER TABLE images ADD COLUMN IF NOT EXISTS border DOUBLE",
+    "ALTER TABLE images ADD COLUMN IF NOT EXISTS colorfulness DOUBLE",
+    "ALTER TABLE images ADD COLUMN IF NOT EXISTS clipped DOUBLE",
+    "ALTER TABLE run_members ADD COLUMN IF NOT EXISTS decided_by VARCHAR",
+)
+
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: Embedding version files (and their temporaries) that the collector may remove when unreferenced.
 _VERSION_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.v[0-9]+\.npy(\.tmp)?$")
@@ -249,6 +260,10 @@ class Catalog:
                 if not set(_LATER_TABLES) <= tables:
                     with self.transaction():
                         self.con.execute(_LATER_SCHEMA)
+                if self._missing_quality_columns():
+                    with self.transaction():
+                        for stmt in _QUALITY_COLUMNS:
+                            self.con.execute(stmt)
                 self.collect_garbage()
                 self._migrate()
             return
@@ -259,6 +274,8 @@ class Catalog:
         with self.transaction():
             self.con.execute(_SCHEMA)
             self.con.execute(_VISIBLE_VIEW)
+            for stmt in _QUALITY_COLUMNS:
+                self.con.execute(stmt)
             self.con.execute("INSERT INTO meta VALUES ('schema_version', ?), ('created_at', ?)",
                              [str(SCHEMA_VERSION), _now().isoformat()])
 
@@ -273,6 +290,14 @@ class Catalog:
             for stmt in _ADDED_COLUMNS:
                 self.con.execute(stmt)
             self.con.execute(_VISIBLE_VIEW)
+
+    def _missing_quality_columns(self) -> bool:
+        """True when an older catalog lacks a column of :data:`_QUALITY_COLUMNS`."""
+        have = {(r[0], r[1]) for r in self.con.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_name IN ('images', 'run_members')").fetchall()}
+        want = {(stmt.split()[2], stmt.split()[-2]) for stmt in _QUALITY_COLUMNS}
+        return not want <= have
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -632,7 +657,7 @@ class Catalog:
                  info["n_images"], info["n_groups"], info["n_suppressed"], info["n_retained"], info["largest_group"], summary],
             )
             with self.registered("_members", members):
-                cols = [c for c in ("group_size", "group_score") if c in members.column_names]
+                cols = [c for c in ("group_size", "group_score", "decided_by") if c in members.column_names]
                 extra = "".join(f", {c}" for c in cols)
                 self.con.execute(
                     "INSERT INTO run_members (run_id, image_id, group_id, master_id, is_master, is_suppressed, "
@@ -697,7 +722,7 @@ class Catalog:
     def run_members(self, run_id: int) -> pa.Table:
         self.run(run_id)
         return self.sql(
-            "SELECT image_id, group_id, master_id, is_master, is_suppressed, sim_to_master, group_size, group_score "
+            "SELECT image_id, group_id, master_id, is_master, is_suppressed, sim_to_master, group_size, group_score, decided_by "
             "FROM run_members "
             "WHERE run_id = ? ORDER BY group_id, NOT is_master, image_id",
             [run_id],

@@ -20,7 +20,8 @@ from .catalog import Catalog, EmbeddingSet
 from .errors import InputError
 from .grouping import MODES, check_bound, default_grouping, group_nodes, group_weakest_links
 from .paths import atomic_output, check_output_file
-from .policy import DEFAULT_POLICY, parse_policy, policy_columns, priority_rank
+from .policy import (DEFAULT_POLICY, GROUP_KEYS, decided_by, group_centrality, parse_policy, policy_columns,
+                     policy_text as _policy_text, priority_rank)
 from .similarity.canonical import canonical_vectors
 from .similarity.forest import SimilarityForest
 
@@ -187,6 +188,14 @@ def group_images(forest: SimilarityForest, scope: Scope, threshold: float, rank:
     return g.labels, g.master, g.sim
 
 
+def _count_decided(per_group: Sequence[Any]) -> dict[str, int]:
+    """How many groups each policy key decided, most first."""
+    counts: dict[str, int] = {}
+    for k in per_group:
+        counts[str(k)] = counts.get(str(k), 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode: str | None = None,
           prefer: str | Sequence[str] | None = DEFAULT_POLICY, dry_run: bool = False,
           ids: Sequence[str] | None = None, index: str = "exact", engine: str = "local",
@@ -206,7 +215,7 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
     if group_score not in GROUP_SCORES:
         raise InputError(f"group score {group_score!r}: use one of {', '.join(GROUP_SCORES)}")
     policy = parse_policy(prefer)
-    policy_text = ",".join(f"{k} {'desc' if d else 'asc'}" for k, d in policy)
+    policy_text = _policy_text(policy)
     overrides = catalog.overrides()
     # decisions on images whose vector changed or whose file vanished since no longer apply
     from .incremental import invalidate_decisions, stale_decisions
@@ -230,6 +239,8 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
     pos = {k: i for i, k in enumerate(meta["id"].to_pylist())}
     take = np.fromiter((pos[i] for i in scope.ids.tolist()), dtype=np.int64, count=len(scope))
     meta = meta.take(pa.array(take))
+    if any(k in GROUP_KEYS for k, _ in policy):  # group-relative keys: over the transitive components at t
+        meta = meta.append_column("central", pa.array(group_centrality(scope.vectors, forest.components(t), scope.ids)))
     rank = priority_rank(meta, policy)
     forced = overrides["master"] & set(scope.ids.tolist())
     if forced:
@@ -240,6 +251,9 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
     labels, master, sims = grouping.labels, grouping.master, grouping.sim
     node = np.arange(len(scope))
     is_master = master == node
+    decided = decided_by(labels, master, meta, policy)
+    if forced:  # a reviewer's "make master" decided those groups
+        decided[np.isin(master, np.flatnonzero(boost))] = "reviewer"
     size = np.bincount(labels, minlength=len(scope))[labels]
     keep = overrides["keep"]
     kept_flag = np.fromiter((i in keep for i in scope.ids.tolist()), dtype=bool, count=len(scope)) if keep \
@@ -274,6 +288,7 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
         "sim_to_master": pa.array(sims.astype(np.float32)),
         "group_size": pa.array(g_size, pa.int64()),
         "group_score": pa.array(g_score, pa.float64(), mask=np.isnan(g_score)),
+        "decided_by": pa.array(decided.tolist(), pa.string()),
     })
     # reviewer's not-a-duplicate images: singletons of their own
     if not_dup:
@@ -288,6 +303,7 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
             "sim_to_master": pa.array(np.ones(len(extra), np.float32)),
             "group_size": pa.array(np.ones(len(extra), np.int64)),
             "group_score": pa.array(own, pa.float64(), mask=np.isnan(own)),
+            "decided_by": pa.nulls(len(extra), pa.string()),
         })])
 
     # summary, with the chaining of the largest groups made visible
@@ -302,7 +318,7 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
         largest.append(dict(group_id=int(gid_of_label[lab]), size=int(grp_sizes[k]), master_id=str(grp_master_ids[k]),
                             weakest_link=round(float(weakest.get(lab, min_sim[lab])), 6),
                             min_sim_to_master=round(float(min_sim[lab]), 6), split=bool(split[lab]),
-                            chain_size=int(comp_size[lab])))
+                            chain_size=int(comp_size[lab]), decided_by=decided[master[lab]]))
     n_total = members.num_rows
     n_supp = int(suppressed.sum())
     summary = dict(
@@ -312,6 +328,7 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
         largest_group=int(grp_sizes.max()) if len(grp_sizes) else 1,
         pairs=forest.pair_count(t) if mode == "components" or t >= forest.floor else None,
         largest_groups=largest,
+        decided_by=_count_decided(decided[master[grp_keys]] if len(grp_keys) else []),
         overrides_respected=dict(keep=int((would_suppress & kept_flag).sum()), master=len(forced),
                                  not_duplicate=len(not_dup)),
     )

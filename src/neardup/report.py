@@ -39,7 +39,11 @@ def format_summary(summary: dict[str, Any]) -> str:
             split = g.get("split")
             how = "" if split is None else (f", split from a chain of {g['chain_size']:,}" if split else ", not split")
             lines.append(f"    group {g['group_id']}: {g['size']:,} images, master {g['master_id']}, "
-                         f"span {g['min_sim_to_master']:.4f}, weakest link {g['weakest_link']:.4f}{how}")
+                         f"span {g['min_sim_to_master']:.4f}, weakest link {g['weakest_link']:.4f}{how}"
+                         + (f", decided by {g['decided_by']}" if g.get("decided_by") else ""))
+    if s.get("decided_by"):
+        lines.append("  masters decided by (policy key at which the master beats the next-best member: groups): "
+                     + ", ".join(f"{k} {v:,}" for k, v in s["decided_by"].items()))
     ps = s.get("pass") or {}
     if ps.get("mode") == "incremental":
         lines.append(f"  incremental pass: {ps.get('added', 0):,} added, {ps.get('changed', 0):,} changed, "

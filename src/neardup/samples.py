@@ -131,6 +131,101 @@ def apply_edit(im: Image.Image, edit: str, rng: np.random.Generator) -> Image.Im
     raise ValueError(f"unknown edit {edit!r}")
 
 
+#: Degraded copies for the master benchmark and tests (issue 11): what a copy of a photo loses.
+DEGRADATIONS: dict[str, str] = {
+    "jpeg20": "re-compressed as JPEG quality 20",
+    "downscale": "downscaled to 40-70%",
+    "crop": "crop of 4-10% off the edges",
+    "blur": "Gaussian blur, radius 0.4% of the long side (2 px at 512)",
+    "grey": "greyscale (left out where the original is greyscale already)",
+    "caption": "a caption drawn over the lower part",
+    "pad": "a uniform white or black border of 4-10% of each side",
+    "bright": "brightness x1.25-1.45 or x0.6-0.75",
+    "flip": "horizontal flip (same quality: counts as the original)",
+    "rotate": "rotation by 2-5 degrees, corners filled black",
+}
+
+
+def degrade(im: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
+    """One degradation from :data:`DEGRADATIONS` of ``im``, with parameters drawn from ``rng``."""
+    from PIL import ImageFilter
+
+    w, h = im.size
+    if kind == "jpeg20":
+        return _jpeg(im, 20)
+    if kind == "downscale":
+        return apply_edit(im, "resize", rng)
+    if kind == "crop":
+        return apply_edit(im, "crop", rng)
+    if kind == "blur":
+        return im.filter(ImageFilter.GaussianBlur(radius=0.004 * max(w, h)))
+    if kind == "grey":
+        return im.convert("L").convert("RGB")
+    if kind == "caption":
+        return apply_edit(im, "text", rng)
+    if kind == "pad":
+        f = float(rng.uniform(0.04, 0.10))
+        bw, bh = round(w * f), round(h * f)
+        colour = (255, 255, 255) if rng.random() < 0.5 else (0, 0, 0)
+        out = Image.new("RGB", (w + 2 * bw, h + 2 * bh), colour)
+        out.paste(im, (bw, bh))
+        return out
+    if kind == "bright":
+        return apply_edit(im, "bright", rng)
+    if kind == "flip":
+        return ImageOps.mirror(im)
+    if kind == "rotate":
+        return apply_edit(im, "rotate", rng)
+    raise ValueError(f"unknown degradation {kind!r}")
+
+
+def is_greyscale(im: Image.Image, tol: int = 2) -> bool:
+    """True when every pixel's R, G and B are within ``tol`` of each other."""
+    a = np.asarray(im.convert("RGB"), dtype=np.int16)
+    return bool((a.max(axis=2) - a.min(axis=2)).max() <= tol)
+
+
+def build_degraded(folder: str | os.PathLike[str], *, seed: int = 0, draws: int = 1, tiles: bool = True,
+                   original_quality: int = 95, copy_quality: tuple[int, int] = (95, 95),
+                   kinds: Sequence[str] = tuple(DEGRADATIONS),
+                   photos: Sequence[str] | None = None) -> list[SampleFile]:
+    """Families of one original and its degraded copies, for judging which copy a policy keeps.
+
+    Each original is written as JPEG ``original_quality`` (a camera's "fine" setting); each copy
+    is the degradation of the *decoded original* (as an editor would open it) saved as JPEG at a
+    quality drawn from ``copy_quality`` (inclusive; ``jpeg20`` is saved at 20, ``flip`` at the
+    original's quality). ``draws`` independent families per photo, group ``<photo>#<k>``.
+    Layout ``<photo>#<k>/original.jpg`` and ``<photo>#<k>/<kind>.jpg``; labels in ``labels.csv``.
+    """
+    root = Path(folder)
+    rng = np.random.default_rng(seed)
+    srcs = originals(tiles=tiles)
+    if photos is not None:
+        srcs = {k: v for k, v in srcs.items() if k in photos}
+    out: list[SampleFile] = []
+    for name, im in srcs.items():
+        grey = is_greyscale(im)
+        for k in range(draws):
+            group = f"{name}#{k}"
+            d = root / group
+            d.mkdir(parents=True, exist_ok=True)
+            p = d / "original.jpg"
+            im.save(p, "JPEG", quality=original_quality)
+            out.append(SampleFile(p, group, "original"))
+            decoded = Image.open(p).convert("RGB")
+            for kind in kinds:
+                if kind == "grey" and grey:
+                    continue
+                q = 20 if kind == "jpeg20" else original_quality if kind == "flip" else \
+                    int(rng.integers(copy_quality[0], copy_quality[1] + 1))
+                ed = degrade(decoded, kind, rng)
+                ep = d / f"{kind}.jpg"
+                ed.save(ep, "JPEG", quality=q)
+                out.append(SampleFile(ep, group, kind))
+    write_labels(root / "labels.csv", out, root)
+    return out
+
+
 def burst_frames(im: Image.Image, n: int, rng: np.random.Generator) -> list[Image.Image]:
     """``n`` frames of a window (88% of the photo) panning ~1.5% per frame, with exposure jitter."""
     w, h = im.size

@@ -2,7 +2,8 @@
 
 Per image: a stable id, the absolute path, the sha256 of the bytes, width × height (after EXIF
 orientation), mean luminance brightness in 0–1, capture time from EXIF, file size and mtime,
-and a small JPEG thumbnail in ``<catalog sidecar>/thumbs/<sha[:2]>/<sha>.jpg``. Files that
+the quality measures of :mod:`neardup.quality` (from the thumbnail and the quantisation
+tables; what the master policy reads), and a small JPEG thumbnail in ``<catalog sidecar>/thumbs/<sha[:2]>/<sha>.jpg``. Files that
 cannot be read are recorded in the catalog's ``skipped`` table with a reason — never a crash.
 
 Re-scanning is incremental: a file whose size and mtime are unchanged is not read again; a file
@@ -31,6 +32,8 @@ from .catalog import Catalog
 from .embed.base import draft_at_least, exif_orientation, to_rgb, upright
 from .errors import InputError
 from .paths import is_utf8, require_regular_file, shown
+from .quality import MEASURES as QUALITY_MEASURES
+from .quality import measure as measure_quality
 
 #: Extensions picked up when walking a folder (lower case). Files named in a list are always tried.
 IMAGE_EXTENSIONS = frozenset({
@@ -82,6 +85,7 @@ class ImageInfo:
     file_size: int
     mtime: float
     prepared: Any = None      # the model input, when the scan was asked to prepare one
+    measures: dict[str, Any] = field(default_factory=dict)  # quality measures (neardup.quality)
 
 
 @dataclass
@@ -344,6 +348,7 @@ def inspect_image(path: str, *, thumbs_dir: Path | None = None, thumb_size: int 
         thumb = make_thumbnail(rgb, thumb_size)
         lum = np.asarray(thumb.convert("L"))
         brightness = float(lum.mean() / 255.0) if lum.size else 0.0
+        measures = measure_quality(thumb, lum, im)
         if thumbs_dir is not None:
             tp = Path(thumbs_dir) / sha[:2] / f"{sha}.jpg"
             if not tp.exists():
@@ -353,7 +358,8 @@ def inspect_image(path: str, *, thumbs_dir: Path | None = None, thumb_size: int 
                 os.replace(tmp, tp)
     except (Exception, MemoryError) as exc:  # any decoder failure is a skip, never a crash
         return Skip(path, _classify(exc))
-    return ImageInfo(path, sha, int(w), int(h), brightness, captured, int(st.st_size), float(st.st_mtime), prepared)
+    return ImageInfo(path, sha, int(w), int(h), brightness, captured, int(st.st_size), float(st.st_mtime), prepared,
+                     measures)
 
 
 # -- the scan ----------------------------------------------------------------------------------
@@ -423,7 +429,8 @@ def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers
     meta_types: dict[str, Any] = {}
     for f in files:
         meta_types.update(f.meta_types)
-    existing = catalog.sql("SELECT id, path, sha256, file_size, mtime, status FROM images WHERE path IS NOT NULL").to_pylist()
+    existing = catalog.sql("SELECT id, path, sha256, file_size, mtime, status, sharpness IS NOT NULL AS measured "
+                           "FROM images WHERE path IS NOT NULL").to_pylist()
     by_path = {r["path"]: r for r in existing}
     taken_ids = set(catalog.sql("SELECT id FROM images").column(0).to_pylist())
     known_shas = {r["sha256"] for r in existing if r["sha256"] and r["status"] == STATUS_OK}
@@ -438,7 +445,8 @@ def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers
             try:
                 st = os.stat(f.path)
                 same = (old["status"] == STATUS_OK and old["file_size"] == st.st_size
-                        and old["mtime"] is not None and abs(old["mtime"] - st.st_mtime) < 1e-6)
+                        and old["mtime"] is not None and abs(old["mtime"] - st.st_mtime) < 1e-6
+                        and old["measured"])   # scanned before the quality measures: read once more
             except OSError:
                 same = False
             if same and not f.meta:
@@ -511,7 +519,7 @@ def scan(catalog: Catalog, sources: Sequence[str | os.PathLike[str]], *, workers
                 known_shas.add(res.sha256)
                 row = dict(id=fid, path=f.path, sha256=res.sha256, width=res.width, height=res.height,
                            brightness=res.brightness, captured_at=res.captured_at, file_size=res.file_size,
-                           mtime=res.mtime, status=STATUS_OK, source=f.source, scanned_at=now)
+                           mtime=res.mtime, status=STATUS_OK, source=f.source, scanned_at=now, **res.measures)
                 row.update(f.meta)
                 rows.append(row)
             if len(rows) + len(skips) >= write_every or k == len(chunks) - 1:
@@ -564,7 +572,8 @@ def _upsert_rows(cat: Catalog, rows: list[dict[str, Any]], meta_types: dict[str,
         groups.setdefault(tuple(r), []).append(r)
     types = {"id": pa.string(), "path": pa.string(), "sha256": pa.string(), "width": pa.int32(), "height": pa.int32(),
              "brightness": pa.float64(), "captured_at": pa.timestamp("us"), "file_size": pa.int64(),
-             "mtime": pa.float64(), "status": pa.string(), "source": pa.string(), "scanned_at": pa.timestamp("us")}
+             "mtime": pa.float64(), "status": pa.string(), "source": pa.string(), "scanned_at": pa.timestamp("us"),
+             **{m: pa.float64() for m in QUALITY_MEASURES}}
     types = {**(meta_types or {}), **types}
     for cols, rs in groups.items():
         arrays = {}

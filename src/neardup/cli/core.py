@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from ..errors import InputError
+from ..policy import DEFAULT_POLICY
 from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_callback
 
 ModelOption = Annotated[Optional[str], typer.Option("--model", help="Embedding model to use (default: the most recently updated one).")]
@@ -132,7 +133,7 @@ def dedup(
     threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Cosine threshold in (0, 1]; pairs at or above it are duplicates. Default: this catalog's calibrated threshold for the model (`neardup calibrate`), else the model's own (see `neardup models`; 0.98 for imported CLIP-style vectors); the command says which.")] = None,
     mode: Annotated[Optional[str], typer.Option("--mode", help="components: transitive groups (A~B, B~C groups A, B, C; chains can grow). bounded: components cut at their weakest links until every member is within --bound of its master. leader: each kept image suppresses only images within the threshold of itself. Default: the model's (see `neardup models`).")] = None,
     bound: Annotated[Optional[float], typer.Option("--bound", help="Mode bounded: the lowest similarity any member may have to its group's master (default: the model's).")] = None,
-    prefer: Annotated[str, typer.Option("--prefer", help="Master policy, in order: score, brightness, resolution, file_size, newest, oldest, path, id (add :asc/:desc). id asc is always the last tie-break.")] = "score,brightness",
+    prefer: Annotated[str, typer.Option("--prefer", help="Master policy: keys compared in order (add :asc/:desc). score, brightness, resolution, file_size, newest, oldest, path, id, and the scan's quality keys content (pixels less borders), border, central (mean similarity to the rest of the group: the source of edited copies), colour, jpeg_quality, sharpness, clipped; 'quality' stands for those in the default's order. 'score,brightness' is the seed's rule. id asc is always the last tie-break; each group records the key that decided its master (decided_by).")] = DEFAULT_POLICY,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write nothing.")] = False,
     model: ModelOption = None,
     index: IndexOption = "exact",

@@ -38,7 +38,7 @@ def scan_cmd(
     workers: WorkersOpt = None,
     thumb_size: Annotated[int, typer.Option("--thumb-size", min=32, max=1024, help="Thumbnail size in pixels: the long side is at most this, and at least 3/4 of it for larger images.")] = 256,
 ) -> None:
-    """Add images to the catalog: hash, size, brightness, EXIF capture time and a thumbnail for each.
+    """Add images to the catalog: hash, size, brightness, EXIF capture time, quality measures (sharpness, JPEG quality, borders, colourfulness, clipped pixels: what the default --prefer policy of dedup reads) and a thumbnail for each.
 
     Re-running is incremental: unchanged files are not read again, changed files are re-hashed (and re-embedded by the next `embed`), vanished files are marked missing. Unreadable files (corrupt, truncated, empty, unsupported, decompression bombs, pipes, names that are not UTF-8) are listed by `neardup skipped`; a table whose extra columns clash with the catalog is refused before anything is written. Your images are only read, never modified, moved or deleted."""
     from ..sources import scan

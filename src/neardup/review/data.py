@@ -307,11 +307,11 @@ def group_detail(cat: Catalog, run_id: int, group_id: int, page: int = 1, per_pa
                  sort: str = "sim_asc") -> dict[str, Any] | None:
     """One group of a run: its master and one page of members, or None when it does not exist."""
     head = _one(cat,
-        """SELECT count(*), any_value(master_id), min(sim_to_master), count(*) FILTER (WHERE is_suppressed)
-           FROM run_members WHERE run_id = ? AND group_id = ?""", [run_id, group_id])
+        """SELECT count(*), any_value(master_id), min(sim_to_master), count(*) FILTER (WHERE is_suppressed),
+                  any_value(decided_by) FROM run_members WHERE run_id = ? AND group_id = ?""", [run_id, group_id])
     if not head or not head[0]:
         return None
-    size, master_id, min_sim, n_supp = int(head[0]), head[1], head[2], int(head[3])
+    size, master_id, min_sim, n_supp, decided = int(head[0]), head[1], head[2], int(head[3]), head[4]
     order = {"sim_asc": "sim_to_master, image_id", "sim_desc": "sim_to_master DESC, image_id",
              "id": "image_id"}.get(sort, "sim_to_master, image_id")
     n_members = size - 1
@@ -329,7 +329,7 @@ def group_detail(cat: Catalog, run_id: int, group_id: int, page: int = 1, per_pa
         members.append(d)
     master = dict(info.get(master_id, {"id": master_id, "overrides": set(), "has_pixels": False}), sim=1.0)
     return dict(group_id=group_id, size=size, master=master, members=members, min_sim=min_sim,
-                n_suppressed=n_supp, page=page, pages=pages, per_page=per_page, sort=sort)
+                n_suppressed=n_supp, decided_by=decided, page=page, pages=pages, per_page=per_page, sort=sort)
 
 
 def member_page(cat: Catalog, run_id: int, group_id: int, image_id: str, sort: str = "sim_asc",
