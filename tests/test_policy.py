@@ -216,6 +216,9 @@ def test_old_catalog_gains_the_new_columns(tmp_path):
     with Catalog(db) as cat:
         cat.con.execute("ALTER TABLE images DROP COLUMN sharpness")
         cat.con.execute("ALTER TABLE run_members DROP COLUMN decided_by")
+        # and as a catalog from before the calibration and transaction-marker tables
+        for t in ("judgments", "calibrations", "txn_log"):
+            cat.con.execute(f"DROP TABLE {t}")
     with Catalog(db) as cat:
         assert "sharpness" in cat.image_columns()
         cols = {r[0] for r in cat.con.execute(
