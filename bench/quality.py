@@ -393,6 +393,11 @@ def masters_bench(seed: int, draws: int, model: str, reuse: bool = False) -> Non
                 ok_dedup = sum(kind_of[path_of[i]][1] in ("original", "flip") for i in masters)
                 merged = sum(len({kind_of[path_of[x["image_id"]]][0] for x in mem if x["group_id"] == g}) > 1
                              for g, n in sizes.items() if n >= 2)
+                # the groups that hold an original: is an original (or a flip) their master?
+                with_orig = {x["group_id"] for x in mem if sizes[x["group_id"]] >= 2
+                             and kind_of[path_of[x["image_id"]]][1] == "original"}
+                ok_with_orig = sum(kind_of[path_of[x["image_id"]]][1] in ("original", "flip")
+                                   for x in mem if x["is_master"] and x["group_id"] in with_orig)
                 res_regime["policies"][name] = {
                     "policy": ",".join(k for k, _ in pol),
                     "true_groups_kept_original": ok, "true_groups_rate": round(ok / len(kept), 4),
@@ -400,6 +405,8 @@ def masters_bench(seed: int, draws: int, model: str, reuse: bool = False) -> Non
                     "decided_by": dict(sorted(decided.items(), key=lambda kv: -kv[1])),
                     "dedup_kept_original": ok_dedup, "dedup_rate": round(ok_dedup / max(1, len(masters)), 4),
                     "dedup_groups": len(masters), "dedup_groups_mixing_families": merged,
+                    "dedup_groups_with_original": len(with_orig), "dedup_kept_original_when_present": ok_with_orig,
+                    "dedup_mode": r.summary.get("mode"), "dedup_bound": r.summary.get("bound"),
                 }
             # what each measure says, original vs each kind (how often the original is better / equal / worse)
             res_regime["pairwise"] = _pairwise(meta_true, fam, list(DEGRADATIONS))
@@ -452,13 +459,14 @@ def masters_markdown(out: dict) -> str:
     for regime, r in out["regimes"].items():
         lines += ["", f"**{regime}** (copies saved at JPEG quality {r['copy_quality'][0]}-{r['copy_quality'][1]}, "
                   f"original at 95): {r['families']} families, {r['images']} images", "",
-                  "| policy | true families: master is the original or flip | dedup's groups: master is an original or flip | kept instead (true families) | decided by (true families) |",
-                  "|---|---|---|---|---|"]
+                  "| policy | true families: master is the original or flip | dedup's groups holding an original: master is an original or flip | dedup's groups: master is an original or flip | kept instead (true families) | decided by (true families) |",
+                  "|---|---|---|---|---|---|"]
         for name, p in r["policies"].items():
             n = r["families"]
             other = ", ".join(f"{k} {v}" for k, v in p["kept_kind"].items() if k not in ("original", "flip")) or "—"
             dec = ", ".join(f"{k} {v}" for k, v in p["decided_by"].items())
             lines.append(f"| {name} | {p['true_groups_kept_original']}/{n} ({100 * p['true_groups_rate']:.1f}%) | "
+                         f"{p['dedup_kept_original_when_present']}/{p['dedup_groups_with_original']} | "
                          f"{p['dedup_kept_original']}/{p['dedup_groups']} ({100 * p['dedup_rate']:.1f}%) | {other} | {dec} |")
         kinds = list(next(iter(r["pairwise"].values())))
         lines += ["", "Original vs each copy, per key (families where the original is better / equal / worse):", "",
