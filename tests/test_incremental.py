@@ -20,7 +20,14 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from neardup import Catalog
-from neardup.dedup import dedup, load_scope, similarity_forest
+from functools import partial
+
+from neardup.dedup import dedup as _dedup
+from neardup.dedup import load_scope, similarity_forest
+from neardup.policy import SEED_POLICY
+
+# the references here rank by the seed's rule (score, brightness, id): run dedup with that policy
+dedup = partial(_dedup, prefer=SEED_POLICY)
 from neardup.similarity.exact import exact_forest
 from neardup.similarity.forest import hist_bins
 from neardup.similarity.incremental import RowSource, extend_forest, remove_nodes
