@@ -299,7 +299,7 @@ def test_master_and_not_duplicate_survive_a_reapply(client: TestClient, catalog:
         new_id = cat.latest_run_id("applied")
         new = cat.run(new_id)
         members = {r["image_id"]: r for r in cat.run_members(new_id).to_pylist()}
-    assert old["status"] == "restored" and new_id != catalog["run_id"]
+    assert old["status"] == "replaced" and old["replaced_by"] == new_id != catalog["run_id"]
     assert members[new_master]["is_master"] is True
     lone_group = members[loner]["group_id"]
     assert sum(1 for r in members.values() if r["group_id"] == lone_group) == 1

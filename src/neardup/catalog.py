@@ -86,6 +86,8 @@ CREATE TABLE IF NOT EXISTS runs(
     id INTEGER PRIMARY KEY, created_at TIMESTAMP, model VARCHAR, threshold DOUBLE, mode VARCHAR,
     policy VARCHAR, scope VARCHAR, n_images BIGINT, n_groups BIGINT, n_suppressed BIGINT,
     n_retained BIGINT, largest_group BIGINT, status VARCHAR, restored_at TIMESTAMP, summary JSON);
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS scope_key VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS replaced_by INTEGER;
 CREATE TABLE IF NOT EXISTS run_members(
     run_id INTEGER NOT NULL, image_id VARCHAR NOT NULL, group_id BIGINT NOT NULL,
     master_id VARCHAR NOT NULL, is_master BOOLEAN NOT NULL, is_suppressed BOOLEAN NOT NULL,
@@ -115,6 +117,9 @@ LEFT JOIN (SELECT image_id, group_size, group_score FROM run_members
        ON g.image_id = i.id
 WHERE NOT i.is_suppressed
 """
+#: columns added to ``runs`` after the first catalogs were written (added at open when missing)
+_RUN_COLUMNS = ("ALTER TABLE runs ADD COLUMN IF NOT EXISTS scope_key VARCHAR",
+                "ALTER TABLE runs ADD COLUMN IF NOT EXISTS replaced_by INTEGER")
 
 #: columns added after the first catalogs were written (issue 11): the scan's quality measures
 #: (see neardup.quality) and the policy key that decided each group's master. Added at open.
@@ -163,6 +168,26 @@ def _fsync(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+@dataclass(frozen=True)
+class RecordedRun:
+    """What :meth:`Catalog.record_run` did: the run in force now, the runs it replaced, what is visible."""
+
+    run_id: int
+    replaced: list[int]
+    retained: int          # the run's images that are visible after the command
+    visible: int           # rows of the ``visible`` view after the command
+    unchanged: bool = False  # an identical run was already in force: nothing was written
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What :meth:`Catalog.restore_runs` did: runs undone, runs put back in force, images visible after."""
+
+    undone: list[int]
+    reinstated: list[int]
+    visible: int
 
 
 @dataclass(frozen=True)
@@ -266,6 +291,10 @@ class Catalog:
                             self.con.execute(stmt)
                 self.collect_garbage()
                 self._migrate()
+            if not self.read_only and self._missing_run_columns():
+                with self.transaction():
+                    for stmt in _RUN_COLUMNS:
+                        self.con.execute(stmt)
             return
         if tables:
             raise CatalogError(f"{self.path}: this DuckDB file is not a neardup catalog (tables: {', '.join(sorted(tables))})")
@@ -290,6 +319,12 @@ class Catalog:
             for stmt in _ADDED_COLUMNS:
                 self.con.execute(stmt)
             self.con.execute(_VISIBLE_VIEW)
+
+    def _missing_run_columns(self) -> bool:
+        """True when an older catalog's ``runs`` lacks a column of :data:`_RUN_COLUMNS`."""
+        have = {r[0] for r in self.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'").fetchall()}
+        return not {stmt.split()[-2] for stmt in _RUN_COLUMNS} <= have
 
     def _missing_quality_columns(self) -> bool:
         """True when an older catalog lacks a column of :data:`_QUALITY_COLUMNS`."""
@@ -646,60 +681,156 @@ class Catalog:
     def next_run_id(self) -> int:
         return int(self.one("SELECT nextval('run_id_seq')")[0])
 
-    def record_run(self, info: dict[str, Any], members: pa.Table) -> int:
-        """Store a run and its members and apply its suppression, all in one transaction."""
-        with self.transaction():
+    def runs_in_force(self, model: str, scope_key: str = "all") -> list[int]:
+        """The applied runs of one model and scope: one, unless a run was recorded with ``replace=False``."""
+        rows = self.con.execute(
+            "SELECT id FROM runs WHERE status = 'applied' AND model = ? AND coalesce(scope_key, scope, 'all') = ? "
+            "ORDER BY id", [model, scope_key]).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def record_run(self, info: dict[str, Any], members: pa.Table, *, replace: bool = True) -> "RecordedRun":
+        """Store a run and its members and apply its suppression, all in one transaction.
+
+        With ``replace`` (the default) the applied runs of the same model and scope (``info["scope_key"]``)
+        stop being in force in the same transaction: status ``replaced``, ``replaced_by`` the new run. So one
+        run is in force per model and scope, and a union of runs with different policies cannot hide a
+        group. When a run in force has the same settings and exactly the same groups, masters and
+        suppression, nothing is written: that run is returned with ``unchanged=True``.
+
+        ``info["summary"]`` (a dict) is completed with what the catalog shows after the command:
+        ``retained`` (the run's images that are visible), ``suppressed``, ``visible`` (rows of the
+        ``visible`` view), ``replaced`` and ``run_id``.
+        """
+        scope_key = str(info.get("scope_key") or info.get("scope") or "all")
+        summary = info.setdefault("summary", {})
+        with self.transaction(), self.registered("_members", members):
+            in_force = self.runs_in_force(info["model"], scope_key)
+            same = self._identical_run(in_force, info)
+            if same is not None:
+                retained, visible = self._visible_counts(same)
+                summary.update(run_id=same, unchanged=True, replaced=[], retained=retained,
+                               suppressed=int(members.num_rows) - retained, visible=visible)
+                return RecordedRun(same, [], retained, visible, unchanged=True)
             run_id = self.next_run_id()
-            summary = json.dumps(info.get("summary", {}), default=float)
+            replaced = in_force if replace else []
             self.con.execute(
-                "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'applied', NULL, ?)",
-                [run_id, _now(), info["model"], info["threshold"], info["mode"], info["policy"], info.get("scope", "all"),
-                 info["n_images"], info["n_groups"], info["n_suppressed"], info["n_retained"], info["largest_group"], summary],
+                "INSERT INTO runs (id, created_at, model, threshold, mode, policy, scope, n_images, n_groups, "
+                "n_suppressed, n_retained, largest_group, status, restored_at, summary, scope_key, replaced_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'applied', NULL, NULL, ?, NULL)",
+                [run_id, _now(), info["model"], info["threshold"], info["mode"], info["policy"],
+                 info.get("scope", "all"), info["n_images"], info["n_groups"], info["n_suppressed"],
+                 info["n_retained"], info["largest_group"], scope_key],
             )
-            with self.registered("_members", members):
-                cols = [c for c in ("group_size", "group_score", "decided_by") if c in members.column_names]
-                extra = "".join(f", {c}" for c in cols)
+            if replaced:
                 self.con.execute(
-                    "INSERT INTO run_members (run_id, image_id, group_id, master_id, is_master, is_suppressed, "
-                    f"sim_to_master{extra}) SELECT ?, image_id, group_id, master_id, is_master, is_suppressed, "
-                    f"sim_to_master{extra} FROM _members",
-                    [run_id],
-                )
+                    f"UPDATE runs SET status = 'replaced', replaced_by = ? WHERE id IN ({', '.join('?' * len(replaced))})",
+                    [run_id, *replaced])
+            cols = [c for c in ("group_size", "group_score", "decided_by") if c in members.column_names]
+            extra = "".join(f", {c}" for c in cols)
+            self.con.execute(
+                "INSERT INTO run_members (run_id, image_id, group_id, master_id, is_master, is_suppressed, "
+                f"sim_to_master{extra}) SELECT ?, image_id, group_id, master_id, is_master, is_suppressed, "
+                f"sim_to_master{extra} FROM _members",
+                [run_id],
+            )
             self._recompute_suppression()
-            self.describe(f"applied dedup run {run_id} (undo with `neardup restore {run_id}`)")
-        return run_id
+            retained, visible = self._visible_counts(run_id)
+            summary.update(run_id=run_id, replaced=replaced, retained=retained,
+                           suppressed=int(info["n_images"]) - retained, visible=visible)
+            self.con.execute("UPDATE runs SET summary = ? WHERE id = ?", [json.dumps(summary, default=float), run_id])
+            self.describe(f"applied dedup run {run_id} (undo with `neardup restore {run_id}`)"
+                          + (f"; run {', '.join(map(str, replaced))} replaced" if replaced else ""))
+        return RecordedRun(run_id, list(replaced), retained, visible)
+
+    def _identical_run(self, candidates: Sequence[int], info: dict[str, Any]) -> int | None:
+        """The first of ``candidates`` with the same settings and the same rows as the registered ``_members``."""
+        cols = "image_id, group_id, master_id, is_master, is_suppressed"
+        n = int(self.one("SELECT count(*) FROM _members")[0])
+        bound = (info.get("summary") or {}).get("bound")
+        for rid in candidates:
+            row = self.one("SELECT threshold, mode, policy, summary FROM runs WHERE id = ?", [rid])
+            if row is None or (float(row[0]), row[1], row[2]) != (float(info["threshold"]), info["mode"], info["policy"]):
+                continue
+            if (json.loads(row[3]) if row[3] else {}).get("bound") != bound:   # bounded grouping: same bound too
+                continue
+            if int(self.one("SELECT count(*) FROM run_members WHERE run_id = ?", [rid])[0]) != n:
+                continue
+            diff = self.one(f"SELECT count(*) FROM (SELECT {cols} FROM _members EXCEPT ALL "
+                            f"SELECT {cols} FROM run_members WHERE run_id = ?)", [rid])[0]
+            if diff == 0:
+                return rid
+        return None
+
+    def _visible_counts(self, run_id: int) -> tuple[int, int]:
+        """``(visible images of the run, rows of the visible view)``."""
+        retained = self.one("SELECT count(*) FROM run_members m JOIN images i ON i.id = m.image_id "
+                            "WHERE m.run_id = ? AND NOT i.is_suppressed", [run_id])[0]
+        return int(retained), int(self.one("SELECT count(*) FROM visible")[0])
 
     def _recompute_suppression(self) -> None:
-        """is_suppressed = suppressed by some applied run and not kept by a reviewer."""
+        """is_suppressed = suppressed by some applied run, not kept or un-grouped by a reviewer.
+
+        Then every group of every applied run keeps a visible image: where runs in force together
+        (different models or scopes, or ``replace=False``) would hide a whole group, its master stays.
+        """
         self.con.execute(
             """
             UPDATE images SET is_suppressed = (
                 id IN (SELECT m.image_id FROM run_members m JOIN runs r ON r.id = m.run_id
                        WHERE r.status = 'applied' AND m.is_suppressed)
-                AND id NOT IN (SELECT image_id FROM overrides WHERE kind = 'keep'))
+                AND id NOT IN (SELECT image_id FROM overrides WHERE kind IN ('keep', 'not_duplicate')))
+            """
+        )
+        self.con.execute(
+            """
+            UPDATE images SET is_suppressed = false WHERE id IN (
+                SELECT m.master_id FROM run_members m JOIN runs r ON r.id = m.run_id AND r.status = 'applied'
+                JOIN images i ON i.id = m.image_id
+                GROUP BY m.run_id, m.group_id, m.master_id HAVING bool_and(i.is_suppressed))
             """
         )
 
-    def restore(self, run_id: int | None = None) -> list[int]:
-        """Undo one applied run (or every applied run when ``run_id`` is None). Returns the runs undone."""
+    def restore_runs(self, run_id: int | None = None) -> "RestoreResult":
+        """Undo one applied run (or every applied run when ``run_id`` is None), in one transaction.
+
+        Undoing a run that replaced others puts those back in force (the state before that dedup),
+        so ``restore`` of the newest run steps back one dedup. ``--all`` puts nothing back: every
+        image becomes visible (but what a reviewer decided stays recorded).
+        """
         with self.transaction():
+            back: list[int] = []
             if run_id is None:
                 ids = [r[0] for r in self.con.execute("SELECT id FROM runs WHERE status = 'applied' ORDER BY id").fetchall()]
             else:
-                row = self.one("SELECT status FROM runs WHERE id = ?", [run_id])
+                row = self.one("SELECT status, replaced_by FROM runs WHERE id = ?", [run_id])
                 if row is None:
                     raise CatalogError(f"no run {run_id} in {self.path} (see `neardup runs`)")
+                if row[0] == "replaced":
+                    raise CatalogError(f"run {run_id} was replaced by run {row[1]}: restore run {row[1]} to put it back in force")
                 if row[0] != "applied":
                     raise CatalogError(f"run {run_id} is already {row[0]}")
                 ids = [run_id]
+                back = [r[0] for r in self.con.execute(
+                    "SELECT id FROM runs WHERE status = 'replaced' AND replaced_by = ? ORDER BY id", [run_id]).fetchall()]
             if ids:
                 self.con.execute(
                     f"UPDATE runs SET status = 'restored', restored_at = ? WHERE id IN ({', '.join('?' * len(ids))})",
                     [_now(), *ids],
                 )
                 self.describe(f"restored run{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}")
+            if back:
+                self.con.execute(
+                    f"UPDATE runs SET status = 'applied', replaced_by = NULL WHERE id IN ({', '.join('?' * len(back))})", back)
+                for rid in back:  # decisions made while it was replaced take effect in it too
+                    for img in self._decided_members(rid):
+                        self._apply_decision(rid, img)
             self._recompute_suppression()
-        return ids
+            visible = int(self.one("SELECT count(*) FROM visible")[0])
+        return RestoreResult([int(i) for i in ids], [int(i) for i in back], visible)
+
+    def restore(self, run_id: int | None = None) -> list[int]:
+        """Undo one applied run (or every applied run when ``run_id`` is None). Returns the runs undone."""
+        return self.restore_runs(run_id).undone
 
     def runs(self) -> list[dict[str, Any]]:
         t = self.sql("SELECT * EXCLUDE (summary), summary FROM runs ORDER BY id")
@@ -730,25 +861,118 @@ class Catalog:
 
     # -- reviewer overrides ----------------------------------------------------------------
     def add_override(self, image_id: str, kind: str, note: str | None = None) -> None:
-        """Record a reviewer decision that later runs respect: keep, master or not_duplicate."""
+        """Record a reviewer decision: effective at once in the runs in force, and respected by later runs.
+
+        ``keep``: never suppressed. ``master``: it becomes the master of its group in every applied
+        run (the previous master is suppressed; an earlier ``master`` decision for another member of
+        that group is dropped, one master per group). ``not_duplicate``: it leaves its group and
+        stays visible; if it was the master, the group's best other member by the run's policy
+        takes over. The group is otherwise left as it is until the next dedup (which also splits a
+        chain that ran through a not-duplicate image).
+        """
         if kind not in OVERRIDE_KINDS:
             raise InputError(f"override kind {kind!r}: use one of {', '.join(OVERRIDE_KINDS)}")
         with self.transaction():
             if not self.one("SELECT 1 FROM images WHERE id = ?", [image_id]):
                 raise InputError(f"no image {image_id!r} in the catalog")
+            if kind == "master":
+                self.con.execute(
+                    """DELETE FROM overrides WHERE kind = 'master' AND image_id <> ? AND image_id IN (
+                         SELECT o.image_id FROM run_members m JOIN runs r ON r.id = m.run_id AND r.status = 'applied'
+                         JOIN run_members o ON o.run_id = m.run_id AND o.group_id = m.group_id
+                         WHERE m.image_id = ?)""", [image_id, image_id])
             self.con.execute("DELETE FROM overrides WHERE image_id = ? AND kind = ?", [image_id, kind])
             self.con.execute("INSERT INTO overrides VALUES (?, ?, ?, ?)", [image_id, kind, _now(), note])
             from .incremental import record_decision_basis  # what the decision was made on (see dedup)
 
             record_decision_basis(self, image_id)
+            for rid in self._applied_runs_of(image_id):
+                self._apply_decision(rid, image_id)
             self._recompute_suppression()
             self.describe(f"recorded the decision {kind!r} for image {image_id!r}")
 
     def remove_override(self, image_id: str, kind: str) -> None:
+        """Withdraw a reviewer decision. Its group in the runs in force follows at once, except that an
+        image withdrawn from ``not_duplicate`` rejoins a group only at the next dedup."""
         with self.transaction():
             self.con.execute("DELETE FROM overrides WHERE image_id = ? AND kind = ?", [image_id, kind])
+            for rid in self._applied_runs_of(image_id):
+                self._apply_decision(rid, image_id, withdrawn_master=kind == "master")
             self._recompute_suppression()
             self.describe(f"removed the decision {kind!r} for image {image_id!r}")
+
+    def _applied_runs_of(self, image_id: str) -> list[int]:
+        rows = self.con.execute("SELECT m.run_id FROM run_members m JOIN runs r ON r.id = m.run_id "
+                                "WHERE r.status = 'applied' AND m.image_id = ? ORDER BY m.run_id", [image_id]).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def _decided_members(self, run_id: int) -> list[str]:
+        rows = self.con.execute("SELECT DISTINCT o.image_id FROM overrides o JOIN run_members m "
+                                "ON m.image_id = o.image_id AND m.run_id = ? ORDER BY 1", [run_id]).fetchall()
+        return [r[0] for r in rows]
+
+    def _apply_decision(self, run_id: int, image_id: str, *, withdrawn_master: bool = False) -> None:
+        """Bring the group of ``image_id`` in run ``run_id`` in line with the reviewer's decisions now recorded."""
+        from .policy import parse_policy, policy_columns, priority_rank
+
+        row = self.one("SELECT group_id, master_id FROM run_members WHERE run_id = ? AND image_id = ?", [run_id, image_id])
+        if row is None:
+            return
+        gid, master = row
+        members = [r[0] for r in self.con.execute(
+            "SELECT image_id FROM run_members WHERE run_id = ? AND group_id = ? ORDER BY image_id", [run_id, gid]).fetchall()]
+        if len(members) < 2:
+            return
+        ov = self.overrides()
+        if image_id in ov["not_duplicate"]:       # out of the group: a visible singleton of its own
+            new_gid = int(self.one("SELECT max(group_id) + 1 FROM run_members WHERE run_id = ?", [run_id])[0])
+            self.con.execute("UPDATE run_members SET group_id = ?, master_id = image_id, is_master = true, "
+                             "is_suppressed = false, sim_to_master = 1.0 WHERE run_id = ? AND image_id = ?",
+                             [new_gid, run_id, image_id])
+            members = [m for m in members if m != image_id]
+        forced = [m for m in members if m in ov["master"]]
+        if forced or master not in members or (withdrawn_master and master == image_id):
+            run = self.one("SELECT model, policy FROM runs WHERE id = ?", [run_id])
+            candidates = forced or members
+            policy = parse_policy(run[1] or None)
+            have = set(self.image_columns())
+            cols = [c for c in policy_columns(policy) if c in have]
+            meta = self.sql(f"SELECT {', '.join(chr(34) + c + chr(34) for c in cols)} FROM images "
+                            f"WHERE id IN ({', '.join('?' * len(candidates))}) ORDER BY id", candidates)
+            master = meta["id"][int(np.argmin(priority_rank(meta, policy)))].as_py()
+        sims = self._similarities(run_id, members, master)
+        keep = ov["keep"]
+        upd = pa.table({"image_id": pa.array(members, pa.string()),
+                        "is_master": pa.array([m == master for m in members]),
+                        "is_suppressed": pa.array([m != master and m not in keep for m in members]),
+                        "sim_to_master": pa.array(sims, pa.float32())})
+        with self.registered("_upd", upd):
+            self.con.execute("UPDATE run_members SET master_id = ?, is_master = u.is_master, is_suppressed = u.is_suppressed, "
+                             "sim_to_master = u.sim_to_master FROM _upd u "
+                             "WHERE run_members.run_id = ? AND run_members.image_id = u.image_id", [master, run_id])
+        self.con.execute(
+            """UPDATE runs SET n_groups = c.g, n_suppressed = c.s, n_retained = c.n - c.s, largest_group = c.big FROM (
+                 SELECT count(*) FILTER (WHERE size >= 2) AS g, sum(sup) AS s, sum(size) AS n, max(size) AS big FROM (
+                   SELECT group_id, count(*) AS size, count(*) FILTER (WHERE is_suppressed) AS sup
+                   FROM run_members WHERE run_id = ? GROUP BY group_id)) c WHERE runs.id = ?""", [run_id, run_id])
+
+    def _similarities(self, run_id: int, ids: Sequence[str], master: str) -> np.ndarray:
+        """Cosine similarity of each of ``ids`` to ``master`` under the run's model (NaN where a vector is missing)."""
+        model = self.one("SELECT model FROM runs WHERE id = ?", [run_id])[0]
+        out = np.full(len(ids), np.nan, dtype=np.float32)
+        try:
+            _, _, vectors = self.embedding_vectors(model)
+        except CatalogError:
+            return out
+        rows, row_ids = self.embedding_rows(model, [*ids, master])
+        where = dict(zip(row_ids.tolist(), rows.tolist()))
+        if master not in where:
+            return out
+        m = np.asarray(vectors[where[master]], dtype=np.float32)
+        for k, i in enumerate(ids):
+            if i in where:
+                out[k] = 1.0 if i == master else float(np.asarray(vectors[where[i]], dtype=np.float32) @ m)
+        return out
 
     def overrides(self) -> dict[str, set[str]]:
         """``{kind: {image ids}}`` for every reviewer decision."""

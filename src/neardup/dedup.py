@@ -174,6 +174,8 @@ class DedupResult:
     run_id: int | None = None
     dry_run: bool = False
     forest: SimilarityForest | None = field(default=None, repr=False)
+    replaced: list[int] = field(default_factory=list)  # runs this one put out of force
+    unchanged: bool = False  # the run in force already had exactly this result: nothing was written
 
     def group(self, group_id: int) -> pa.Table:
         import pyarrow.compute as pc
@@ -200,7 +202,7 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
           prefer: str | Sequence[str] | None = DEFAULT_POLICY, dry_run: bool = False,
           ids: Sequence[str] | None = None, index: str = "exact", engine: str = "local",
           floor: float | None = None, progress: ProgressFn | None = None, top_groups: int = 5,
-          bound: float | None = None, group_score: str = "sum") -> DedupResult:
+          bound: float | None = None, group_score: str = "sum", keep_previous: bool = False) -> DedupResult:
     """Group near-duplicates at ``threshold`` and (unless ``dry_run``) apply the run to the catalog.
 
     ``mode``/``bound`` default to the model's (:func:`neardup.grouping.default_grouping`).
@@ -209,6 +211,11 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
     visible image -- carries the whole group's votes.
     Reviewer overrides are respected: ``keep`` images are never suppressed, ``master`` images
     become the master of their group, ``not_duplicate`` images stay out of every group.
+
+    One run is in force per model and scope: the new run replaces the applied run(s) of the same
+    model and scope (``ids``, or the whole collection) in the same transaction, unless
+    ``keep_previous``. When the run in force already has this exact result and these settings,
+    nothing is written (``result.unchanged``; ``run_id`` is that run).
     """
     t = check_threshold(threshold)
     check_options(mode=mode, bound=bound)
@@ -341,11 +348,11 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
     result = DedupResult(t, mode, scope.model, policy_text, members, summary, None, dry_run, forest)
     if not dry_run:
         info = dict(model=scope.model, threshold=t, mode=mode, policy=policy_text,
-                    scope="all" if ids is None else f"{len(base)} ids", n_images=n_total, n_groups=n_groups,
-                    n_suppressed=n_supp, n_retained=n_total - n_supp, largest_group=summary["largest_group"],
-                    summary=summary)
-        result.run_id = catalog.record_run(info, members)
-        summary["run_id"] = result.run_id
+                    scope="all" if ids is None else f"{len(base)} ids", scope_key=scope_key(ids),
+                    n_images=n_total, n_groups=n_groups, n_suppressed=n_supp, n_retained=n_total - n_supp,
+                    largest_group=summary["largest_group"], summary=summary)
+        rec = catalog.record_run(info, members, replace=not keep_previous)  # completes the summary
+        result.run_id, result.replaced, result.unchanged = rec.run_id, rec.replaced, rec.unchanged
     return result
 
 
@@ -393,6 +400,14 @@ def masters_changed(catalog: Catalog, model: str, scope_ids: np.ndarray, is_mast
     prev_set = set(prev.column(0).to_pylist())
     now_not_master = scope_ids[~is_master].tolist()
     return dict(masters_changed=sum(1 for i in now_not_master if i in prev_set), compared_with_run=int(run_id))
+
+
+def scope_key(ids: Sequence[str] | None) -> str:
+    """Which runs a run replaces: ``"all"`` for the whole collection, else a digest of the id list."""
+    if ids is None:
+        return "all"
+    wanted = sorted(set(map(str, ids)))
+    return f"ids:{len(wanted)}:" + hashlib.sha1("\n".join(wanted).encode()).hexdigest()[:16]
 
 
 def export_run(catalog: Catalog, run_id: int, out: str | Path, fmt: str | None = None) -> int:

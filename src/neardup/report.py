@@ -22,7 +22,14 @@ def sweep_table(rows: Sequence[dict[str, Any]], chosen: float | None = None) -> 
 def format_summary(summary: dict[str, Any]) -> str:
     """A dedup summary as a few readable lines (the largest groups' chaining made visible)."""
     s = summary
-    head = "dry run (nothing written)" if s.get("run_id") is None else f"run {s['run_id']} applied"
+    if s.get("run_id") is None:
+        head = "dry run (nothing written)"
+    elif s.get("unchanged"):
+        head = f"nothing changed: run {s['run_id']} is already in force with exactly this result"
+    else:
+        head = f"run {s['run_id']} applied"
+        if s.get("replaced"):
+            head += f" (replaces run {', '.join(map(str, s['replaced']))}, no longer in force)"
     lines = [
         f"{head}: model {s['model']}, threshold {s['threshold']}, mode {s['mode']}"
         + (f" (bound {s['bound']:.4g})" if s.get("bound") is not None else "") + f", prefer {s['policy']}",
@@ -32,6 +39,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     if s.get("split_groups"):
         lines.append(f"  {s['split_groups']:,} groups were cut out of longer chains (mode bounded)")
+    if s.get("visible") is not None and s["visible"] != s["retained"]:
+        lines.append(f"  {s['visible']:,} images visible in the catalog in all "
+                     f"({s['visible'] - s['retained']:,} outside this run's images)")
     if s.get("largest_groups"):
         lines.append("  largest groups (span = lowest similarity of a member to its master; weakest link = the "
                      "similarity holding the group together; low values mean a chain):")

@@ -139,13 +139,17 @@ def dedup(
     index: IndexOption = "exact",
     engine: EngineOption = "local",
     group_score: Annotated[str, typer.Option("--group-score", help="How a group's scores are combined onto its master (group_score on the visible view and in export): sum, max or mean.")] = "sum",
+    keep_previous: Annotated[bool, typer.Option("--keep-previous", help="Leave the run in force for this model in force too (suppression is then the union of both; a group's master stays visible where the union would hide the whole group).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     db: DbOption = DEFAULT_DB_PATH,
 ) -> None:
     """Group near-duplicates, keep one master per group, suppress the rest (reversibly: see restore).
 
-    The run is applied in one transaction: a crash or Ctrl-C leaves the catalog as it was.
-    Reviewer decisions (keep, master, not-a-duplicate) are respected and counted. The similarity
+    One run is in force per model: a new dedup replaces the applied run of the same model in the
+    same transaction and says which (`restore` of the new run puts the old one back in force).
+    A dedup whose result is exactly the run in force writes nothing and says so. A crash or
+    Ctrl-C leaves the catalog as it was. Reviewer decisions (keep, master, not-a-duplicate) are
+    respected and counted. "retained" is what the catalog shows after the command. The similarity
     pass is cached and kept up to date: after new images arrive only new x all pairs are computed.
     Each master carries its group's size and aggregated score (group_size, group_score).
     """
@@ -164,14 +168,16 @@ def dedup(
                               soft_wrap=True)
         with progress_callback("similarity pass") as prog:
             res = run_dedup(cat, threshold, model=model, mode=mode, bound=bound, prefer=prefer, dry_run=dry_run,
-                            index=index, engine=engine, progress=prog, group_score=group_score)
+                            index=index, engine=engine, progress=prog, group_score=group_score,
+                            keep_previous=keep_previous)
     _print_recall(res.forest, threshold)
     if as_json:
         typer.echo(json.dumps(res.summary, default=float))
     else:
         console.print(format_summary(res.summary), highlight=False)
-        if res.run_id is not None:
-            console.print(f"undo with: neardup restore {res.run_id} --db {db}", style="dim")
+        if res.run_id is not None and not res.unchanged:
+            back = f" (puts run {', '.join(map(str, res.replaced))} back in force)" if res.replaced else ""
+            console.print(f"undo with: neardup restore {res.run_id} --db {db}{back}", style="dim")
 
 
 @app.command()
@@ -179,7 +185,7 @@ def runs(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     db: DbOption = DEFAULT_DB_PATH,
 ) -> None:
-    """List dedup runs: threshold, mode, counts, and whether each is applied or restored."""
+    """List dedup runs: threshold, mode, counts, and whether each is applied, restored or replaced (by which run)."""
     with open_catalog(db, read_only=False) as cat:
         rows = cat.runs()
         total = cat.count_images()
@@ -195,7 +201,8 @@ def runs(
         table.add_column(col, justify="left" if col in ("created UTC", "status", "model", "mode") else "right",
                          no_wrap=True, overflow="fold" if col == "model" else "ellipsis")
     for r in rows:
-        table.add_row(str(r["id"]), str(r["created_at"])[5:16], r["status"], r["model"], f"{r['threshold']:.4g}",
+        status = r["status"] + (f" by {r['replaced_by']}" if r.get("replaced_by") else "")
+        table.add_row(str(r["id"]), str(r["created_at"])[5:16], status, r["model"], f"{r['threshold']:.4g}",
                       {"components": "comp"}.get(r["mode"], r["mode"]), f"{r['n_groups']:,}", f"{r['n_suppressed']:,}",
                       f"{r['n_retained']:,}", f"{r['largest_group']:,}")
     if not rows:
@@ -212,15 +219,21 @@ def restore(
     all_runs: Annotated[bool, typer.Option("--all", help="Undo every applied run.")] = False,
     db: DbOption = DEFAULT_DB_PATH,
 ) -> None:
-    """Undo a run: its images are no longer suppressed by it (another applied run may still suppress them)."""
+    """Undo a run: its images are no longer suppressed by it.
+
+    Restoring a run that replaced another puts that one back in force (one dedup back); --all
+    undoes every applied run and puts nothing back, so every image is visible again.
+    """
     if (run is None) == (not all_runs):
         raise InputError("give a run id or --all (not both)")
     with open_catalog(db) as cat:
-        undone = cat.restore(None if all_runs else run)
-        visible = int(cat.scalar("SELECT count(*) FROM visible"))
+        res = cat.restore_runs(None if all_runs else run)
         total = cat.count_images()
+    undone, visible = res.undone, res.visible
     if undone:
-        console.print(f"restored run{'s' if len(undone) > 1 else ''} {', '.join(map(str, undone))}; "
+        back = (f"; run{'s' if len(res.reinstated) > 1 else ''} {', '.join(map(str, res.reinstated))} in force again"
+                if res.reinstated else "")
+        console.print(f"restored run{'s' if len(undone) > 1 else ''} {', '.join(map(str, undone))}{back}; "
                       f"{visible:,} of {total:,} images visible")
     else:
         console.print(f"no applied runs; {visible:,} of {total:,} images visible")

@@ -445,7 +445,7 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
 
     @app.post("/runs/{run_id}/reapply")
     def reapply(request: Request, run_id: int = PathParam(..., ge=1, le=MAX_ID), csrf: str | None = Form(None)) -> Response:
-        """Restore an applied run and dedup again with its settings, so the reviewer's decisions take effect."""
+        """Dedup again with an applied run's settings (the new run replaces it), regrouping around the decisions."""
         check_post(request, csrf)
         from ..dedup import dedup
         from ..policy import parse_policy
@@ -459,9 +459,8 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
             prefer = policy_spec(r["policy"])
             parse_policy(prefer)  # refuse before touching the catalog if the stored policy cannot be read back
             bound = (r.get("summary") or {}).get("bound") if isinstance(r.get("summary"), dict) else None
-            with cat.transaction():  # restore + new run: both or neither
-                cat.restore(run_id)
-                res = dedup(cat, r["threshold"], model=r["model"], mode=r["mode"], prefer=prefer, bound=bound)
+            # the new run replaces the applied one in its own transaction: both or neither
+            res = dedup(cat, r["threshold"], model=r["model"], mode=r["mode"], prefer=prefer, bound=bound)
             app.state.weakest_cache.clear()
         return RedirectResponse(_with_flash("/runs", "reapplied", run_new=str(res.run_id)), status_code=303)
 
