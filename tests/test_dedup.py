@@ -160,18 +160,25 @@ def test_export_one_row_per_image(db, tmp_path, fmt):
     else:
         import json
         t = pa.Table.from_pylist(json.loads(out.read_text()))
-    assert t.column_names == ["image_id", "group_id", "master_id", "is_master", "is_suppressed", "sim_to_master",
-                              "group_size", "group_score", "decided_by"]
+    assert t.column_names[:8] == ["image_id", "path", "group_id", "group_size", "master_id", "is_master",
+                                  "is_suppressed", "sim_to_master"]
+    assert {"group_score", "decided_by"} <= set(t.column_names)
     rows = t.to_pylist()
     # decided_by: the group's deciding key on every member of a duplicate group, empty for singletons
-    sizes = {}
-    for r in rows:
-        sizes[r["group_id"]] = sizes.get(r["group_id"], 0) + 1
-    assert all((r["decided_by"] in (None, "")) == (sizes[r["group_id"]] == 1) for r in rows)
+    assert all((r["decided_by"] in (None, "")) == (r["group_id"] is None) for r in rows)
     assert sorted(r["image_id"] for r in rows) == sorted(c.ids)
-    singles = [r for r in rows if r["image_id"] == r["master_id"] and
-               sum(1 for x in rows if x["group_id"] == r["group_id"]) == 1]
-    assert singles and all(r["is_master"] and not r["is_suppressed"] for r in singles)
+    # groups agree with the summary and with the brute-force components
+    labels, _ = reference_groups(c.vectors, 0.98)
+    sizes = np.bincount(labels)
+    size_of = {i: int(sizes[lab]) for i, lab in zip(c.ids, labels)}
+    gids = {r["group_id"] for r in rows if r["group_id"] is not None}
+    assert len(gids) == res.summary["groups"] == int((sizes >= 2).sum()) > 0
+    for r in rows:
+        assert r["group_size"] == size_of[r["image_id"]]
+        assert (r["group_id"] is None) == (r["group_size"] == 1)
+    singles = [r for r in rows if r["group_id"] is None]
+    assert singles and all(r["is_master"] and not r["is_suppressed"] and r["master_id"] == r["image_id"] for r in singles)
+    assert len(singles) == int((sizes == 1).sum())
 
 
 def test_threshold_checked(db):

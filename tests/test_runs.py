@@ -33,7 +33,8 @@ def make_catalog(db: Path, seed: int = 0) -> list[str]:
     X = centers[which] + rng.uniform(0.02, 0.35, (N, 1)) * rng.standard_normal((N, 8))
     X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
     ids = [f"img{k:02d}" for k in range(N)]
-    meta = pa.table({"id": ids, "score": rng.uniform(0, 1, N), "brightness": rng.uniform(0, 1, N)})
+    meta = pa.table({"id": ids, "path": [f"/photos/{i}.jpg" for i in ids], "score": rng.uniform(0, 1, N),
+                     "brightness": rng.uniform(0, 1, N)})
     with Catalog(db) as cat:
         import_embeddings(cat, X, ids, meta=meta)
     return ids
@@ -300,3 +301,36 @@ def test_cli_says_what_it_replaced_and_when_nothing_changed(db, capsys):
     with Catalog(db) as cat:
         assert applied(cat) == [1, 3]
         check_invariants(cat)
+
+
+def test_export_counts_equal_the_summary_after_decisions(db, tmp_path, capsys):
+    import pyarrow.csv as pacsv
+    from test_cli_core import run as cli
+
+    make_catalog(db)
+    with Catalog(db) as cat:
+        res = dedup(cat, 0.9)
+        big = max(groups_of(cat, res.run_id).values(), key=len)
+    out = tmp_path / "g.csv"
+    code, text, _ = cli(capsys, "export", "--out", str(out), "--db", str(db))
+    t = pacsv.read_csv(out).to_pylist()
+    assert code == 0 and f"({res.summary['groups']:,} duplicate groups)" in text
+    assert len({r["group_id"] for r in t if r["group_id"] is not None}) == res.summary["groups"]
+    assert all(r["path"] == f"/photos/{r['image_id']}.jpg" for r in t)
+    assert sum(1 for r in t if r["group_id"] is None) == res.summary["images"] - sum(
+        len(rows) for rows in groups_of_catalog(db, res.run_id).values() if len(rows) >= 2)
+    # a reviewer takes a member out of a 2+ group: the export and the run's counts follow at once
+    loner = next(r["image_id"] for r in big if not r["is_master"])
+    with Catalog(db) as cat:
+        cat.add_override(loner, "not_duplicate")
+        n_groups = cat.run(res.run_id)["n_groups"]
+    code, text, _ = cli(capsys, "export", "--out", str(out), "--db", str(db))
+    t = {r["image_id"]: r for r in pacsv.read_csv(out).to_pylist()}
+    assert t[loner]["group_id"] is None and t[loner]["group_size"] == 1 and not t[loner]["is_suppressed"]
+    assert len({r["group_id"] for r in t.values() if r["group_id"] is not None}) == n_groups
+    assert n_groups == res.summary["groups"] - (1 if len(big) == 2 else 0)
+
+
+def groups_of_catalog(db, run_id):
+    with Catalog(db) as cat:
+        return groups_of(cat, run_id)

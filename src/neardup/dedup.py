@@ -410,6 +410,32 @@ def scope_key(ids: Sequence[str] | None) -> str:
     return f"ids:{len(wanted)}:" + hashlib.sha1("\n".join(wanted).encode()).hexdigest()[:16]
 
 
+#: export columns, in order; optional ones appear when the run records them (other branches add them)
+EXPORT_COLUMNS = ("image_id", "path", "group_id", "group_size", "master_id", "is_master", "is_suppressed",
+                  "sim_to_master")
+EXPORT_OPTIONAL = ("decided_by", "group_score")
+
+
+def export_table(catalog: Catalog, run_id: int) -> pa.Table:
+    """One row per image of a run, duplicate groups first (largest first, master first).
+
+    ``group_id`` is NULL for an image with no duplicate (``group_size`` 1), so the distinct
+    ``group_id`` values are exactly the run's duplicate groups (the summary's ``groups``).
+    """
+    catalog.run(run_id)
+    have = {r[0] for r in catalog.con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'run_members'").fetchall()}
+    extra = "".join(f", m.{c}" for c in EXPORT_OPTIONAL if c in have)
+    return catalog.sql(
+        f"""SELECT m.image_id, i.path, CASE WHEN s.n >= 2 THEN m.group_id END AS group_id, s.n AS group_size,
+                   m.master_id, m.is_master, m.is_suppressed, m.sim_to_master{extra}
+            FROM run_members m
+            JOIN (SELECT group_id, count(*) AS n FROM run_members WHERE run_id = ? GROUP BY group_id) s USING (group_id)
+            LEFT JOIN images i ON i.id = m.image_id
+            WHERE m.run_id = ?
+            ORDER BY s.n < 2, m.group_id, NOT m.is_master, m.image_id""", [run_id, run_id])
+
+
 def export_run(catalog: Catalog, run_id: int, out: str | Path, fmt: str | None = None) -> int:
     """Write a run's membership (one row per image) as CSV, Parquet or JSON; returns rows written."""
     import pyarrow.csv as pacsv
@@ -420,7 +446,7 @@ def export_run(catalog: Catalog, run_id: int, out: str | Path, fmt: str | None =
     if fmt not in ("csv", "parquet", "json"):
         raise InputError(f"export format {fmt!r}: use csv, parquet or json")
     check_output_file(out)  # before the query: a bad --out is refused at once
-    table = catalog.run_members(run_id)
+    table = export_table(catalog, run_id)
     with atomic_output(out) as tmp, open(tmp, "xb") as fh:  # never a half file, never a stray one
         if fmt == "csv":
             pacsv.write_csv(table, fh)

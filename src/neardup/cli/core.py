@@ -246,8 +246,10 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Output file.")] = Path("groups.csv"),
     db: DbOption = DEFAULT_DB_PATH,
 ) -> None:
-    """Write one row per image of a run: image_id, group_id, master_id, is_master, is_suppressed, sim_to_master,
-    group_size, group_score."""
+    """Write one row per image of a run: image_id, path, group_id, group_size, master_id, is_master, is_suppressed, sim_to_master, group_score.
+
+    group_id is empty (NULL) for an image with no duplicate (group_size 1), so the distinct
+    group_ids are the run's duplicate groups, as many as its summary's "groups"."""
     from ..dedup import export_run
 
     with open_catalog(db) as cat:
@@ -256,4 +258,5 @@ def export(
             if run is None:
                 raise InputError(f"{db}: no applied run to export (run `neardup dedup` first or give --run)")
         n = export_run(cat, run, out, fmt)
-    console.print(f"wrote {n:,} rows of run {run} to {out}")
+        groups = cat.run(run)["n_groups"]
+    console.print(f"wrote {n:,} rows of run {run} ({groups:,} duplicate groups) to {out}")
