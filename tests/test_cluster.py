@@ -111,14 +111,15 @@ def _from_export(path: Path, labels: dict[str, int]) -> dict[int, dict[str, int]
     """Brute-force per-cluster counts from an exported run (csv module only)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    gsize = Counter(r["group_id"] for r in rows)
+    gsize = Counter(r["group_id"] for r in rows if r["group_id"])  # no group id: an image with no duplicate
+    assert all(int(r["group_size"]) == (gsize[r["group_id"]] if r["group_id"] else 1) for r in rows)
     run_supp = {r["image_id"]: r["is_suppressed"].lower() == "true" for r in rows}
     per: dict[int, dict] = defaultdict(lambda: dict(images=0, suppressed=0, members=Counter()))
     for img, cl in labels.items():
         per[cl]["images"] += 1
         per[cl]["suppressed"] += run_supp.get(img, False)
     for r in rows:
-        if gsize[r["group_id"]] >= 2:
+        if r["group_id"] and gsize[r["group_id"]] >= 2:
             per[labels[r["image_id"]]]["members"][r["group_id"]] += 1
     return {cl: dict(images=v["images"], unique=v["images"] - v["suppressed"], groups=len(v["members"]),
                      largest_group=max(v["members"].values(), default=0)) for cl, v in per.items()}

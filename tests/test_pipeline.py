@@ -157,6 +157,12 @@ def test_find_end_to_end_on_a_folder(tmp_path: Path, photos, capsys) -> None:
     assert len(list(d.iterdir())) == len(truth) + 1
     code, out, _ = _cli(["skipped", "--db", str(db)], capsys)
     assert code == 0 and "broken.jpg" in out and "truncated" in out
+    # find again with nothing new: no second (identical) run, and it says so
+    code, out, err = _cli(["find", str(d), "--db", str(db), "--model", MODEL], capsys)
+    assert code == 0, err
+    assert "nothing changed: run 1 is already in force" in out
+    with Catalog(db) as cat:
+        assert [(r["id"], r["status"]) for r in cat.runs()] == [(1, "applied")]
 
 
 def test_demo_runs_offline_and_recovers_the_photos(tmp_path: Path, capsys) -> None:
