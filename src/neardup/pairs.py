@@ -51,6 +51,22 @@ def parse_band(text: str | Sequence[float]) -> tuple[float, float]:
     return lo, hi
 
 
+def default_bands(catalog: Catalog, model: str | None = None) -> list[tuple[float, float]]:
+    """The two bands either side of the default threshold for this catalog and model.
+
+    Their width is the gap to the nearest threshold of the model's default sweep (0.05 on SSCD's
+    scale, 0.01 on CLIP's), so ``pairs`` shows what lies just below and just above the default.
+    """
+    from .sweep import default_thresholds
+
+    ts, t = default_thresholds(catalog, model)
+    gaps = [abs(v - t) for v in ts if abs(v - t) > 1e-9]
+    w = min(gaps) if gaps else 0.01
+    lo = round(max(-1.0, t - w), 6)
+    hi = round(min(1.0, t + w), 6)
+    return [(lo, round(t, 6)), (round(t, 6), hi)] if t < 1.0 else [(lo, 1.0)]
+
+
 # --------------------------------------------------------------------------------------------
 # the compiled scan
 # --------------------------------------------------------------------------------------------

@@ -45,14 +45,16 @@ def _rebinned_hist(forest: Any, lo: float) -> tuple[np.ndarray, np.ndarray]:
     return edges, counts
 
 
-def plot_sweep(rows: Sequence[dict], forest: Any, out: str | os.PathLike[str], chosen: float | None = None) -> Path:
+def plot_sweep(rows: Sequence[dict], forest: Any, out: str | os.PathLike[str], chosen: float | None = None,
+               chosen_label: str | None = None) -> Path:
     """Write the sweep figure to ``out`` (PNG, :data:`SWEEP_SIZE` pixels) and return its path.
 
     Three panels sharing the threshold axis: images retained / suppressed; duplicate groups and
     the largest group (log scale); the histogram of pair similarities (log scale). ``rows`` are
     :func:`neardup.sweep.sweep` rows (marked with dots); with a ``SimilarityForest`` the curves
     are drawn at many thresholds from that one forest and the histogram comes from it (pass
-    ``None`` to draw the rows only). ``chosen`` is marked with a dashed line on every panel.
+    ``None`` to draw the rows only). ``chosen`` is marked with a dashed line on every panel,
+    labelled ``chosen_label`` (e.g. the model's default threshold; default "chosen threshold T").
     """
     import matplotlib
 
@@ -124,13 +126,14 @@ def plot_sweep(rows: Sequence[dict], forest: Any, out: str | os.PathLike[str], c
     for ax in (ax1, ax2, ax3):
         ax.grid(True, alpha=0.3)
         if chosen is not None:
-            ax.axvline(chosen, color="black", ls="--", lw=1.2, label=f"chosen threshold {chosen:g}")
+            ax.axvline(chosen, color="black", ls="--", lw=1.2, label=chosen_label or f"chosen threshold {chosen:g}")
         ax.legend(loc="best", fontsize=8)
     if chosen is not None:
         at = forest.sweep([chosen])[0] if forest is not None and chosen >= forest.floor else \
             next((r for r in rows if abs(r["threshold"] - chosen) < 1e-12), None)
         if at is not None:
-            ax1.set_title(f"Threshold sweep: {n_images:,} images; at the chosen {chosen:g}: {at['retained']:,} "
+            what = "the default" if chosen_label and chosen_label.startswith("default") else "the chosen"
+            ax1.set_title(f"Threshold sweep: {n_images:,} images; at {what} {chosen:g}: {at['retained']:,} "
                           f"retained, {at['suppressed']:,} suppressed, {at['groups']:,} groups", loc="left", fontsize=10)
     fig.savefig(tmp, dpi=SWEEP_DPI, format="png")
     tmp.replace(target)

@@ -7,9 +7,9 @@ from typing import Any, Sequence
 from rich.table import Table
 
 
-def sweep_table(rows: Sequence[dict[str, Any]], chosen: float | None = None) -> Table:
-    """The threshold table: pairs, groups, suppressed, retained, largest group per threshold."""
-    table = Table(title="Threshold sweep", title_justify="left")
+def sweep_table(rows: Sequence[dict[str, Any]], chosen: float | None = None, caption: str | None = None) -> Table:
+    """The threshold table: pairs, groups, suppressed, retained, largest group per threshold (◀ marks ``chosen``)."""
+    table = Table(title="Threshold sweep", title_justify="left", caption=caption, caption_justify="left")
     for name in ("threshold", "pairs", "groups", "suppressed", "retained", "largest group"):
         table.add_column(name, justify="right")
     for r in rows:

@@ -12,8 +12,34 @@ from .catalog import Catalog
 from .dedup import check_threshold, load_scope, similarity_forest
 from .errors import InputError
 
+#: the seed's CLIP-scale sweep, for vectors of a model neardup does not know
 DEFAULT_THRESHOLDS = (0.99, 0.98, 0.97, 0.95)
 SWEEP_KEYS = ("threshold", "pairs", "groups", "suppressed", "retained", "largest_group")
+
+
+def default_thresholds(catalog: Catalog, model: str | None = None) -> tuple[list[float], float]:
+    """``(thresholds, default)``: what a sweep shows when no thresholds are given, high to low.
+
+    The model's own scale (``sweep_thresholds`` in the embedding registry; the seed's CLIP
+    0.99-0.95 for vectors of a model neardup does not know), moved so that it is centred on the
+    default threshold for this catalog and model (:func:`neardup.thresholds.default_threshold`:
+    a calibrated threshold when there is one, else the model's), which is always among them.
+    """
+    from .embed import canonical_name, get_model
+    from .thresholds import FALLBACK_THRESHOLD, default_threshold
+
+    name = model or catalog.default_model()
+    t = float(default_threshold(catalog, name))
+    try:
+        m = get_model(canonical_name(name))
+        base, t0 = tuple(m.sweep_thresholds), float(m.default_threshold)
+    except InputError:
+        base, t0 = DEFAULT_THRESHOLDS, FALLBACK_THRESHOLD
+    if not any(abs(b - t0) < 1e-9 for b in base):
+        base = (*base, t0)
+    values = {round(b + (t - t0), 4) for b in base if abs(b - t0) > 1e-9}
+    out = sorted([v for v in values if 0.0 < v <= 1.0 and abs(v - t) > 1e-9] + [t], reverse=True)
+    return out, t
 
 
 def parse_thresholds(text: str | Sequence[float]) -> list[float]:
@@ -31,10 +57,15 @@ def parse_thresholds(text: str | Sequence[float]) -> list[float]:
     return [check_threshold(v) for v in values]
 
 
-def sweep(catalog: Catalog, thresholds: Sequence[float] = DEFAULT_THRESHOLDS, *, model: str | None = None,
+def sweep(catalog: Catalog, thresholds: Sequence[float] | None = None, *, model: str | None = None,
           ids: Sequence[str] | None = None, index: str = "exact", engine: str = "local",
           progress: Callable[[int, int], None] | None = None) -> list[dict]:
-    """One row per threshold with the keys in :data:`SWEEP_KEYS`, in the order given."""
+    """One row per threshold with the keys in :data:`SWEEP_KEYS`, in the order given.
+
+    Without ``thresholds``: :func:`default_thresholds` (the model's scale, centred on its default).
+    """
+    if thresholds is None:
+        thresholds = default_thresholds(catalog, model)[0]
     ts = [check_threshold(t) for t in thresholds]
     if not ts:
         raise InputError("no thresholds given")

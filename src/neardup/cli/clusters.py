@@ -95,7 +95,7 @@ def clusters_cmd(
 
 @app.command("pairs")
 def pairs_cmd(
-    band: Annotated[str, typer.Option("--band", help="Similarity band LOW:HIGH, e.g. 0.97:0.98 (LOW <= sim < HIGH; a band ending at 1 includes 1). Several bands, comma-separated, are sampled in one pass: 0.95:0.96,0.98:0.99.")],
+    band: Annotated[Optional[str], typer.Option("--band", help="Similarity band LOW:HIGH, e.g. 0.97:0.98 (LOW <= sim < HIGH; a band ending at 1 includes 1). Several bands, comma-separated, are sampled in one pass: 0.95:0.96,0.98:0.99. Default: the two bands just below and just above the default threshold for this catalog and model (sscd: 0.55:0.6,0.6:0.65).")] = None,
     sample: Annotated[int, typer.Option("--sample", help="How many example pairs per band (a uniform sample of the band; 0 = count only).")] = 20,
     cluster: Annotated[Optional[int], typer.Option("--cluster", help="Only pairs inside this cluster (see `neardup clusters`).")] = None,
     ids_file: Annotated[Optional[Path], typer.Option("--ids", help="Only pairs among the ids in this file (one per line).")] = None,
@@ -110,10 +110,10 @@ def pairs_cmd(
     Every pair of the scope is checked (exact), so the count of pairs in the band is exact; on a
     whole large collection that is an all-pairs pass (minutes at 100k+): use --cluster there.
     """
-    from ..pairs import parse_band, sample_bands
+    from ..pairs import default_bands, parse_band, sample_bands
 
-    bands = [parse_band(b) for b in band.split(",") if b.strip()]
-    if not bands:
+    bands = [parse_band(b) for b in band.split(",") if b.strip()] if band is not None else None
+    if band is not None and not bands:
         raise InputError(f"band {band!r}: give it as LOW:HIGH, e.g. 0.97:0.98")
     if cluster is not None and ids_file is not None:
         raise InputError("give --cluster or --ids, not both")
@@ -123,6 +123,10 @@ def pairs_cmd(
 
         ids = [str(i) for i in read_ids(ids_file)]
     with open_catalog(db, read_only=True) as cat:
+        if bands is None:
+            bands = default_bands(cat, model)
+            err_console.print("bands either side of the default threshold: "
+                              + ", ".join(f"{lo:g}:{hi:g}" for lo, hi in bands), highlight=False)
         with progress_bar("pairs") as bar:
             task = bar.add_task("pairs", total=None)
             results = sample_bands(cat, bands, sample, cluster=cluster, ids=ids, model=model, seed=seed,

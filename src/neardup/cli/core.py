@@ -79,13 +79,13 @@ def _read_id_file(path: Path) -> list[str]:
 
 @app.command()
 def sweep(
-    thresholds: Annotated[str, typer.Option("--thresholds", help="Comma-separated cosine thresholds.")] = "0.99,0.98,0.97,0.95",
+    thresholds: Annotated[Optional[str], typer.Option("--thresholds", help="Comma-separated cosine thresholds. Default: the model's scale centred on its default threshold (sscd 0.9 ... 0.4 around 0.6; CLIP and unknown imported vectors 0.99 ... 0.95 around 0.98).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list of {threshold, pairs, groups, suppressed, retained, largest_group}.")] = False,
     model: ModelOption = None,
     cluster: Annotated[Optional[int], typer.Option("--cluster", help="Only this cluster (see `neardup cluster`).")] = None,
     ids_file: Annotated[Optional[Path], typer.Option("--ids", help="Only the ids in this file (one per line).")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Also write a PNG: groups/suppressed/retained vs threshold and the pair-similarity histogram.")] = None,
-    chosen: Annotated[Optional[float], typer.Option("--chosen", help="Threshold to mark on the table and plot.")] = None,
+    chosen: Annotated[Optional[float], typer.Option("--chosen", help="Threshold to mark on the table and plot (default: the default threshold for this catalog and model, the one `dedup` uses).")] = None,
     index: IndexOption = "exact",
     engine: EngineOption = "local",
     db: DbOption = DEFAULT_DB_PATH,
@@ -94,12 +94,14 @@ def sweep(
 
     Every threshold comes from one similarity pass (a forest of the pairs above the lowest
     threshold), so ten thresholds cost about what one does. Nothing is written but a cache.
+    The table and plot mark the default threshold (the one `dedup` uses without --threshold).
     """
     from ..dedup import load_scope, similarity_forest
     from ..report import sweep_table
-    from ..sweep import parse_thresholds
+    from ..sweep import default_thresholds, parse_thresholds
+    from ..thresholds import choose_threshold
 
-    ts = parse_thresholds(thresholds)
+    ts = parse_thresholds(thresholds) if thresholds is not None else None
     if cluster is not None and ids_file is not None:
         raise InputError("give --cluster or --ids, not both")
     with open_catalog(db) as cat:
@@ -111,19 +113,24 @@ def sweep(
         elif ids_file is not None:
             ids = _read_id_file(ids_file)
         scope = load_scope(cat, model, ids)
+        choice = choose_threshold(cat, scope.model)
+        if ts is None:
+            ts, _ = default_thresholds(cat, scope.model)
         with progress_callback("similarity pass") as prog:
             forest = similarity_forest(cat, min(ts), scope=scope, index=index, engine=engine, progress=prog)
         rows = forest.sweep(ts)
     _print_recall(forest, min(ts))
+    mark = choice.value if chosen is None else chosen
+    label = f"default {choice.value:g} ({choice.detail})" if chosen is None else f"chosen threshold {chosen:g}"
     if plot is not None:
         from ..plots import plot_sweep
 
-        plot_sweep(rows, forest, plot, chosen=chosen)
+        plot_sweep(rows, forest, plot, chosen=mark, chosen_label=label)
         err_console.print(f"plot written to {plot}")
     if as_json:
         typer.echo(json.dumps(rows))
     else:
-        console.print(sweep_table(rows, chosen))
+        console.print(sweep_table(rows, mark, caption=f"◀ {label}"))
         what = f"cluster {cluster}" if cluster is not None else (f"{len(scope):,} listed ids" if ids else f"{len(scope):,} images")
         console.print(f"{what}, model {scope.model}; pairs are counted to 1e-5 in cosine")
 

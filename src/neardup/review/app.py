@@ -371,13 +371,14 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
                 seed: int = Query(0, ge=0, le=2**31)) -> HTMLResponse:
         with holder.open() as cat:
             r = D.pick_run(cat, None)
-            chosen = r["threshold"] if r else None
+            chosen, default = D.centre(cat, r)
             bands = D.bands_for(chosen, lo, step)
             ex = D.sample_pairs(cat, bands, per_band, model=r["model"] if r else None, seed=seed)
             D.mark_grouped(cat, ex, r["id"] if r else None)
-            sw = D.sweep_data(cat, chosen, r["model"] if r else None)
+            sw = D.sweep_data(cat, chosen, r["model"] if r else None, default=default)
             band_counts = D.band_pair_counts(sw, bands)
-        return page(request, "explore.html", active="explore", ex=ex, chosen=chosen, band_counts=band_counts, run=r,
+        return page(request, "explore.html", active="explore", ex=ex, chosen=chosen, default=default,
+                    band_counts=band_counts, run=r,
                     step=round(bands[0][1] - bands[0][0], 6) if bands else step, lo=bands[0][0] if bands else lo, seed=seed, per_band=per_band)
 
     @app.get("/runs", response_class=HTMLResponse)
@@ -493,7 +494,7 @@ def _post_only() -> Response:
 def overview_context(cat: Catalog) -> dict[str, Any]:
     """Everything the overview page shows (also used by the static report)."""
     r = D.pick_run(cat, None)
-    chosen = r["threshold"] if r else None
-    sw = D.sweep_data(cat, chosen, r["model"] if r else None)
+    chosen, default = D.centre(cat, r)
+    sw = D.sweep_data(cat, chosen, r["model"] if r else None, default=default)
     return dict(counts=D.counts(cat), run=r, runs=D.runs(cat), sweep=sw, chart=D.sweep_svg(sw),
                 models=cat.embedding_models())

@@ -133,6 +133,22 @@ def counts(cat: Catalog) -> dict[str, int]:
                 master=int(ov.get("master", 0)), not_duplicate=int(ov.get("not_duplicate", 0)))
 
 
+def default_threshold(cat: Catalog, model: str | None = None) -> float | None:
+    """The default threshold for this catalog and model (:mod:`neardup.thresholds`); None without embeddings."""
+    from ..thresholds import default_threshold as catalog_default
+
+    try:
+        return float(catalog_default(cat, model))
+    except Exception:  # no embeddings yet: nothing to centre on
+        return None
+
+
+def centre(cat: Catalog, run: dict[str, Any] | None) -> tuple[float | None, float | None]:
+    """``(threshold the sweep and explorer centre on, default threshold)``: the run's, else the default."""
+    default = default_threshold(cat, run["model"] if run else None)
+    return (float(run["threshold"]) if run else default), default
+
+
 def sweep_range(chosen: float | None) -> tuple[float, float]:
     """The similarity range the sweep chart and explorer cover: 0.95–1.00 unless a run chose lower."""
     if chosen is None or chosen >= 0.96:
@@ -152,7 +168,7 @@ def cached_floor(cat: Catalog, model: str) -> float | None:
 
 
 def sweep_data(cat: Catalog, chosen: float | None, model: str | None = None, *,
-               compute: bool | None = None) -> dict[str, Any]:
+               compute: bool | None = None, default: float | None = None) -> dict[str, Any]:
     """Sweep rows over :func:`sweep_range` (plus the chosen threshold) or why there are none.
 
     Built from one similarity pass (cached beside the catalog). On page load the pass is
@@ -162,14 +178,15 @@ def sweep_data(cat: Catalog, chosen: float | None, model: str | None = None, *,
     """
     lo, hi = sweep_range(chosen)
     edges = {round(x, 6) for band in bands_for(chosen) for x in band}
-    ts = sorted({round(float(x), 4) for x in np.linspace(lo, hi, 21)} | edges | ({round(chosen, 6)} if chosen else set()))
+    marks = {round(v, 6) for v in (chosen, default) if v is not None and lo <= v <= hi}
+    ts = sorted({round(float(x), 4) for x in np.linspace(lo, hi, 21)} | edges | marks)
     ts = [t for t in ts if 0 < t <= 1]
     try:
         models = cat.embedding_models()
     except Exception:
         models = []
     if not models:
-        return dict(rows=[], chosen=chosen, lo=lo, hi=hi, reason="no embeddings in this catalog yet")
+        return dict(rows=[], chosen=chosen, default=default, lo=lo, hi=hi, reason="no embeddings in this catalog yet")
     model = model or cat.default_model()
     n = next((m["count"] for m in models if m["model"] == model), 0)
     note = None
@@ -188,12 +205,12 @@ def sweep_data(cat: Catalog, chosen: float | None, model: str | None = None, *,
                     note = (f"limited to {f:g}–1.00 (the similarity pass cached by the last run); "
                             f"`neardup sweep --thresholds {sweep_range(chosen)[0]},{hi}` widens it")
     if not compute:
-        return dict(rows=[], chosen=chosen, lo=lo, hi=hi, model=model,
+        return dict(rows=[], chosen=chosen, default=default, lo=lo, hi=hi, model=model,
                     reason=f"{n:,} vectors: run `neardup sweep --thresholds {lo},{hi}` once to compute the sweep")
     from ..sweep import sweep
 
     rows = sweep(cat, ts, model=model)
-    return dict(rows=rows, chosen=chosen, lo=lo, hi=hi, model=model, reason=None, note=note)
+    return dict(rows=rows, chosen=chosen, default=default, lo=lo, hi=hi, model=model, reason=None, note=note)
 
 
 def sweep_svg(sweep: dict[str, Any], width: int = 720, height: int = 300) -> str:
@@ -235,11 +252,16 @@ def sweep_svg(sweep: dict[str, Any], width: int = 720, height: int = 300) -> str
         for r in rows:
             parts.append(f'<circle cx="{X(r["threshold"]):.1f}" cy="{Y(r[key]):.1f}" r="2.5" class="{cls}">'
                          f'<title>{r["threshold"]:.4f}: {r[key]:,} {key}</title></circle>')
-    chosen = sweep.get("chosen")
+    chosen, default = sweep.get("chosen"), sweep.get("default")
+    if default is not None and x0 <= default <= x1 and (chosen is None or abs(chosen - default) > 1e-9):
+        dx = X(default)
+        parts.append(f'<line x1="{dx:.1f}" x2="{dx:.1f}" y1="{mt}" y2="{mt + ph}" class="chosen default"/>')
+        parts.append(f'<text x="{dx + 4:.1f}" y="{mt + 26}" class="chosen-label">model default {default:.4g}</text>')
     if chosen is not None and x0 <= chosen <= x1:
         cx = X(chosen)
+        what = "model default" if default is not None and abs(chosen - default) <= 1e-9 else "chosen"
         parts.append(f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{mt}" y2="{mt + ph}" class="chosen"/>')
-        parts.append(f'<text x="{cx + 4:.1f}" y="{mt + 12}" class="chosen-label">chosen {chosen:.4g}</text>')
+        parts.append(f'<text x="{cx + 4:.1f}" y="{mt + 12}" class="chosen-label">{what} {chosen:.4g}</text>')
     parts.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" class="frame"/>')
     parts.append("</svg>")
     return "".join(parts)

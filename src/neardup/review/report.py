@@ -84,7 +84,7 @@ def write_report(cat: Catalog, out_html: str | os.PathLike[str], *, max_groups: 
             detail["wl"] = wl
             detail["wl_imgs"] = D.image_rows(cat, [wl.a, wl.b]) if wl else {}
             groups.append(detail)
-    chosen = run["threshold"] if run else None
+    chosen, default = D.centre(cat, run)
     bands = D.bands_for(chosen)
     ex = D.sample_pairs(cat, bands, pairs_per_band, model=run["model"] if run else None)
     D.mark_grouped(cat, ex, run["id"] if run else None)
@@ -93,7 +93,7 @@ def write_report(cat: Catalog, out_html: str | os.PathLike[str], *, max_groups: 
         css=(HERE / "static" / "review.css").read_text(encoding="utf-8"),
         db_name=cat.path.name, generated=dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         groups=groups, n_groups=n_groups, c=D.clusters(cat, strip=cluster_strip, limit=max_clusters), ex=ex,
-        band_counts=D.band_pair_counts(ctx["sweep"], bands), chosen=chosen, static=True,
+        band_counts=D.band_pair_counts(ctx["sweep"], bands), chosen=chosen, default=default, static=True,
         decisions=decisions, csrf_token="", current_url="", flash=None, **{**ctx, "run": run})
     with atomic_output(out, make_folder=True) as tmp:  # a bad --out is one line; no stray tmp
         tmp.write_text(html, encoding="utf-8")
