@@ -31,7 +31,7 @@ USAGE_ERRORS = [
     (["dedup", "--bogus"], ["--bogus"]),                                            # no such option
     (["nosuchcmd"], ["nosuchcmd"]),                                                 # no such command
     (["dedupp"], ["dedupp", "dedup"]),                                              # typo: suggestion
-    (["pairs"], ["--band"]),                                                        # missing option
+    (["pairs", "--band", "0.9"], ["band", "LOW:HIGH"]),                              # malformed band (--band is optional)
     (["scan", "--thumb-size", "5"], ["--thumb-size"]),                              # below the range
     (["embed", "--batch-size", "0"], ["--batch-size"]),                             # below the range
     (["review", "--port", "70000"], ["--port"]),                                    # above the range

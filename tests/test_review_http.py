@@ -309,6 +309,22 @@ def test_master_and_not_duplicate_survive_a_reapply(client: TestClient, catalog:
     assert "It respected your decisions: 0 kept, 1 masters, 1 not duplicates" in html
 
 
+def test_make_master_flips_visibility_at_once(client: TestClient, catalog: dict) -> None:
+    t = token(client)
+    with check_catalog(catalog, client) as cat:
+        rows = cat.run_members(catalog["run_id"]).to_pylist()
+    g2 = [r for r in rows if r["group_id"] == 2]
+    old = next(r["image_id"] for r in g2 if r["is_master"])
+    new = next(r["image_id"] for r in g2 if not r["is_master"])
+    r = client.post("/actions/override", data={"image_id": new, "kind": "master", "csrf": t}, follow_redirects=False)
+    assert r.status_code == 303
+    with check_catalog(catalog, client) as cat:
+        vis = {x[0] for x in cat.con.execute("SELECT id FROM visible").fetchall()}
+        assert cat.run(catalog["run_id"])["status"] == "applied"       # no re-run, no restore needed
+        now = {x["image_id"]: x for x in cat.run_members(catalog["run_id"]).to_pylist()}
+    assert new in vis and old not in vis and now[new]["is_master"] and now[old]["master_id"] == new
+
+
 def test_restore_one_and_all(client: TestClient, catalog: dict) -> None:
     t = token(client)
     r = client.post(f"/runs/{catalog['run_id']}/restore", data={"csrf": t}, follow_redirects=False)

@@ -950,6 +950,10 @@ class Catalog:
             self.con.execute("UPDATE run_members SET master_id = ?, is_master = u.is_master, is_suppressed = u.is_suppressed, "
                              "sim_to_master = u.sim_to_master FROM _upd u "
                              "WHERE run_members.run_id = ? AND run_members.image_id = u.image_id", [master, run_id])
+        if forced and self.one("SELECT 1 FROM information_schema.columns WHERE table_name = 'run_members' "
+                               "AND column_name = 'decided_by'"):
+            self.con.execute("UPDATE run_members SET decided_by = 'reviewer' WHERE run_id = ? AND group_id = ?",
+                             [run_id, gid])
         self.con.execute(
             """UPDATE runs SET n_groups = c.g, n_suppressed = c.s, n_retained = c.n - c.s, largest_group = c.big FROM (
                  SELECT count(*) FILTER (WHERE size >= 2) AS g, sum(sup) AS s, sum(size) AS n, max(size) AS big FROM (

@@ -412,10 +412,13 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
         with holder.open() as cat:
             if D.image_row(cat, image_id) is None:
                 raise HTTPException(404, "no such image in the catalog")
-            cat.add_override(image_id, kind)
             from ..calibration import record_review_judgment
 
-            record_review_judgment(cat, image_id, kind)   # "not a duplicate" / "keep this one too" judge the pair
+            # "not a duplicate" / "keep this one too" judge the pair (image, its master) as it is
+            # before the decision: a not-a-duplicate image has no master of its own afterwards
+            record_review_judgment(cat, image_id, kind)
+            cat.add_override(image_id, kind)   # changes the groups of the runs in force at once
+            app.state.weakest_cache.clear()
         return RedirectResponse(_with_flash(_safe_next(next), kind, img=image_id), status_code=303)
 
     @app.post("/actions/override/remove")
@@ -428,6 +431,7 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
 
             forget_review_judgment(cat, image_id, kind)   # "undo" restores exactly the state before the decision
             cat.remove_override(image_id, kind)
+            app.state.weakest_cache.clear()
         return RedirectResponse(_with_flash(_safe_next(next), "removed", img=image_id), status_code=303)
 
     @app.post("/runs/{run_id}/restore")
