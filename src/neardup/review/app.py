@@ -55,10 +55,11 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 #: Messages shown after an action (keys travel in the redirect; the text never comes from the request).
 FLASH = {
     "keep": "Kept: this image stays visible now and in every later run.",
-    "master": "Marked as master: the next dedup run makes it its group's master.",
-    "not_duplicate": "Marked as not a duplicate: the next dedup run leaves it out of every group.",
+    "master": "Made master: it is its group's master now (the old master is suppressed), and in every later run.",
+    "not_duplicate": "Marked as not a duplicate: it is out of its group and visible now, and every later run leaves it out.",
     "removed": "Decision removed.",
     "restored": "Run restored: its images are visible again.",
+    "restored_back": "Run restored: the run it had replaced is in force again (one dedup back).",
     "restored_all": "All runs restored: every image is visible again.",
     "reapplied": "Re-applied with your decisions: a new run replaced the old one.",  # + "run N" when known
     "nothing": "Nothing to restore.",
@@ -438,8 +439,8 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
     def restore_run(request: Request, run_id: int = PathParam(..., ge=1, le=MAX_ID), csrf: str | None = Form(None)) -> Response:
         check_post(request, csrf)
         with holder.open() as cat:
-            cat.restore(run_id)
-        return RedirectResponse(_with_flash("/runs", "restored"), status_code=303)
+            res = cat.restore_runs(run_id)
+        return RedirectResponse(_with_flash("/runs", "restored_back" if res.reinstated else "restored"), status_code=303)
 
     @app.post("/runs/restore-all")
     def restore_all(request: Request, csrf: str | None = Form(None)) -> Response:
