@@ -63,6 +63,7 @@ FLASH = {
     "restored_all": "All runs restored: every image is visible again.",
     "reapplied": "Re-applied with your decisions: a new run replaced the old one.",  # + "run N" when known
     "nothing": "Nothing to restore.",
+    "reapply_unchanged": "Nothing changed: the run in force already has exactly this result.",
     "judge_same": "Saved: the same image.",
     "judge_different": "Saved: different images.",
     "judge_skip": "Skipped: this pair is not offered again while the server runs.",
@@ -468,6 +469,8 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
             # the new run replaces the applied one in its own transaction: both or neither
             res = dedup(cat, r["threshold"], model=r["model"], mode=r["mode"], prefer=prefer, bound=bound)
             app.state.weakest_cache.clear()
+        if res.unchanged:
+            return RedirectResponse(_with_flash("/runs", "reapply_unchanged"), status_code=303)
         return RedirectResponse(_with_flash("/runs", "reapplied", run_new=str(res.run_id)), status_code=303)
 
     from . import judge, keyboard, spotlight
