@@ -28,8 +28,9 @@ def test_tables_fit_80_columns(tmp_path):
     with Catalog(db) as cat:
         cat.put_embeddings("sscd-distilled", [f"photo_{i:06d}" for i in range(200)], V)
         dedup(cat, 0.95, mode="leader")
-        dedup(cat, 0.9)
-        cat.restore(1)
+        dedup(cat, 0.9)                      # replaces run 1 (one run in force per model)
+        dedup(cat, 0.92, keep_previous=True)
+        cat.restore(3)
     outputs = {"runs": _cli("runs", "--db", str(db)),
                "pairs": _cli("pairs", "--band", "0.9:1", "--sample", "4", "--db", str(db)),
                "models": _cli("models")}
@@ -38,6 +39,6 @@ def test_tables_fit_80_columns(tmp_path):
         assert not long, (name, long)
         assert "…" not in out, (name, out)
     runs = outputs["runs"]
-    for word in ("restored", "applied", "sscd-distilled", "leader", "0.95", "0.9"):
+    for word in ("restored", "applied", "replaced by 2", "sscd-distilled", "leader", "0.95", "0.9"):
         assert word in runs
     assert "photo_0" in outputs["pairs"] and "clip-vit-b-32" in outputs["models"]
