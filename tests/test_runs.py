@@ -327,6 +327,13 @@ def test_export_counts_equal_the_summary_after_decisions(db, tmp_path, capsys):
     code, text, _ = cli(capsys, "export", "--out", str(out), "--db", str(db))
     t = {r["image_id"]: r for r in pacsv.read_csv(out).to_pylist()}
     assert t[loner]["group_id"] is None and t[loner]["group_size"] == 1 and not t[loner]["is_suppressed"]
+    with Catalog(db) as cat:   # the votes the visible view carries follow the group's new size at once
+        rows = {r["image_id"]: r for r in cat.sql(
+            "SELECT image_id, group_size FROM run_members WHERE run_id = ?", [res.run_id]).to_pylist()}
+        vis = {r["id"]: r["group_size"] for r in cat.sql("SELECT id, group_size FROM visible").to_pylist()}
+    assert rows[loner]["group_size"] == 1 and vis[loner] == 1
+    heir = next(r["image_id"] for r in big if r["is_master"])
+    assert rows[heir]["group_size"] == len(big) - 1 == vis[heir]
     assert len({r["group_id"] for r in t.values() if r["group_id"] is not None}) == n_groups
     assert n_groups == res.summary["groups"] - (1 if len(big) == 2 else 0)
 

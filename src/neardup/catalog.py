@@ -950,6 +950,7 @@ class Catalog:
             self.con.execute("UPDATE run_members SET master_id = ?, is_master = u.is_master, is_suppressed = u.is_suppressed, "
                              "sim_to_master = u.sim_to_master FROM _upd u "
                              "WHERE run_members.run_id = ? AND run_members.image_id = u.image_id", [master, run_id])
+        self._refresh_group_votes(run_id, members, image_id if image_id not in members else None)
         if forced and self.one("SELECT 1 FROM information_schema.columns WHERE table_name = 'run_members' "
                                "AND column_name = 'decided_by'"):
             self.con.execute("UPDATE run_members SET decided_by = 'reviewer' WHERE run_id = ? AND group_id = ?",
@@ -959,6 +960,31 @@ class Catalog:
                  SELECT count(*) FILTER (WHERE size >= 2) AS g, sum(sup) AS s, sum(size) AS n, max(size) AS big FROM (
                    SELECT group_id, count(*) AS size, count(*) FILTER (WHERE is_suppressed) AS sup
                    FROM run_members WHERE run_id = ? GROUP BY group_id)) c WHERE runs.id = ?""", [run_id, run_id])
+
+    def _refresh_group_votes(self, run_id: int, members: Sequence[str], alone: str | None) -> None:
+        """Keep ``group_size``/``group_score`` (when the run records them) true after a group changed.
+
+        ``members`` are the group's images now; ``alone`` an image just taken out of it (its own group).
+        The scores are aggregated as the run did (its summary's ``group_score``: sum, max or mean).
+        """
+        have = {r[0] for r in self.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'run_members'").fetchall()}
+        if "group_size" not in have:
+            return
+        ids = [*members, *([alone] if alone else [])]
+        score = dict(self.con.execute(
+            f"SELECT id, score FROM images WHERE id IN ({', '.join('?' * len(ids))})", ids).fetchall())
+        vals = [float(score[m]) for m in members if score.get(m) is not None]
+        summary = self.one("SELECT summary FROM runs WHERE id = ?", [run_id])[0]
+        how = (json.loads(summary) if summary else {}).get("group_score", "sum")
+        agg = None if not vals else (max(vals) if how == "max" else sum(vals) / len(vals) if how == "mean" else sum(vals))
+        sets = "group_size = ?" + (", group_score = ?" if "group_score" in have else "")
+        self.con.execute(f"UPDATE run_members SET {sets} WHERE run_id = ? AND image_id IN ({', '.join('?' * len(members))})",
+                         [len(members), *([agg] if "group_score" in have else []), run_id, *members])
+        if alone:
+            own = score.get(alone)
+            self.con.execute(f"UPDATE run_members SET {sets} WHERE run_id = ? AND image_id = ?",
+                             [1, *([own] if "group_score" in have else []), run_id, alone])
 
     def _similarities(self, run_id: int, ids: Sequence[str], master: str) -> np.ndarray:
         """Cosine similarity of each of ``ids`` to ``master`` under the run's model (NaN where a vector is missing)."""
