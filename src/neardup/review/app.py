@@ -414,12 +414,17 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
         with holder.open() as cat:
             if D.image_row(cat, image_id) is None:
                 raise HTTPException(404, "no such image in the catalog")
-            from ..calibration import record_review_judgment
+            from ..calibration import JUDGMENT_SOURCES_REVIEW, add_judgments
 
             # "not a duplicate" / "keep this one too" judge the pair (image, its master) as it is
-            # before the decision: a not-a-duplicate image has no master of its own afterwards
-            record_review_judgment(cat, image_id, kind)
+            # before the decision (a not-a-duplicate image has no master of its own afterwards);
+            # the judgment is written after the decision, so undoing the decision forgets it
+            pair = cat.one("""SELECT m.master_id, r.model FROM run_members m JOIN runs r ON r.id = m.run_id
+                              WHERE m.image_id = ? AND r.status = 'applied' AND m.master_id <> m.image_id
+                              ORDER BY r.id DESC LIMIT 1""", [image_id])
             cat.add_override(image_id, kind)   # changes the groups of the runs in force at once
+            if pair is not None and kind in JUDGMENT_SOURCES_REVIEW:
+                add_judgments(cat, [(image_id, pair[0], JUDGMENT_SOURCES_REVIEW[kind])], pair[1], source=f"review:{kind}")
             app.state.weakest_cache.clear()
         return RedirectResponse(_with_flash(_safe_next(next), kind, img=image_id), status_code=303)
 
