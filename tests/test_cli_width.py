@@ -39,6 +39,6 @@ def test_tables_fit_80_columns(tmp_path):
         assert not long, (name, long)
         assert "…" not in out, (name, out)
     runs = outputs["runs"]
-    for word in ("restored", "applied", "replaced by 2", "sscd-distilled", "leader", "0.95", "0.9"):
+    for word in ("restored", "applied", "replaced by run 2", "sscd-distilled", "leader", "0.95", "0.9"):
         assert word in runs
     assert "photo_0" in outputs["pairs"] and "clip-vit-b-32" in outputs["models"]

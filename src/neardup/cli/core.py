@@ -208,8 +208,7 @@ def runs(
         table.add_column(col, justify="left" if col in ("created UTC", "status", "model", "mode") else "right",
                          no_wrap=True, overflow="fold" if col == "model" else "ellipsis")
     for r in rows:
-        status = r["status"] + (f" by {r['replaced_by']}" if r.get("replaced_by") else "")
-        table.add_row(str(r["id"]), str(r["created_at"])[5:16], status, r["model"], f"{r['threshold']:.4g}",
+        table.add_row(str(r["id"]), str(r["created_at"])[5:16], r["status"], r["model"], f"{r['threshold']:.4g}",
                       {"components": "comp"}.get(r["mode"], r["mode"]), f"{r['n_groups']:,}", f"{r['n_suppressed']:,}",
                       f"{r['n_retained']:,}", f"{r['largest_group']:,}")
     if not rows:
@@ -218,6 +217,10 @@ def runs(
     console.print(table)
     console.print("supp. = suppressed, kept = retained, max = largest group; comp = components mode",
                   style="dim", highlight=False)
+    for r in rows:
+        if r.get("replaced_by"):
+            console.print(f"run {r['id']} was replaced by run {r['replaced_by']} (restore {r['replaced_by']} to put it back)",
+                          style="dim", highlight=False)
 
 
 @app.command()
