@@ -6,6 +6,7 @@ Screenshots go to test-artifacts/ (git-ignored).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -65,15 +66,15 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return dict(db=db, run_id=run_id, tmp=tmp)
 
 
-@pytest.fixture(scope="module")
-def server(catalog: dict) -> Iterator[dict]:
-    """The review app on a free loopback port, served by uvicorn in a thread."""
+@contextlib.contextmanager
+def review_server(db) -> Iterator[dict]:
+    """The review app on a free loopback port, served by uvicorn in a thread (shared by the browser tests)."""
     import uvicorn
 
     from neardup.review import create_app
 
     port = _free_port()
-    app = create_app(catalog["db"], idle_close_s=0)
+    app = create_app(db, idle_close_s=0)
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
@@ -86,6 +87,12 @@ def server(catalog: dict) -> Iterator[dict]:
     srv.should_exit = True
     th.join(10)
     app.state.holder.close()
+
+
+@pytest.fixture(scope="module")
+def server(catalog: dict) -> Iterator[dict]:
+    with review_server(catalog["db"]) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,6 @@ Skipped when /usr/bin/chromium or the playwright package is missing. Screenshots
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Iterator
 
 import numpy as np
@@ -16,7 +14,7 @@ import pytest
 from PIL import Image
 
 from test_group_review import planted, snapshot
-from test_review_browser import ARGS, CHROMIUM, _free_port, _shot
+from test_review_browser import ARGS, CHROMIUM, _shot, review_server
 
 pytestmark = [
     pytest.mark.browser,
@@ -48,24 +46,8 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def server(catalog: dict) -> Iterator[dict]:
-    import uvicorn
-
-    from neardup.review import create_app
-
-    port = _free_port()
-    app = create_app(catalog["db"], idle_close_s=0)
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    t0 = time.monotonic()
-    while not srv.started:
-        if time.monotonic() - t0 > 20:
-            raise RuntimeError("review server did not start")
-        time.sleep(0.05)
-    yield dict(url=f"http://127.0.0.1:{port}", app=app)
-    srv.should_exit = True
-    th.join(10)
-    app.state.holder.close()
+    with review_server(catalog["db"]) as srv:
+        yield srv
 
 
 def _in_view(page, selector: str) -> bool:
