@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from neardup import Catalog
 from neardup.calibration import (CalibrationNeedsMore, Population, active_targets, fit, isotonic, judgments,
                                  record_review_judgment, sampling_bands)
-from neardup.cli import main
 from reference import canonical_f64
+from test_cli_core import run  # the CLI in process: (exit code, stdout, stderr)
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,16 +171,6 @@ def test_too_few_and_one_sided_judgments_name_a_band():
 # --------------------------------------------------------------------------------------------
 # the command lines
 # --------------------------------------------------------------------------------------------
-def run(capsys, *args):
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 @pytest.fixture
 def planted(tmp_path):
     """300 images in 60 groups of 5 whose spread varies, so same-group similarities span 0.3-1."""
