@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from .catalog import Catalog
 from .errors import InputError
-from .similarity.bitmask import ge_mask64, lowest_bit
+from .similarity.bitmask import lowest_bit, row_mask
 from .similarity.forest import ceil_f32
 from .similarity.incremental import RowSource
 
@@ -56,13 +56,7 @@ def _scan_match(S, col0, t32, key, best_v, best_k, best_c, out_q, out_c, out_s, 
             bc = best_c[q]
             for c_lo in range(0, ncols, 64):
                 lim = bv if bv < t32 else t32
-                if c_lo + 64 <= ncols:
-                    mask = ge_mask64(S, r, c_lo, lim)
-                else:
-                    mask = np.uint64(0)
-                    for c in range(c_lo, ncols):
-                        if S[r, c] >= lim:
-                            mask |= np.uint64(1) << np.uint64(c - c_lo)
+                mask = row_mask(S, r, c_lo, ncols, lim)
                 while mask:
                     c = c_lo + lowest_bit(mask)
                     mask &= mask - np.uint64(1)

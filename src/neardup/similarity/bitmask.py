@@ -11,6 +11,8 @@ loop it replaced.
 
 from __future__ import annotations
 
+import numba as nb
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -59,3 +61,16 @@ def lowest_bit(typingctx, mask):  # type: ignore[no-untyped-def]
 
 
 __all__ = ["ge_mask64", "lowest_bit"]
+
+
+@nb.njit(cache=True, inline="always")
+def row_mask(S, row, c_lo, ncols, threshold):  # type: ignore[no-untyped-def]
+    """Bits of ``S[row, c_lo:c_lo + 64] >= threshold`` (bit k = column c_lo + k), also for a row's
+    last, shorter chunk (columns up to ``ncols``), which the 64-wide intrinsic cannot load."""
+    if c_lo + 64 <= ncols:
+        return ge_mask64(S, row, c_lo, threshold)
+    mask = np.uint64(0)
+    for k in range(c_lo, ncols):
+        if S[row, k] >= threshold:
+            mask |= np.uint64(1) << np.uint64(k - c_lo)
+    return mask

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import numba as nb
 import numpy as np
 
-from .bitmask import ge_mask64, lowest_bit
+from .bitmask import lowest_bit, row_mask
 from .canonical import canonical_vectors
 from .forest import SimilarityForest, _find, _hist_bin, _union, ceil_f32, hist_bins, hist_edges
 
@@ -134,13 +134,7 @@ def _scan_block(S, row0, col0, diagonal, f32floor, edges, levels, lev_of_bin, fl
             for c_lo in range(cstart, ncols, 64):
                 # most pairs are below the floor, and in dense rows the hits are scattered:
                 # compare 64 at once into a bit mask, then visit only the set bits
-                if c_lo + 64 <= ncols:
-                    mask = ge_mask64(S, r, c_lo, f32floor)
-                else:
-                    mask = np.uint64(0)
-                    for k in range(c_lo, ncols):
-                        if S[r, k] >= f32floor:
-                            mask |= np.uint64(1) << np.uint64(k - c_lo)
+                mask = row_mask(S, r, c_lo, ncols, f32floor)
                 while mask:
                     c = c_lo + lowest_bit(mask)
                     mask &= mask - np.uint64(1)
