@@ -1,0 +1,187 @@
+"""The catalog's DuckDB connection: opening it (waiting, bounded, for another process's write lock),
+all-or-nothing transactions with a commit marker, and the small query helpers every part uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import duckdb
+import pyarrow as pa
+
+from .. import interrupts
+from ..errors import CatalogError
+
+#: Seconds to wait for another process to release the catalog (``NEARDUP_LOCK_WAIT`` overrides).
+DEFAULT_LOCK_WAIT = 600.0
+
+
+def lock_wait_default() -> float:
+    """How long opening a catalog waits for another neardup process (env ``NEARDUP_LOCK_WAIT``, seconds)."""
+    try:
+        return max(0.0, float(os.environ.get("NEARDUP_LOCK_WAIT", DEFAULT_LOCK_WAIT)))
+    except ValueError:
+        return DEFAULT_LOCK_WAIT
+
+
+def _lock_holder(msg: str) -> str:
+    """``" (PID 123)"`` from DuckDB's lock-conflict message, or ``""``."""
+    m = re.search(r"PID (\d+)", msg)
+    return f" (PID {m.group(1)})" if m else ""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Connection:
+    """An open catalog file: the connection, its in-process lock, and transactions on it."""
+
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False,
+                 wait: float | None = None, on_wait: Any = None) -> None:
+        """Connect; while another process holds the file, retry for ``wait`` seconds
+        (default :func:`lock_wait_default`), calling ``on_wait(message)`` once when waiting starts."""
+        self.path = Path(path)
+        self.read_only = read_only
+        self._lock = threading.RLock()
+        self._txn: list[tuple[str, int]] | None = None
+        if read_only and not self.path.exists():
+            raise CatalogError(f"{self.path}: no catalog here (run `neardup import-embeddings` or `neardup scan` first)")
+        self.con = self._connect(lock_wait_default() if wait is None else wait, on_wait)
+
+    def _connect(self, wait: float, on_wait: Any) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + wait
+        pause = 0.02
+        told = False
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=self.read_only)
+            except duckdb.IOException as exc:  # another process holds the write lock, or not a DuckDB file
+                msg = str(exc).splitlines()[0]
+                if "lock" not in msg.lower():
+                    raise CatalogError(f"{self.path}: cannot open catalog ({msg})") from None
+                if time.monotonic() >= deadline:
+                    waited = f" (waited {wait:.0f} s; NEARDUP_LOCK_WAIT sets how long)" if wait > 0 else ""
+                    raise CatalogError(f"{self.path}: the catalog is in use by another neardup process"
+                                       f"{_lock_holder(msg)}{waited}") from None
+                if on_wait is not None and not told:
+                    told = True
+                    on_wait(f"waiting for another neardup process{_lock_holder(msg)} to finish with {self.path} "
+                            f"(up to {wait:.0f} s)")
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = min(0.25, pause * 1.5)
+            except duckdb.Error as exc:
+                raise CatalogError(f"{self.path}: cannot open catalog ({str(exc).splitlines()[0]})") from None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (a Ctrl-C meanwhile is raised after it, so the file is left closed)."""
+        with interrupts.critical(), contextlib.suppress(Exception):
+            self.con.close()
+
+    @property
+    def sidecar(self) -> Path:
+        """Folder beside the DuckDB file holding embeddings, thumbnails and caches."""
+        return self.path.with_name(self.path.name + ".d")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """All-or-nothing: an exception (or Ctrl-C) inside rolls everything back.
+
+        A transaction opened inside another joins it (one commit at the end of the outer one).
+        ``COMMIT`` runs with Ctrl-C deferred; if it raises anyway, the transaction's marker row
+        decides whether the change landed: a committed change is kept and reported (the ledger of
+        :mod:`neardup.interrupts`), and only an uncommitted one is an error.
+        """
+        with self._lock:
+            if self._txn is not None:  # nested: part of the enclosing transaction
+                yield self.con
+                return
+            interrupts.checkpoint()
+            token = uuid.uuid4().hex
+            self._txn = notes = []
+            try:
+                self.con.execute("BEGIN TRANSACTION")
+                try:
+                    yield self.con
+                    interrupts.checkpoint()  # a Ctrl-C that something swallowed: do not commit after it
+                    if not self.read_only:
+                        self.con.execute("INSERT INTO txn_log VALUES (?, ?)", [token, _now()])
+                except BaseException as exc:
+                    with interrupts.critical():
+                        with contextlib.suppress(Exception):
+                            self.con.execute("ROLLBACK")
+                    if not isinstance(exc, KeyboardInterrupt) and interrupts.is_interrupt(exc):
+                        raise KeyboardInterrupt from None
+                    raise
+                with interrupts.critical():
+                    try:
+                        self._commit()
+                    except Exception as exc:
+                        if not self._committed(token, exc):
+                            if interrupts.is_interrupt(exc):
+                                raise KeyboardInterrupt from None
+                            raise
+                        if interrupts.is_interrupt(exc):  # landed, then interrupted: kept, and the stop is honoured
+                            interrupts.raise_after()
+                    for template, n in notes:
+                        interrupts.record(template, n)
+            finally:
+                self._txn = None
+
+    def _commit(self) -> None:
+        self.con.execute("COMMIT")
+
+    def _committed(self, token: str, exc: BaseException) -> bool:
+        """After ``COMMIT`` raised: did the transaction land anyway? (Its marker row says.)"""
+        with contextlib.suppress(Exception):
+            self.con.execute("ROLLBACK")
+        try:
+            row = self.con.execute("SELECT count(*) FROM txn_log WHERE token = ?", [token]).fetchone()
+        except Exception:
+            raise CatalogError(f"{self.path}: the commit failed ({str(exc).splitlines()[0]}) and the catalog cannot "
+                               "be read back to tell whether the change was applied; check with `neardup runs`") from None
+        return bool(row and row[0])
+
+    def describe(self, template: str, n: int = 1) -> None:
+        """Say what the current transaction changes (``"catalogued {n} file(s)"``), for the Ctrl-C report."""
+        if self._txn is not None and n:
+            self._txn.append((template, n))
+
+    @contextlib.contextmanager
+    def registered(self, name: str, table: Any) -> Iterator[None]:
+        """``table`` visible to SQL as ``name`` for the block; unregistering never hides the block's own error."""
+        self.con.register(name, table)
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(Exception):  # e.g. the transaction is already aborted
+                self.con.unregister(name)
+            raise
+        self.con.unregister(name)
+
+    def one(self, query: str, params: Sequence[Any] | None = None) -> tuple | None:
+        """First row of a query (the result is always consumed: DuckDB 2 forbids leaving it open)."""
+        with self._lock:
+            rows = self.con.execute(query, list(params) if params else []).fetchall()
+        return rows[0] if rows else None
+
+    def scalar(self, query: str, params: Sequence[Any] | None = None) -> Any:
+        row = self.one(query, params)
+        return None if row is None else row[0]
+
+    def sql(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
+        """Run a read query and return an Arrow table."""
+        with self._lock:
+            return self.con.sql(query, params=list(params) if params else None).to_arrow_table()

@@ -1,0 +1,230 @@
+"""The catalog's embedding store: each model's vectors in a memory-mapped version file in the sidecar
+folder, switched to in one transaction, and old versions collected once nothing refers to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from ..errors import CatalogError, InputError
+from .connection import _now
+from .images import ImageTable
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+#: Embedding version files (and their temporaries) that the collector may remove when unreferenced.
+_VERSION_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.v[0-9]+\.npy(\.tmp)?$")
+#: Writing a version file and switching to it, or collecting old ones: one at a time in a process
+#: (other processes are kept out by DuckDB's file lock).
+_EMBEDDINGS_LOCK = threading.RLock()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk before the catalog may point to it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@dataclass(frozen=True)
+class EmbeddingSet:
+    """One model's vectors: ``ids[i]`` is the image of row ``vectors[i]`` (unit-norm float32)."""
+
+    model: str
+    ids: np.ndarray
+    vectors: np.ndarray
+    version: int
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class EmbeddingStore(ImageTable):
+    """Each model's vectors and the image of each row (new ids get an images row with them)."""
+
+    def embedding_models(self) -> list[dict[str, Any]]:
+        rows = self.con.execute("SELECT model, dim, count, version, updated_at FROM embedding_sets ORDER BY model").fetchall()
+        return [dict(model=r[0], dim=r[1], count=r[2], version=r[3], updated_at=r[4]) for r in rows]
+
+    def default_model(self) -> str:
+        """The only model with embeddings, or the most recently updated one."""
+        row = self.one("SELECT model FROM embedding_sets ORDER BY updated_at DESC, model LIMIT 1")
+        if row is None:
+            raise CatalogError(f"{self.path}: no embeddings yet (run `neardup import-embeddings` or `neardup embed`)")
+        return str(row[0])
+
+    def load_embeddings(self, model: str | None = None) -> EmbeddingSet:
+        """The model's vectors, memory-mapped (read-only), and the image id of each row."""
+        model, version, vectors = self.embedding_vectors(model)
+        ids = self.sql("SELECT image_id FROM embedding_rows WHERE model = ? ORDER BY row", [model]).column(0)
+        return EmbeddingSet(model=model, ids=np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object),
+                            vectors=vectors, version=version)
+
+    def embedding_rows(self, model: str, ids: Sequence[str] | None = None,
+                       exclude: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, ids)`` of a model's embedding matrix for some ids (or all but ``exclude``), in row order.
+
+        The lookup runs in DuckDB, so a 2,000-id cluster of a million-image catalog is a join,
+        not a Python scan of every id.
+        """
+        conds, tables = ["r.model = ?"], {}
+        if ids is not None:
+            tables["_want"] = pa.table({"id": pa.array([str(i) for i in ids], pa.string())})
+            conds.append("r.image_id IN (SELECT id FROM _want)")
+        if exclude:
+            tables["_drop"] = pa.table({"id": pa.array([str(i) for i in exclude], pa.string())})
+            conds.append("r.image_id NOT IN (SELECT id FROM _drop)")
+        with self._lock:
+            for name, t in tables.items():
+                self.con.register(name, t)
+            try:
+                t = self.con.sql(f"SELECT r.row, r.image_id FROM embedding_rows r WHERE {' AND '.join(conds)} ORDER BY r.row",
+                                 params=[model]).to_arrow_table()
+            finally:
+                for name in tables:
+                    self.con.unregister(name)
+        return (np.asarray(t["row"].to_numpy(), dtype=np.int64),
+                np.asarray(t["image_id"].to_numpy(zero_copy_only=False), dtype=object))
+
+    def embedding_vectors(self, model: str | None = None) -> tuple[str, int, np.ndarray]:
+        """``(model, version, vectors)`` without loading the ids (memory-mapped, read-only)."""
+        model = model or self.default_model()
+        row = self.one("SELECT file, count, dim, version FROM embedding_sets WHERE model = ?", [model])
+        if row is None:
+            known = ", ".join(m["model"] for m in self.embedding_models()) or "none"
+            raise CatalogError(f"{self.path}: no embeddings for model {model!r} (have: {known})")
+        file, count, dim, version = row
+        vectors = np.load(self._embeddings_file(file), mmap_mode="r")
+        if vectors.shape != (count, dim):
+            raise CatalogError(f"{self.path}: embeddings file {file} has shape {vectors.shape}, catalog says {(count, dim)}")
+        return model, int(version), vectors
+
+    def require_sidecar(self) -> None:
+        """One line naming the sidecar folder when the catalog has vectors but the folder is gone
+        (a catalog file copied or moved without its ``.d`` folder)."""
+        if not self.sidecar.is_dir() and self.one("SELECT 1 FROM embedding_sets LIMIT 1"):
+            raise CatalogError(f"{self.path}: its sidecar folder {self.sidecar} is missing (it holds the vectors and "
+                               f"thumbnails: copy or move it together with {self.path.name})")
+
+    def _embeddings_file(self, file: str) -> Path:
+        """The path of a recorded embeddings file; one line naming what is missing when it is gone."""
+        path = self.sidecar / "embeddings" / file
+        if path.is_file():
+            return path
+        self.require_sidecar()
+        raise CatalogError(f"{self.path}: embeddings file {path} is missing from the sidecar folder")
+
+    def put_embeddings(self, model: str, ids: Sequence[str] | np.ndarray, vectors: np.ndarray,
+                       images: pa.Table | None = None,
+                       also: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> tuple[int, int]:
+        """Store unit-norm vectors for ``ids`` (update rows already there, append the rest), rounded
+        to canonical vectors (:mod:`neardup.similarity.canonical`).
+
+        ``images`` (optional, with an ``id`` column) is upserted in the same transaction, and
+        ``also(con)`` runs in it too (e.g. the record of which bytes the vectors came from), so
+        vectors and what belongs to them land together or not at all. Returns ``(added, updated)``.
+
+        The vectors go to a new version file, switched to in the transaction; the previous
+        version stays on disk until it is unreferenced (see :meth:`collect_garbage`), so a crash
+        or Ctrl-C at any point leaves either the old or the new version in force, never a
+        reference to a missing file.
+        """
+        if not _MODEL_NAME.match(model):
+            raise InputError(f"model name {model!r}: use letters, digits, '.', '_' or '-'")
+        from ..similarity.canonical import canonical_vectors  # numba: only where vectors are written
+
+        try:  # stored vectors are canonical: their float32 dot products are exact in any order
+            vectors = np.ascontiguousarray(canonical_vectors(np.asarray(vectors, dtype=np.float32)))
+        except ValueError as exc:
+            raise InputError(f"vectors for model {model!r}: {exc}") from None
+        ids = np.asarray(ids, dtype=object)
+        if vectors.ndim != 2 or len(ids) != vectors.shape[0]:
+            raise InputError(f"{len(ids)} ids for {vectors.shape[0] if vectors.ndim else 0} vectors")
+        self.require_sidecar()  # never start a new sidecar beside vectors that are elsewhere
+        emb_dir = self.sidecar / "embeddings"
+        with _EMBEDDINGS_LOCK, self._lock:
+            emb_dir.mkdir(parents=True, exist_ok=True)
+            cur = self.one("SELECT file, count, dim, version FROM embedding_sets WHERE model = ?", [model])
+            if cur is not None and cur[2] != vectors.shape[1]:
+                raise InputError(f"model {model!r} has dimension {cur[2]} in this catalog; these vectors have {vectors.shape[1]}")
+            if cur is None:
+                old_ids = np.empty(0, dtype=object)
+                old_vecs = np.empty((0, vectors.shape[1]), dtype=np.float32)
+                version = 1
+            else:
+                old = self.load_embeddings(model)
+                old_ids, old_vecs, version = old.ids, old.vectors, old.version + 1
+            pos = {k: i for i, k in enumerate(old_ids.tolist())}
+            upd_rows = np.fromiter((pos.get(k, -1) for k in ids.tolist()), dtype=np.int64, count=len(ids))
+            is_new = upd_rows < 0
+            n_new = int(is_new.sum())
+            total = len(old_ids) + n_new
+            file = f"{model}.v{version}.npy"
+            tmp = emb_dir / (file + ".tmp")
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, vectors.shape[1]))
+            step = 1 << 16
+            for s in range(0, len(old_ids), step):
+                e = min(s + step, len(old_ids))
+                out[s:e] = canonical_vectors(old_vecs[s:e])  # a catalog from before canonical vectors
+            if (~is_new).any():
+                out[upd_rows[~is_new]] = vectors[~is_new]
+            out[len(old_ids):] = vectors[is_new]
+            out.flush()
+            del out
+            _fsync(tmp)
+            os.replace(tmp, emb_dir / file)  # not referenced yet: a crash from here on leaves it unreferenced
+            _fsync(emb_dir)
+            rows_table = pa.table({"model": pa.array([model] * n_new, pa.string()),
+                                   "row": pa.array(np.arange(len(old_ids), total), pa.int64()),
+                                   "image_id": pa.array(ids[is_new].tolist(), pa.string())})
+            missing = pa.table({"id": pa.array(ids[is_new].tolist(), pa.string())})
+            # No clean-up on failure: if COMMIT raised after landing, the catalog points to this file.
+            with self.transaction():
+                if images is not None:
+                    self.upsert_images(images, _in_transaction=True)
+                with self.registered("_new_ids", missing), self.registered("_rows", rows_table):
+                    self.con.execute("INSERT INTO images (id, added_at) SELECT id, ? FROM _new_ids ANTI JOIN images USING (id)", [_now()])
+                    self.con.execute("INSERT INTO embedding_rows SELECT * FROM _rows")
+                self.con.execute("DELETE FROM embedding_sets WHERE model = ?", [model])
+                self.con.execute("INSERT INTO embedding_sets VALUES (?, ?, ?, ?, ?, ?)",
+                                 [model, vectors.shape[1], file, total, version, _now()])
+                if also is not None:
+                    also(self.con)
+                self.describe(f"stored {{n}} vector(s) for model {model}", len(ids))
+            if self._txn is None:  # committed (not part of an enclosing transaction): drop the old version
+                self.collect_garbage()
+        return n_new, len(ids) - n_new
+
+    def collect_garbage(self) -> int:
+        """Delete embedding version files no committed catalog state refers to (left by an earlier
+        update or by a crash before its commit). Returns how many were removed."""
+        emb_dir = self.sidecar / "embeddings"
+        if self.read_only or not emb_dir.is_dir():
+            return 0
+        removed = 0
+        with _EMBEDDINGS_LOCK, self._lock:
+            if self._txn is not None:
+                return 0
+            keep = {r[0] for r in self.con.execute("SELECT file FROM embedding_sets").fetchall()}
+            for p in emb_dir.iterdir():
+                if p.name not in keep and _VERSION_FILE.match(p.name):
+                    with contextlib.suppress(OSError):
+                        p.unlink()
+                        removed += 1
+        return removed
