@@ -41,7 +41,7 @@ def build_catalog(model: str) -> Path:
     """The labelled photos, scanned and embedded once (reused when already there)."""
     from neardup.catalog import Catalog
     from neardup.embed import get_model
-    from neardup.pipeline import embed
+    from neardup.find import embed
     from neardup.samples import build_collection
     from neardup.sources import scan
 

@@ -48,7 +48,7 @@ def main() -> None:
 
     from neardup.dedup import dedup
     from neardup.ingest import import_embeddings
-    from neardup.pipeline import embed
+    from neardup.find import embed
     from neardup.sources import scan
 
     ids = base / "ids.txt"

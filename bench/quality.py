@@ -56,7 +56,7 @@ def run_ours(model: str, photos: Path, mode: str = "components") -> dict:
     from neardup.catalog import Catalog
     from neardup.dedup import dedup
     from neardup.embed import get_model
-    from neardup.pipeline import embed
+    from neardup.find import embed
     from neardup.sources import scan
 
     db = RAW / f"{model}.duckdb"
@@ -330,7 +330,7 @@ def masters_bench(seed: int, draws: int, model: str, reuse: bool = False) -> Non
     from neardup.catalog import Catalog
     from neardup.dedup import dedup
     from neardup.embed import get_model
-    from neardup.pipeline import embed
+    from neardup.find import embed
     from neardup.policy import DEFAULT_POLICY, decided_by, group_centrality, parse_policy, policy_columns, priority_rank, \
         select_masters
     from neardup.samples import DEGRADATIONS, build_degraded, read_labels

@@ -150,7 +150,7 @@ def embed_real(model: str, data: Path = REAL_DATA) -> dict[str, Any]:
 
     from neardup.catalog import Catalog
     from neardup.embed import get_model
-    from neardup.pipeline import embed
+    from neardup.find import embed
     from neardup.sources import scan
 
     RAW.mkdir(parents=True, exist_ok=True)

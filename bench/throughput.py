@@ -84,7 +84,7 @@ def bare(model, tensors: np.ndarray, batch: int) -> float:
 def fused(model_name: str, photos: Path, batch: int, tag: str = "fused") -> float:
     """``scan_and_embed`` (what ``neardup find``/``demo`` run): one read and decode per file."""
     from neardup.catalog import Catalog
-    from neardup.pipeline import scan_and_embed
+    from neardup.find import scan_and_embed
 
     db = fresh_catalog_path(tag)
     t0 = time.perf_counter()
@@ -95,7 +95,7 @@ def fused(model_name: str, photos: Path, batch: int, tag: str = "fused") -> floa
 
 def end_to_end(model_name: str, photos: Path, batch: int, tag: str = "e2e") -> tuple[float, float, float]:
     from neardup.catalog import Catalog
-    from neardup.pipeline import embed
+    from neardup.find import embed
     from neardup.sources import scan
 
     db = fresh_catalog_path(tag)

@@ -64,7 +64,7 @@ def test_real_tree_frames_hand_kept_apart_by_the_default_grouping(tmp_path):
     from neardup import Catalog
     from neardup.dedup import dedup
     from neardup.embed import get_model
-    from neardup.pipeline import embed
+    from neardup.find import embed
     from neardup.sources import scan
 
     items = build(tmp_path / "real", only=["tree"])

@@ -119,7 +119,7 @@ def test_commit_that_fails_leaves_the_old_version_and_the_new_file_is_collected(
 
 def test_vectors_and_their_source_record_commit_together(tmp_path: Path) -> None:
     """embed's vectors and `embedded_from` are one transaction: if the record fails, no vector lands."""
-    from neardup.pipeline import _commit, _ensure_table
+    from neardup.find import _commit, _ensure_table
 
     with Catalog(tmp_path / "c.duckdb") as cat:
         cat.upsert_images(pa.table({"id": ["a", "b"], "path": ["/x/a.jpg", "/x/b.jpg"]}))
@@ -352,7 +352,7 @@ def test_interrupt_or_kill_a_command_on_vectors(vec_base: dict, tmp_path: Path, 
 @pytest.fixture(scope="module")
 def img_base(tmp_path_factory) -> dict:
     """A folder of images; a catalog with them scanned (for embed trials); the after-states."""
-    from neardup.pipeline import embed
+    from neardup.find import embed
     from neardup.sources import scan
 
     root = tmp_path_factory.mktemp("crash-img")

@@ -63,7 +63,7 @@ def embed_cmd(
 
     Byte-identical files are embedded once. Resumable: interrupt with Ctrl-C and run again to continue where it stopped."""
     from ..embed import get_model
-    from ..pipeline import embed
+    from ..find import embed
 
     m = get_model(model)
     m.check_usable()
@@ -139,7 +139,7 @@ def find_cmd(
 
     Suppression is a flag in the catalog — nothing is deleted or moved; undo with `neardup restore`. Prints the threshold sweep around the chosen threshold and the run's summary."""
     from ..embed import get_model
-    from ..pipeline import scan_and_embed
+    from ..find import scan_and_embed
 
     m = get_model(model)
     m.check_usable()
@@ -173,7 +173,7 @@ def demo_cmd(
     Works offline. The photos go to FOLDER/photos, the catalog to FOLDER/neardup.duckdb; then scan, embed with the default model, and dedup at the model's default threshold, printing the threshold sweep and the before/after. Explore further with e.g. `neardup sweep --db FOLDER/neardup.duckdb` or `neardup review --db FOLDER/neardup.duckdb`."""
     from ..dedup import dedup
     from ..embed import get_model
-    from ..pipeline import scan_and_embed
+    from ..find import scan_and_embed
     from ..samples import build_collection, read_labels
 
     m = get_model(model)

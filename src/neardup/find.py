@@ -1,4 +1,4 @@
-"""The images-in pipeline: scan → embed (→ dedup), as library calls the CLI wraps.
+"""Finding duplicates among image files: scan → embed (→ dedup), as library calls the CLI wraps.
 
 :func:`embed` only embeds images that lack an up-to-date vector for the model (new, or whose
 bytes changed since they were embedded), embeds each distinct file content once (byte-identical

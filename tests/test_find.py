@@ -1,4 +1,4 @@
-"""Embed pipeline (resumable, byte-identical files once, re-embed on change) and the CLI end to end."""
+"""Embed pass and find (resumable, byte-identical files once, re-embed on change) and the CLI end to end."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from neardup.catalog import Catalog
 from neardup.cli import main
 from neardup.embed import get_model
 from neardup.errors import InputError
-from neardup.pipeline import EmbedInterrupted, embed, pending_images
+from neardup.find import EmbedInterrupted, embed, pending_images
 from neardup.samples import apply_edit, load_photo, read_labels
 from neardup.sources import scan
 
@@ -214,7 +214,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys) -> None:
 
 
 def test_scan_and_embed_decodes_once_and_matches_the_two_step_path(tmp_path: Path, photos) -> None:
-    from neardup.pipeline import scan_and_embed
+    from neardup.find import scan_and_embed
     from neardup.samples import save_exif_rotated
 
     d = tmp_path / "p"
@@ -240,7 +240,7 @@ def test_scan_and_embed_decodes_once_and_matches_the_two_step_path(tmp_path: Pat
 
 
 def test_library_find_dry_run_writes_no_run(tmp_path: Path, photos) -> None:
-    from neardup.pipeline import find
+    from neardup.find import find
 
     d = tmp_path / "p"
     d.mkdir()
