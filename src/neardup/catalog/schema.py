@@ -7,7 +7,9 @@ from __future__ import annotations
 from ..errors import CatalogError
 from .connection import Connection, _now
 
-SCHEMA_VERSION = 1
+#: Version 2: version 1 (the first catalogs) plus the tables and columns added since (see
+#: :meth:`Schema._migrate_1_to_2`). A catalog of a newer version is refused.
+SCHEMA_VERSION = 2
 DEFAULT_DB = "neardup.duckdb"
 
 #: Columns every images row has; users' extra metadata columns are added beside them.
@@ -29,7 +31,8 @@ CORE_IMAGE_COLUMNS: dict[str, str] = {
 #: derived by neardup (runs, clustering, scan time): never taken from user metadata
 RESERVED_IMAGE_COLUMNS = ("is_suppressed", "added_at", "cluster_id")
 
-#: Tables added after schema version 1: in _SCHEMA for new catalogs, created at open in older ones.
+#: Tables added after schema version 1: in _SCHEMA for new catalogs, created at open in older ones
+#: (IF NOT EXISTS: a table added later is created in an existing catalog at its next read-write open).
 _LATER_SCHEMA = """
 CREATE TABLE IF NOT EXISTS judgments(
     a VARCHAR, b VARCHAR, same BOOLEAN, source VARCHAR, model VARCHAR, similarity DOUBLE, created_at TIMESTAMP);
@@ -107,32 +110,19 @@ class Schema(Connection):
     """Creates a new catalog's tables, or checks an existing one's version and adds what it lacks."""
 
     def _init_schema(self) -> bool:
-        """Create the tables of a new catalog, or check and update an existing one's. True if it existed."""
+        """Create the tables of a new catalog, or check an existing one's version and bring it up to
+        date (read-write opens). True if the catalog existed."""
         tables = {r[0] for r in self.con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
         if "meta" in tables:
-            row = self.one("SELECT value FROM meta WHERE key = 'schema_version'")
-            found = int(row[0]) if row else None
-            if found != SCHEMA_VERSION:
-                raise CatalogError(
-                    f"{self.path}: catalog schema version {found} but this neardup reads version {SCHEMA_VERSION}"
-                )
-            if not self.read_only:
-                # tables later versions added to a catalog made before them; txn_log first: every
-                # transaction() writes its marker row there
-                if "txn_log" not in tables:
-                    self.con.execute("CREATE TABLE IF NOT EXISTS txn_log(token VARCHAR, committed_at TIMESTAMP)")
-                if not set(_LATER_TABLES) <= tables:
-                    with self.transaction():
-                        self.con.execute(_LATER_SCHEMA)
-                if self._missing_quality_columns():
-                    with self.transaction():
-                        for stmt in _QUALITY_COLUMNS:
-                            self.con.execute(stmt)
-                self._migrate()
-            if not self.read_only and self._missing_run_columns():
-                with self.transaction():
-                    for stmt in _RUN_COLUMNS:
-                        self.con.execute(stmt)
+            found = self._found_version()
+            if found > SCHEMA_VERSION:
+                raise CatalogError(f"{self.path}: catalog schema version {found} is newer than this neardup reads "
+                                   f"(version {SCHEMA_VERSION}); use a newer neardup")
+            if not self.read_only and (found < SCHEMA_VERSION or self._lacks_later_additions(tables)):
+                with self.transaction():  # one transaction: migrated and up to date, or untouched
+                    for version in range(found, SCHEMA_VERSION):
+                        _MIGRATIONS[version](self)
+                    self._add_later_additions()
             return True
         if tables:
             raise CatalogError(f"{self.path}: this DuckDB file is not a neardup catalog (tables: {', '.join(sorted(tables))})")
@@ -147,28 +137,45 @@ class Schema(Connection):
                              [str(SCHEMA_VERSION), _now().isoformat()])
         return False
 
-    def _migrate(self) -> None:
-        """Bring a catalog written by an older neardup up to date (new columns, the current view)."""
-        cols = {r[0] for r in self.con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'run_members'").fetchall()}
-        view = self.one("SELECT sql FROM duckdb_views() WHERE view_name = 'visible'")
-        if {"group_size", "group_score"} <= cols and view and "group_score" in str(view[0]):
-            return
-        with self.transaction():
-            for stmt in _ADDED_COLUMNS:
-                self.con.execute(stmt)
-            self.con.execute(_VISIBLE_VIEW)
+    def _found_version(self) -> int:
+        """The catalog's recorded schema version; one line naming the file when it has none usable."""
+        row = self.one("SELECT value FROM meta WHERE key = 'schema_version'")
+        try:
+            found = int(row[0]) if row else None
+        except (TypeError, ValueError):
+            found = None
+        if found is None or found < 1:
+            raise CatalogError(f"{self.path}: catalog has no valid schema version in its meta table "
+                               f"(found {row[0] if row else 'none'!r}; this neardup reads version {SCHEMA_VERSION})")
+        return found
 
-    def _missing_run_columns(self) -> bool:
-        """True when an older catalog's ``runs`` lacks a column of :data:`_RUN_COLUMNS`."""
-        have = {r[0] for r in self.con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'runs'").fetchall()}
-        return not {stmt.split()[-2] for stmt in _RUN_COLUMNS} <= have
+    def _migrate_1_to_2(self) -> None:
+        """Version 1 (the first catalogs) -> 2: the commit-marker table, the tables and columns added
+        since (judgments, calibrations, group reviews, decision basis, invalidated overrides; runs'
+        scope key and replaced_by; members' group size, score and decided_by; images' quality
+        measures) and the visible view with group size and score. Then version 2 is recorded."""
+        self._add_later_additions()
+        self.con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
 
-    def _missing_quality_columns(self) -> bool:
-        """True when an older catalog lacks a column of :data:`_QUALITY_COLUMNS`."""
+    def _lacks_later_additions(self, tables: set[str]) -> bool:
+        """True when a table, column or the view of :meth:`_add_later_additions` is missing."""
+        if "txn_log" not in tables or not set(_LATER_TABLES) <= tables:
+            return True
         have = {(r[0], r[1]) for r in self.con.execute(
             "SELECT table_name, column_name FROM information_schema.columns "
-            "WHERE table_name IN ('images', 'run_members')").fetchall()}
-        want = {(stmt.split()[2], stmt.split()[-2]) for stmt in _QUALITY_COLUMNS}
-        return not want <= have
+            "WHERE table_name IN ('images', 'runs', 'run_members')").fetchall()}
+        want = {(stmt.split()[2], stmt.split()[-2]) for stmt in (*_QUALITY_COLUMNS, *_RUN_COLUMNS, *_ADDED_COLUMNS)}
+        view = self.one("SELECT sql FROM duckdb_views() WHERE view_name = 'visible'")
+        return not want <= have or not view or "group_score" not in str(view[0])
+
+    def _add_later_additions(self) -> None:
+        """Add what the current schema has beyond an older catalog's (each statement is idempotent)."""
+        self.con.execute("CREATE TABLE IF NOT EXISTS txn_log(token VARCHAR, committed_at TIMESTAMP)")
+        self.con.execute(_LATER_SCHEMA)
+        for stmt in (*_RUN_COLUMNS, *_ADDED_COLUMNS, *_QUALITY_COLUMNS):
+            self.con.execute(stmt)
+        self.con.execute(_VISIBLE_VIEW)
+
+
+#: ``version -> step`` bringing a catalog of that version to the next (applied in order at open).
+_MIGRATIONS = {1: Schema._migrate_1_to_2}

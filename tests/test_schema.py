@@ -1,0 +1,156 @@
+"""Schema versions: a version-1 catalog (the first catalogs' exact schema, built here by hand) is
+migrated to the current version at a read-write open, in one transaction, keeping its data; a
+catalog from a newer neardup is refused with one line naming the file and both versions."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+
+from neardup import Catalog, CatalogError
+from neardup.catalog import SCHEMA_VERSION
+from neardup.dedup import dedup
+from neardup.ingest import import_embeddings
+
+#: The schema the first neardup wrote (schema version 1), verbatim, and its visible view.
+V1_SCHEMA = """
+CREATE TABLE meta(key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE images(id VARCHAR PRIMARY KEY, path VARCHAR, sha256 VARCHAR, width INTEGER, height INTEGER,
+    brightness DOUBLE, score DOUBLE, captured_at TIMESTAMP, file_size BIGINT, cluster_id INTEGER,
+    is_suppressed BOOLEAN NOT NULL DEFAULT false, added_at TIMESTAMP);
+CREATE TABLE embedding_sets(model VARCHAR PRIMARY KEY, dim INTEGER NOT NULL, file VARCHAR NOT NULL,
+    count BIGINT NOT NULL, version INTEGER NOT NULL, updated_at TIMESTAMP);
+CREATE TABLE embedding_rows(model VARCHAR NOT NULL, row BIGINT NOT NULL, image_id VARCHAR NOT NULL);
+CREATE SEQUENCE run_id_seq START 1;
+CREATE TABLE runs(id INTEGER PRIMARY KEY, created_at TIMESTAMP, model VARCHAR, threshold DOUBLE, mode VARCHAR,
+    policy VARCHAR, scope VARCHAR, n_images BIGINT, n_groups BIGINT, n_suppressed BIGINT,
+    n_retained BIGINT, largest_group BIGINT, status VARCHAR, restored_at TIMESTAMP, summary JSON);
+CREATE TABLE run_members(run_id INTEGER NOT NULL, image_id VARCHAR NOT NULL, group_id BIGINT NOT NULL,
+    master_id VARCHAR NOT NULL, is_master BOOLEAN NOT NULL, is_suppressed BOOLEAN NOT NULL, sim_to_master FLOAT);
+CREATE TABLE overrides(image_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, created_at TIMESTAMP, note VARCHAR);
+CREATE TABLE skipped(path VARCHAR PRIMARY KEY, reason VARCHAR, seen_at TIMESTAMP);
+CREATE VIEW visible AS SELECT * FROM images WHERE NOT is_suppressed;
+INSERT INTO meta VALUES ('schema_version', '1'), ('created_at', '2025-01-01T00:00:00');
+"""
+
+
+def make_v1(path) -> None:
+    """A version-1 catalog with 4 images, one applied run (a3 suppressed under master a2) and a keep decision."""
+    con = duckdb.connect(str(path))
+    con.execute(V1_SCHEMA)
+    con.execute("INSERT INTO images (id, path, score, is_suppressed) VALUES "
+                "('a0', 'p0', 1.0, false), ('a1', 'p1', 2.0, false), ('a2', 'p2', 3.0, false), ('a3', 'p3', 4.0, true)")
+    con.execute("INSERT INTO runs (id, model, threshold, mode, policy, scope, n_images, n_groups, n_suppressed, "
+                "n_retained, largest_group, status) VALUES (1, 'm', 0.9, 'components', 'score', 'all', 4, 1, 1, 3, 2, 'applied')")
+    con.execute("INSERT INTO run_members VALUES (1, 'a0', 2, 'a0', true, false, 1.0), (1, 'a1', 3, 'a1', true, false, 1.0), "
+                "(1, 'a2', 1, 'a2', true, false, 1.0), (1, 'a3', 1, 'a2', false, true, 0.95)")
+    con.execute("SELECT nextval('run_id_seq')")
+    con.execute("INSERT INTO overrides VALUES ('a1', 'keep', NULL, 'v1 note')")
+    con.close()
+
+
+def columns(con, table: str) -> set[str]:
+    return {r[0] for r in con.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]).fetchall()}
+
+
+def test_a_version_1_catalog_is_migrated_at_open_and_keeps_its_data(tmp_path) -> None:
+    db = tmp_path / "v1.duckdb"
+    make_v1(db)
+    with Catalog(db) as cat:
+        con = cat.con
+        assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION) == "2"
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        assert {"txn_log", "judgments", "calibrations", "group_reviews", "decision_basis",
+                "overrides_invalidated"} <= tables
+        assert {"scope_key", "replaced_by"} <= columns(con, "runs")
+        assert {"group_size", "group_score", "decided_by"} <= columns(con, "run_members")
+        assert {"sharpness", "jpeg_quality", "border", "colorfulness", "clipped"} <= columns(con, "images")
+        # the data is as it was; the new view reads it (a3 suppressed; visible rows carry group size 1 ...)
+        assert con.execute("SELECT id FROM images WHERE is_suppressed").fetchall() == [("a3",)]
+        assert con.execute("SELECT id, group_size FROM visible ORDER BY id").fetchall() == [
+            ("a0", 1), ("a1", 1), ("a2", 1)]
+        assert cat.overrides()["keep"] == {"a1"}
+        assert [r["status"] for r in cat.runs()] == ["applied"]
+        # ... and the catalog works as a current one: vectors in, a dedup replaces the old run
+        rng = np.random.default_rng(0)
+        X = rng.standard_normal((4, 8)).astype(np.float32)
+        X[3] = X[2] + 0.001
+        import_embeddings(cat, X, ["a0", "a1", "a2", "a3"], model="m")
+        res = dedup(cat, 0.9, model="m")
+        assert cat.run(1)["status"] == "replaced" and cat.run(res.run_id)["status"] == "applied"
+    with Catalog(db) as cat:  # a second open finds nothing to do: no transaction is written
+        before = cat.con.execute("SELECT count(*) FROM txn_log").fetchone()[0]
+    with Catalog(db) as cat:
+        assert cat.con.execute("SELECT count(*) FROM txn_log").fetchone()[0] == before
+
+
+def test_migration_is_one_transaction(tmp_path, monkeypatch) -> None:
+    """A failure half-way through the migration leaves the version-1 catalog exactly as it was."""
+    from neardup.catalog import schema
+
+    db = tmp_path / "v1.duckdb"
+    make_v1(db)
+
+    def dump() -> list:
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            return [con.execute("SELECT table_name, column_name FROM information_schema.columns ORDER BY ALL").fetchall(),
+                    con.execute("SELECT * FROM meta ORDER BY ALL").fetchall(),
+                    con.execute("SELECT * FROM run_members ORDER BY ALL").fetchall()]
+        finally:
+            con.close()
+
+    before = dump()
+    real = schema.Schema._add_later_additions
+
+    def fail_after(self) -> None:
+        real(self)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(schema.Schema, "_add_later_additions", fail_after)
+    with pytest.raises(RuntimeError, match="disk full"):
+        Catalog(db)
+    assert dump() == before
+
+
+def test_a_read_only_open_of_a_version_1_catalog_reads_it_unchanged(tmp_path) -> None:
+    db = tmp_path / "v1.duckdb"
+    make_v1(db)
+    with Catalog(db, read_only=True) as cat:
+        assert cat.count_images() == 4
+        assert cat.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+
+
+@pytest.mark.parametrize("value", [str(SCHEMA_VERSION + 1), "99"])
+def test_a_newer_catalog_is_refused_in_one_line_naming_file_and_versions(tmp_path, value, capsys) -> None:
+    from test_cli_core import run
+
+    db = tmp_path / "new.duckdb"
+    Catalog(db).close()
+    con = duckdb.connect(str(db))
+    con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [value])
+    con.close()
+    with pytest.raises(CatalogError) as exc:
+        Catalog(db)
+    msg = str(exc.value)
+    assert str(db) in msg and f"schema version {value}" in msg and f"version {SCHEMA_VERSION}" in msg
+    assert "\n" not in msg
+    code, _, err = run(capsys, "runs", "--db", str(db))
+    assert code == 2
+    assert [ln for ln in err.splitlines() if ln.strip()] == [f"error: {msg}"]
+
+
+@pytest.mark.parametrize("value", ["0", "two", None])
+def test_a_catalog_without_a_usable_version_is_refused(tmp_path, value) -> None:
+    db = tmp_path / "bad.duckdb"
+    Catalog(db).close()
+    con = duckdb.connect(str(db))
+    if value is None:
+        con.execute("DELETE FROM meta WHERE key = 'schema_version'")
+    else:
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [value])
+    con.close()
+    with pytest.raises(CatalogError, match="no valid schema version"):
+        Catalog(db)
