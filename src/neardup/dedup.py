@@ -151,13 +151,15 @@ def similarity_forest(catalog: Catalog, floor: float, *, scope: Scope | None = N
                 pass
     forest = compute_forest(scope.vectors, floor, index=index, engine=engine, progress=progress)
     if use_cache and not catalog.read_only:
+        from .tmpfiles import TMP_SUFFIX, remove_stale, writing
+
         cache_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale(cache_dir)  # temporary files of writers that were killed
         for old in cache_dir.glob(f"{scope.model}-v*-{scope.key}-{kind}-f*.npz"):
-            if not old.name.startswith(f"{scope.model}-v{scope.version}-"):
+            if not old.name.startswith(f"{scope.model}-v{scope.version}-") and not old.name.endswith(TMP_SUFFIX):
                 old.unlink(missing_ok=True)
-        tmp = cache_dir / f"{prefix}{floor:.6f}.tmp.npz"
-        forest.save(tmp)
-        tmp.replace(cache_dir / f"{prefix}{floor:.6f}.npz")
+        with writing(cache_dir / f"{prefix}{floor:.6f}.npz") as tmp:
+            forest.save(tmp)
     return forest
 
 

@@ -73,12 +73,13 @@ class ForestState:
 
     def save(self, path: Path) -> None:
         """Write atomically (temporary file, then rename)."""
+        from .tmpfiles import writing
+
         f = self.forest
         blob = np.frombuffer("\n".join(map(str, self.ids.tolist())).encode(), dtype=np.uint8)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, n=f.n, src=f.src, dst=f.dst, weight=f.weight, floor=f.floor, hist=f.hist,
-                 ids=blob, fps=self.fps, rows=self.rows, synced=self.synced)
-        tmp.replace(path)
+        with writing(path) as tmp:
+            np.savez(tmp, n=f.n, src=f.src, dst=f.dst, weight=f.weight, floor=f.floor, hist=f.hist,
+                     ids=blob, fps=self.fps, rows=self.rows, synced=self.synced)
 
     @classmethod
     def load(cls, path: Path) -> "ForestState":
@@ -185,7 +186,10 @@ def cached_forest(catalog: "Catalog", scope: "Scope", floor: float, *,
                       **({"reason": update["reason"]} if "reason" in update else {}))
     update["seconds"] = round(time.perf_counter() - t0, 3)
     if not catalog.read_only:
+        from .tmpfiles import remove_stale
+
         cache_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale(cache_dir)  # temporary files of writers that were killed
         f_use = forest.floor
         state_path, link = _state_paths(cache_dir, scope.model, f_use)
         rows = np.arange(len(scope), dtype=np.int64) if scope.rows is None else np.asarray(scope.rows, np.int64)
