@@ -7,6 +7,7 @@ floor), so a later sweep or a dedup at another threshold above the floor costs n
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from .catalog import Catalog, EmbeddingSet
-from .errors import InputError
+from .errors import CatalogError, InputError
 from .grouping import MODES, check_bound, default_grouping, group_nodes, group_weakest_links
 from .paths import atomic_output, check_output_file
 from .policy import (DEFAULT_POLICY, GROUP_KEYS, decided_by, group_centrality, parse_policy, policy_columns,
@@ -51,6 +52,7 @@ class Scope:
                              # catalog predates canonical vectors)
     key: str                 # cache key of the scope
     whole: bool = False      # the whole catalog (minus exclusions): its forest is kept up to date incrementally
+    file: str | None = None  # the embeddings version file the vectors are read from (in the sidecar)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -67,7 +69,8 @@ def load_scope(catalog: Catalog, model: str | None = None, ids: Sequence[str] | 
         exclude = sorted(set(map(str, exclude or ())) | gone)
     if ids is None and not exclude:
         es: EmbeddingSet = catalog.load_embeddings(model)
-        return Scope(es.model, es.version, es.ids, None, canonical_vectors(es.vectors), "all", True)
+        return Scope(es.model, es.version, es.ids, None, canonical_vectors(es.vectors), "all", True,
+                     _version_file(catalog, es.model))
     name, version, vectors = catalog.embedding_vectors(model)
     rows, scope_ids = catalog.embedding_rows(name, ids, exclude)
     if ids is not None:
@@ -77,7 +80,11 @@ def load_scope(catalog: Catalog, model: str | None = None, ids: Sequence[str] | 
             raise InputError(f"{len(missing)} ids have no {name} embedding (e.g. {missing[0]!r})")
     digest = hashlib.sha1("\n".join(scope_ids.tolist()).encode()).hexdigest()[:16]
     return Scope(name, version, scope_ids, rows, canonical_vectors(np.ascontiguousarray(vectors[rows])), digest,
-                 ids is None)
+                 ids is None, _version_file(catalog, name))
+
+
+def _version_file(catalog: Catalog, model: str) -> str | None:
+    return catalog.scalar("SELECT file FROM embedding_sets WHERE model = ?", [model])
 
 
 def check_options(*, mode: str | None = "components", prefer: str | Sequence[str] | None = DEFAULT_POLICY,
@@ -200,11 +207,26 @@ def _count_decided(per_group: Sequence[Any]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+class InputsChanged(CatalogError):
+    """What a released pass read changed before its run could be recorded (nothing was written)."""
+
+
+def inputs_digest(catalog: Catalog, model: str) -> dict[str, Any]:
+    """What a dedup reads, summed up per table: the model's vector set (file and version), the images
+    (metadata, scores, status, suppression), the reviewer decisions and the runs (id, status). Equal
+    digests: the pass would read the same."""
+    row = catalog.one(
+        "SELECT (SELECT sum(hash(e)) FROM embedding_sets e WHERE e.model = ?), (SELECT sum(hash(i)) FROM images i), "
+        "(SELECT sum(hash(o)) FROM overrides o), (SELECT sum(hash(r.id, r.status)) FROM runs r)", [model])
+    return dict(zip(("vectors", "images", "decisions", "runs"), row or (None,) * 4))
+
+
 def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode: str | None = None,
           prefer: str | Sequence[str] | None = DEFAULT_POLICY, dry_run: bool = False,
           ids: Sequence[str] | None = None, index: str = "exact", engine: str = "local",
           floor: float | None = None, progress: ProgressFn | None = None, top_groups: int = 5,
-          bound: float | None = None, group_score: str = "sum", keep_previous: bool = False) -> DedupResult:
+          bound: float | None = None, group_score: str = "sum", keep_previous: bool = False,
+          release: bool = False) -> DedupResult:
     """Group near-duplicates at ``threshold`` and (unless ``dry_run``) apply the run to the catalog.
 
     ``mode``/``bound`` default to the model's (:func:`neardup.grouping.default_grouping`).
@@ -218,7 +240,30 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
     model and scope (``ids``, or the whole collection) in the same transaction, unless
     ``keep_previous``. When the run in force already has this exact result and these settings,
     nothing is written (``result.unchanged``; ``run_id`` is that run).
+
+    ``release``: close the catalog file during the similarity pass and the grouping, so that other
+    processes (``neardup review``, which opens it per request) can use it meanwhile. The run is then
+    recorded only if what the pass read (:func:`inputs_digest`) is unchanged, checked in the
+    recording transaction; if it changed, the pass is computed again with the file held and
+    ``summary["recomputed"]`` says what had changed. Ignored inside a transaction or read-only.
     """
+    kwargs = dict(model=model, mode=mode, prefer=prefer, dry_run=dry_run, ids=ids, index=index, engine=engine,
+                  floor=floor, progress=progress, top_groups=top_groups, bound=bound, group_score=group_score,
+                  keep_previous=keep_previous)
+    if release and not catalog.read_only and not catalog.in_transaction:
+        try:
+            return _dedup(catalog, threshold, release=True, **kwargs)  # type: ignore[arg-type]
+        except InputsChanged as exc:
+            return _dedup(catalog, threshold, recomputed=str(exc), **kwargs)  # type: ignore[arg-type]
+    return _dedup(catalog, threshold, **kwargs)  # type: ignore[arg-type]
+
+
+def _dedup(catalog: Catalog, threshold: float, *, model: str | None, mode: str | None,
+           prefer: str | Sequence[str] | None, dry_run: bool, ids: Sequence[str] | None, index: str, engine: str,
+           floor: float | None, progress: ProgressFn | None, top_groups: int, bound: float | None,
+           group_score: str, keep_previous: bool, release: bool = False, recomputed: str | None = None) -> DedupResult:
+    """One attempt of :func:`dedup`; with ``release``, raises :class:`InputsChanged` (nothing written)
+    when the catalog changed while its file was released."""
     t = check_threshold(threshold)
     check_options(mode=mode, bound=bound)
     if group_score not in GROUP_SCORES:
@@ -234,29 +279,32 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
         if not dry_run:
             invalidate_decisions(catalog, stale)
         overrides = {k: v - set(stale) for k, v in overrides.items()}
+    inputs = inputs_digest(catalog, model or catalog.default_model()) if release else None
     base = load_scope(catalog, model, ids)
     not_dup = overrides["not_duplicate"] & set(base.ids.tolist())
     scope = load_scope(catalog, base.model, base.ids.tolist() if ids is not None else None, exclude=sorted(not_dup)) \
         if not_dup else base
     mode, bound = default_grouping(scope.model, mode, bound)
-    forest = similarity_forest(catalog, min(t, floor) if floor else t, scope=scope, index=index, engine=engine,
-                               progress=progress)
-
     cols = policy_columns(policy)
     have = set(catalog.image_columns())
     meta = catalog.images([c for c in cols if c in have])
     pos = {k: i for i, k in enumerate(meta["id"].to_pylist())}
     take = np.fromiter((pos[i] for i in scope.ids.tolist()), dtype=np.int64, count=len(scope))
     meta = meta.take(pa.array(take))
-    if any(k in GROUP_KEYS for k, _ in policy):  # group-relative keys: over the transitive components at t
-        meta = meta.append_column("central", pa.array(group_centrality(scope.vectors, forest.components(t), scope.ids)))
-    rank = priority_rank(meta, policy)
     forced = overrides["master"] & set(scope.ids.tolist())
-    if forced:
-        boost = np.fromiter((i in forced for i in scope.ids.tolist()), dtype=bool, count=len(scope))
-        rank = np.where(boost, rank - len(rank), rank)
 
-    grouping = group_nodes(forest, scope.vectors, t, rank, mode, bound)
+    # the long part needs no query: with ``release`` other processes may open the catalog meanwhile
+    with catalog.released() if release else contextlib.nullcontext():
+        forest = similarity_forest(catalog, min(t, floor) if floor else t, scope=scope, index=index, engine=engine,
+                                   progress=progress)
+        if any(k in GROUP_KEYS for k, _ in policy):  # group-relative keys: over the transitive components at t
+            meta = meta.append_column("central", pa.array(group_centrality(scope.vectors, forest.components(t),
+                                                                           scope.ids)))
+        rank = priority_rank(meta, policy)
+        if forced:
+            boost = np.fromiter((i in forced for i in scope.ids.tolist()), dtype=bool, count=len(scope))
+            rank = np.where(boost, rank - len(rank), rank)
+        grouping = group_nodes(forest, scope.vectors, t, rank, mode, bound)
     labels, master, sims = grouping.labels, grouping.master, grouping.sim
     node = np.arange(len(scope))
     is_master = master == node
@@ -347,13 +395,22 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
     if update:
         summary["pass"] = {k: v for k, v in update.items() if k != "changed_ids"}
     summary.update(masters_changed(catalog, scope.model, ids_arr, is_master))
+    if recomputed:
+        summary["recomputed"] = recomputed
     result = DedupResult(t, mode, scope.model, policy_text, members, summary, None, dry_run, forest)
     if not dry_run:
         info = dict(model=scope.model, threshold=t, mode=mode, policy=policy_text,
                     scope="all" if ids is None else f"{len(base)} ids", scope_key=scope_key(ids),
                     n_images=n_total, n_groups=n_groups, n_suppressed=n_supp, n_retained=n_total - n_supp,
                     largest_group=summary["largest_group"], summary=summary)
-        rec = catalog.record_run(info, members, replace=not keep_previous)  # completes the summary
+        with catalog.transaction():
+            if inputs is not None:  # the file was released during the pass: record only what it read
+                now = inputs_digest(catalog, scope.model)
+                if now != inputs:
+                    what = ", ".join(k for k in inputs if inputs[k] != now[k])
+                    raise InputsChanged(f"{catalog.path}: the catalog changed during the similarity pass ({what}); "
+                                        "computed again with the catalog held")
+            rec = catalog.record_run(info, members, replace=not keep_previous)  # completes the summary
         result.run_id, result.replaced, result.unchanged = rec.run_id, rec.replaced, rec.unchanged
     return result
 

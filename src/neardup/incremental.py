@@ -194,7 +194,7 @@ def cached_forest(catalog: "Catalog", scope: "Scope", floor: float, *,
         state_path, link = _state_paths(cache_dir, scope.model, f_use)
         rows = np.arange(len(scope), dtype=np.int64) if scope.rows is None else np.asarray(scope.rows, np.int64)
         plain = SimilarityForest(forest.n, forest.src, forest.dst, forest.weight, forest.floor, forest.hist, {})
-        _link(_store_file(catalog, scope.model), link)
+        _link(catalog.sidecar / "embeddings" / scope.file if scope.file else _store_file(catalog, scope.model), link)
         ForestState(plain, scope.ids, fps, rows, synced).save(state_path)
     forest.meta = {**forest.meta, "update": update}
     return forest

@@ -55,7 +55,9 @@ class Connection:
         self._txn: list[tuple[str, int]] | None = None
         if read_only and not self.path.exists():
             raise CatalogError(f"{self.path}: no catalog here (run `neardup import-embeddings` or `neardup scan` first)")
-        self.con = self._connect(lock_wait_default() if wait is None else wait, on_wait)
+        self._wait = lock_wait_default() if wait is None else wait
+        self._on_wait = on_wait
+        self.con = self._connect(self._wait, on_wait)
 
     def _connect(self, wait: float, on_wait: Any) -> duckdb.DuckDBPyConnection:
         deadline = time.monotonic() + wait
@@ -89,6 +91,28 @@ class Connection:
         """Close the connection (a Ctrl-C meanwhile is raised after it, so the file is left closed)."""
         with interrupts.critical(), contextlib.suppress(Exception):
             self.con.close()
+
+    @contextlib.contextmanager
+    def released(self) -> Iterator[None]:
+        """Close the catalog file for the block, so that other processes can open it meanwhile (a long
+        computation that needs no query), then open it again (waiting, like opening does).
+
+        Nothing may use the connection inside the block. On an error or Ctrl-C inside, the file stays
+        closed (the caller is ending). Refused inside a transaction.
+        """
+        with self._lock:
+            if self._txn is not None:
+                raise RuntimeError("cannot release the catalog file inside a transaction")
+            self.close()
+            self.con = _Released(self.path)  # type: ignore[assignment]
+        yield
+        with self._lock:
+            self.con = self._connect(self._wait, self._on_wait)
+
+    @property
+    def in_transaction(self) -> bool:
+        """True inside :meth:`transaction` (a nested one joins it)."""
+        return self._txn is not None
 
     @property
     def sidecar(self) -> Path:
@@ -185,3 +209,17 @@ class Connection:
         """Run a read query and return an Arrow table."""
         with self._lock:
             return self.con.sql(query, params=list(params) if params else None).to_arrow_table()
+
+
+class _Released:
+    """Stands for the connection while the file is released: any use is a bug, said in one line."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+
+    def close(self) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        raise CatalogError(f"{self._path}: the catalog file is released for a computation; "
+                           f"it was used ({name}) before being opened again")

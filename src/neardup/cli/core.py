@@ -159,6 +159,8 @@ def dedup(
     respected and counted. "retained" is what the catalog shows after the command. The similarity
     pass is cached and kept up to date: after new images arrive only new x all pairs are computed.
     Each master carries its group's size and aggregated score (group_size, group_score).
+    During the similarity pass the catalog file is free for other neardup processes (`neardup
+    review`); if one changed what the pass read, the pass is computed again and the command says so.
     """
     from ..dedup import check_options
     from ..dedup import dedup as run_dedup
@@ -176,7 +178,9 @@ def dedup(
         with progress_callback("similarity pass") as prog:
             res = run_dedup(cat, threshold, model=model, mode=mode, bound=bound, prefer=prefer, dry_run=dry_run,
                             index=index, engine=engine, progress=prog, group_score=group_score,
-                            keep_previous=keep_previous)
+                            keep_previous=keep_previous, release=True)
+    if res.summary.get("recomputed"):
+        err_console.print(res.summary["recomputed"], highlight=False, markup=False, soft_wrap=True)
     _print_recall(res.forest, threshold)
     if as_json:
         typer.echo(json.dumps(res.summary, default=float))

@@ -158,7 +158,9 @@ def find_cmd(
         _print_skips(erep.failed)
         if not any(x["model"] == m.name for x in cat.embedding_models()):
             raise InputError("no readable images found in " + ", ".join(str(s) for s in sources))
-        result = dedup(cat, t, model=m.name, mode=mode, dry_run=dry_run)
+        result = dedup(cat, t, model=m.name, mode=mode, dry_run=dry_run, release=True)
+        if result.summary.get("recomputed"):
+            err_console.print(result.summary["recomputed"], highlight=False, markup=False, soft_wrap=True)
         _print_outcome(cat, m.name, t, result, list(m.sweep_thresholds))
 
 
