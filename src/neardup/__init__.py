@@ -22,8 +22,21 @@ import os as _os  # noqa: E402
 # (Only effective when neardup is imported before numpy; the user's setting always wins.)
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from .catalog import Catalog  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
 from .errors import CatalogError, InputError, NeardupError  # noqa: E402
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 __version__ = "0.1.0"
 __all__ = ["Catalog", "CatalogError", "InputError", "NeardupError", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    """``neardup.Catalog`` on first use: importing neardup (the CLI's ``--help``) loads no DuckDB/numpy/pyarrow."""
+    if name == "Catalog":
+        from .catalog import Catalog
+
+        return Catalog
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

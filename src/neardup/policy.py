@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .defaults import DEFAULT_POLICY, QUALITY_POLICY  # noqa: F401  (defined there: the CLI reads them without numba)
 from .errors import InputError
 
 Values = Callable[[pa.Table], np.ndarray]
@@ -116,8 +117,6 @@ POLICY_KEYS: dict[str, PolicyKey] = {
 }
 #: keys computed per group by dedup, not read from the images table
 GROUP_KEYS = frozenset({"central"})
-QUALITY_POLICY = "border,content,jpeg_quality,central,colour,sharpness,clipped"
-DEFAULT_POLICY = f"score,{QUALITY_POLICY},brightness"
 SEED_POLICY = "score,brightness"
 
 
