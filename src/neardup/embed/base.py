@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Sequence
-
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import InputError
+
+if TYPE_CHECKING:  # numpy and Pillow load where images are decoded or embedded, not on import
+    import numpy as np
+    from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,8 @@ class EmbeddingModel(ABC):
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed decoded images (any mode, EXIF orientation already applied): unit-norm float32."""
+        import numpy as np
+
         if len(images) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
         return self.embed_prepared([self.prepare(to_rgb(im)) for im in images])
@@ -79,6 +82,8 @@ class EmbeddingModel(ABC):
 
 def l2_normalise(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit length (float32); a zero row is an error, not a silent NaN."""
+    import numpy as np
+
     x = np.asarray(x, dtype=np.float32)
     n = np.linalg.norm(x, axis=1, keepdims=True)
     if not np.all(np.isfinite(x)) or np.any(n == 0):
@@ -92,6 +97,9 @@ def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) 
     if mode == "RGB":
         return im
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        import numpy as np
+        from PIL import Image
+
         a = np.asarray(im, dtype=np.float64)
         if mode == "F":
             lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
@@ -105,6 +113,8 @@ def to_rgb(im: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) 
         im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
         mode = im.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        from PIL import Image
+
         rgba = im.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, background + (255,))
         return Image.alpha_composite(bg, rgba).convert("RGB")
@@ -144,6 +154,8 @@ def open_upright(path: str, draft_size: int | None = None) -> Image.Image:
     ``draft_size`` lets JPEG decoding scale down by 2/4/8 while staying ≥ that size on the
     short side — the big cost saver for camera photos that are resized to ~300 px anyway.
     """
+    from PIL import Image
+
     im = Image.open(path)
     if draft_size:
         draft_at_least(im, draft_size)

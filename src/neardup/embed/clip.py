@@ -20,13 +20,14 @@ import os
 import socket
 import threading
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import InputError
 from .base import Availability, EmbeddingModel, l2_normalise
+
+if TYPE_CHECKING:  # numpy and Pillow load on the first image, not on import
+    import numpy as np
+    from PIL import Image
 
 FASTEMBED_NAME = "Qdrant/clip-ViT-B-32-vision"
 HUB_HOST = "huggingface.co"
@@ -150,6 +151,8 @@ class ClipModel(EmbeddingModel):
     def prepare(self, image: Image.Image) -> Image.Image:
         # fastembed does its own resize / centre-crop / normalisation; we hand it upright RGB,
         # already shrunk so that its preprocessing is cheap.
+        from PIL import Image
+
         image = image if image.mode == "RGB" else image.convert("RGB")
         w, h = image.size
         s = 2 * self.input_size / max(1, min(w, h))
@@ -158,6 +161,8 @@ class ClipModel(EmbeddingModel):
         return image
 
     def embed_prepared(self, batch: Sequence[Image.Image]) -> np.ndarray:
+        import numpy as np
+
         if len(batch) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
         vecs = list(self.model.embed(list(batch), batch_size=len(batch)))

@@ -15,14 +15,14 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..errors import InputError
 from .base import Availability, EmbeddingModel, l2_normalise
-from .resample import resize_rgb
+
+if TYPE_CHECKING:  # numpy, Pillow and the resampler load on the first image, not on import
+    import numpy as np
+    from PIL import Image
 
 _FILES = {"sscd": "sscd.onnx", "sscd-distilled": "sscd_distilled.onnx"}
 
@@ -91,6 +91,10 @@ class SSCDModel(EmbeddingModel):
         return self._session
 
     def prepare(self, image: Image.Image) -> np.ndarray:
+        import numpy as np
+
+        from .resample import resize_rgb
+
         s = self.input_size
         if image.mode != "RGB":
             image = image.convert("RGB")
@@ -100,6 +104,8 @@ class SSCDModel(EmbeddingModel):
         return np.asarray(image, dtype=np.uint8)
 
     def embed_prepared(self, batch: Sequence[np.ndarray]) -> np.ndarray:
+        import numpy as np
+
         if len(batch) == 0:
             return np.empty((0, self.dim), dtype=np.float32)
         x = np.stack(batch).astype(np.uint8, copy=False)
