@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from rich.table import Table
+if TYPE_CHECKING:  # Rich's tables load when a table is printed (dedup prints none)
+    from rich.table import Table
 
 
 def sweep_table(rows: Sequence[dict[str, Any]], chosen: float | None = None, caption: str | None = None) -> Table:
     """The threshold table: pairs, groups, suppressed, retained, largest group per threshold (◀ marks ``chosen``)."""
+    from rich.table import Table
+
     table = Table(title="Threshold sweep", title_justify="left", caption=caption, caption_justify="left")
     for name in ("threshold", "pairs", "groups", "suppressed", "retained", "largest group"):
         table.add_column(name, justify="right")
