@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from ..errors import InputError
 from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog
@@ -81,6 +80,8 @@ def calibrate_cmd(
                   f"{cal.high:.4f}; {goal})", highlight=False)
     console.print(f"from {cal.judgments} judgments ({cal.n_same} same, {cal.n_different} different); estimated "
                   f"pair precision {cal.precision:.3f}, recall {cal.recall:.3f} at {cal.threshold:.4f}", highlight=False)
+    from rich.table import Table
+
     t = Table(title=f"what a run would do ({cal.counts_mode} grouping)", title_justify="left")
     for c in ("", "threshold", "suppressed", "retained", "groups"):
         t.add_column(c, justify="left" if not c else "right")

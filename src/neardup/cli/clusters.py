@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from ..errors import InputError
 from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_bar
@@ -73,6 +72,8 @@ def clusters_cmd(
     c = tab.clustering
     src = f"run {tab.groups_run}" if run is not None else \
         ("current catalog state" + (f"; groups from run {tab.groups_run}" if tab.groups_run else "; no applied run"))
+    from rich.table import Table
+
     t = Table(title=f"Clusters (labelling {c.id}: k={c.k}, model {c.model}) — {src}", title_justify="left")
     for name in ("cluster", "before", "after", "suppressed", "groups", "largest", "browse?"):
         t.add_column(name, justify="left" if name == "browse?" else "right")

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.table import Table
 
 from ..errors import InputError
-from ..policy import DEFAULT_POLICY
+from ..defaults import DEFAULT_POLICY
 from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_callback
 
 ModelOption = Annotated[Optional[str], typer.Option("--model", help="Embedding model to use (default: the most recently updated one).")]

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from .. import interrupts
 from ..errors import InputError
@@ -107,6 +106,8 @@ def skipped_cmd(db: DbOption = DEFAULT_DB_PATH,
         console.print("no skipped files")
         return
     shown = rows if limit == 0 else rows[:limit]
+    from rich.table import Table
+
     table = Table(title=f"{len(rows)} skipped file(s)", title_justify="left")
     table.add_column("path", overflow="fold")
     table.add_column("reason", overflow="fold")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import numpy as np
 import typer
 
 from ..errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
 from .app import DEFAULT_DB_PATH, app, console, err_console, open_catalog, progress_callback
 
 _VECTOR_SUFFIXES = (".npy", ".parquet", ".pq")
@@ -18,6 +20,8 @@ _VECTOR_SUFFIXES = (".npy", ".parquet", ".pq")
 def _query_vectors(queries: Path, ids: Optional[Path], model: str, id_column: str,
                    vector_column: Optional[str]) -> tuple[np.ndarray, np.ndarray]:
     """Query ids and vectors: read from .npy/.parquet, or embedded from photos with the catalog's model."""
+    import numpy as np
+
     from ..ingest import read_vectors
 
     if queries.suffix.lower() in _VECTOR_SUFFIXES:
