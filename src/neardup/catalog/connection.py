@@ -12,13 +12,15 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import duckdb
-import pyarrow as pa
 
 from .. import interrupts
 from ..errors import CatalogError
+
+if TYPE_CHECKING:  # Arrow loads with the first Arrow result (DuckDB imports it): `neardup runs` needs none
+    import pyarrow as pa
 
 #: Seconds to wait for another process to release the catalog (``NEARDUP_LOCK_WAIT`` overrides).
 DEFAULT_LOCK_WAIT = 600.0
@@ -204,6 +206,14 @@ class Connection:
     def scalar(self, query: str, params: Sequence[Any] | None = None) -> Any:
         row = self.one(query, params)
         return None if row is None else row[0]
+
+    def rows(self, query: str, params: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """Run a read query and return its rows as dicts of plain Python values: no Arrow, no numpy
+        (for small results that are printed, such as the runs and the skipped files)."""
+        with self._lock:
+            cur = self.con.execute(query, list(params) if params else [])
+            names = [d[0] for d in cur.description or ()]
+            return [dict(zip(names, r)) for r in cur.fetchall()]
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
         """Run a read query and return an Arrow table."""

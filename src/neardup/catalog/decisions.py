@@ -5,15 +5,15 @@ and applied at once to the groups of the runs in force.
 from __future__ import annotations
 
 import json
-from typing import Sequence
-
-import numpy as np
-import pyarrow as pa
+from typing import TYPE_CHECKING, Sequence
 
 from ..errors import CatalogError, InputError
 from .connection import _now
 from .embeddings import EmbeddingStore
 from .runs import RunLedger
+
+if TYPE_CHECKING:  # numpy and Arrow load where a decision is applied
+    import numpy as np
 
 OVERRIDE_KINDS = ("keep", "master", "not_duplicate")
 
@@ -79,6 +79,9 @@ class Decisions(RunLedger, EmbeddingStore):
 
     def _apply_decision(self, run_id: int, image_id: str, *, withdrawn_master: bool = False) -> None:
         """Bring the group of ``image_id`` in run ``run_id`` in line with the reviewer's decisions now recorded."""
+        import numpy as np
+        import pyarrow as pa
+
         from ..policy import parse_policy, policy_columns, priority_rank
 
         row = self.one("SELECT group_id, master_id FROM run_members WHERE run_id = ? AND image_id = ?", [run_id, image_id])
@@ -154,6 +157,8 @@ class Decisions(RunLedger, EmbeddingStore):
 
     def _similarities(self, run_id: int, ids: Sequence[str], master: str) -> np.ndarray:
         """Cosine similarity of each of ``ids`` to ``master`` under the run's model (NaN where a vector is missing)."""
+        import numpy as np
+
         model = self.one("SELECT model FROM runs WHERE id = ?", [run_id])[0]
         out = np.full(len(ids), np.nan, dtype=np.float32)
         try:

@@ -10,15 +10,16 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
-import duckdb
-import numpy as np
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import CatalogError, InputError
 from .connection import _now
 from .images import ImageTable
+
+if TYPE_CHECKING:  # numpy and Arrow load where vectors are read or written: `neardup runs` needs neither
+    import duckdb
+    import numpy as np
+    import pyarrow as pa
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 #: Embedding version files (and their temporaries) that the collector may remove when unreferenced.
@@ -72,9 +73,10 @@ class EmbeddingStore(ImageTable):
     def load_embeddings(self, model: str | None = None) -> EmbeddingSet:
         """The model's vectors, memory-mapped (read-only), and the image id of each row."""
         model, version, vectors = self.embedding_vectors(model)
-        ids = self.sql("SELECT image_id FROM embedding_rows WHERE model = ? ORDER BY row", [model]).column(0)
-        return EmbeddingSet(model=model, ids=np.asarray(ids.to_numpy(zero_copy_only=False), dtype=object),
-                            vectors=vectors, version=version)
+        with self._lock:  # DuckDB's own numpy result: Arrow's string-to-numpy conversion would import pandas
+            ids = self.con.execute("SELECT image_id FROM embedding_rows WHERE model = ? ORDER BY row",
+                                   [model]).fetchnumpy()["image_id"]
+        return EmbeddingSet(model=model, ids=ids.astype(object, copy=False), vectors=vectors, version=version)
 
     def embedding_rows(self, model: str, ids: Sequence[str] | None = None,
                        exclude: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -83,6 +85,9 @@ class EmbeddingStore(ImageTable):
         The lookup runs in DuckDB, so a 2,000-id cluster of a million-image catalog is a join,
         not a Python scan of every id.
         """
+        import numpy as np
+        import pyarrow as pa
+
         conds, tables = ["r.model = ?"], {}
         if ids is not None:
             tables["_want"] = pa.table({"id": pa.array([str(i) for i in ids], pa.string())})
@@ -94,16 +99,17 @@ class EmbeddingStore(ImageTable):
             for name, t in tables.items():
                 self.con.register(name, t)
             try:
-                t = self.con.sql(f"SELECT r.row, r.image_id FROM embedding_rows r WHERE {' AND '.join(conds)} ORDER BY r.row",
-                                 params=[model]).to_arrow_table()
+                t = self.con.execute(f"SELECT r.row, r.image_id FROM embedding_rows r WHERE {' AND '.join(conds)} "
+                                     "ORDER BY r.row", [model]).fetchnumpy()
             finally:
                 for name in tables:
                     self.con.unregister(name)
-        return (np.asarray(t["row"].to_numpy(), dtype=np.int64),
-                np.asarray(t["image_id"].to_numpy(zero_copy_only=False), dtype=object))
+        return np.asarray(t["row"], dtype=np.int64), t["image_id"].astype(object, copy=False)
 
     def embedding_vectors(self, model: str | None = None) -> tuple[str, int, np.ndarray]:
         """``(model, version, vectors)`` without loading the ids (memory-mapped, read-only)."""
+        import numpy as np
+
         model = model or self.default_model()
         row = self.one("SELECT file, count, dim, version FROM embedding_sets WHERE model = ?", [model])
         if row is None:
@@ -147,6 +153,9 @@ class EmbeddingStore(ImageTable):
         """
         if not _MODEL_NAME.match(model):
             raise InputError(f"model name {model!r}: use letters, digits, '.', '_' or '-'")
+        import numpy as np
+        import pyarrow as pa
+
         from ..similarity.canonical import canonical_vectors  # numba: only where vectors are written
 
         try:  # stored vectors are canonical: their float32 dot products are exact in any order

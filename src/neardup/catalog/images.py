@@ -5,14 +5,14 @@ added or updated only after the whole table is checked.
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import pyarrow as pa
-
-from ..columns import check_image_columns
 from ..errors import InputError
 from .connection import Connection, _now
 from .schema import RESERVED_IMAGE_COLUMNS
+
+if TYPE_CHECKING:  # Arrow loads where a table is read or written
+    import pyarrow as pa
 
 
 class ImageTable(Connection):
@@ -30,6 +30,8 @@ class ImageTable(Connection):
 
         Returns the table with the catalog's existing columns cast to their catalog types.
         """
+        from ..columns import check_image_columns
+
         with self._lock:
             return check_image_columns(self.con, self.image_columns(), table, source=source,
                                        reserved=(*RESERVED_IMAGE_COLUMNS, *reserved), first_row=first_row,
@@ -89,6 +91,8 @@ class ImageTable(Connection):
         return {r[0] for r in rows}
 
     def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        import pyarrow as pa
+
         t = pa.table({"id": pa.array(list(ids), pa.string())})
         with self._lock:
             self.con.register("_ids", t)

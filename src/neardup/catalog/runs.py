@@ -8,10 +8,11 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-import pyarrow as pa
-
 from ..errors import CatalogError
 from .connection import Connection, _now
+
+if TYPE_CHECKING:  # Arrow loads where run members are written or read (DuckDB imports it)
+    import pyarrow as pa
 
 
 @dataclass(frozen=True)
@@ -194,8 +195,7 @@ class RunLedger(Connection):
         return self.restore_runs(run_id).undone
 
     def runs(self) -> list[dict[str, Any]]:
-        t = self.sql("SELECT * EXCLUDE (summary), summary FROM runs ORDER BY id")
-        out = t.to_pylist()
+        out = self.rows("SELECT * EXCLUDE (summary), summary FROM runs ORDER BY id")
         for r in out:
             r["summary"] = json.loads(r["summary"]) if r["summary"] else {}
         return out

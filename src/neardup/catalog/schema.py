@@ -4,13 +4,13 @@ written by an older neardup up to date when it is opened.
 
 from __future__ import annotations
 
+from ..defaults import DEFAULT_DB  # noqa: F401  (defined there, so the CLI reads it without DuckDB)
 from ..errors import CatalogError
 from .connection import Connection, _now
 
 #: Version 2: version 1 (the first catalogs) plus the tables and columns added since (see
 #: :meth:`Schema._migrate_1_to_2`). A catalog of a newer version is refused.
 SCHEMA_VERSION = 2
-DEFAULT_DB = "neardup.duckdb"
 
 #: Columns every images row has; users' extra metadata columns are added beside them.
 CORE_IMAGE_COLUMNS: dict[str, str] = {
