@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyarrow as pa
 
+from .arrow_numpy import from_numpy, from_strings, to_float64
 from .catalog import Catalog, EmbeddingSet
 from .errors import CatalogError, InputError
 from .grouping import MODES, check_bound, default_grouping, group_nodes, group_weakest_links
@@ -290,7 +291,7 @@ def _dedup(catalog: Catalog, threshold: float, *, model: str | None, mode: str |
     meta = catalog.images([c for c in cols if c in have])
     pos = {k: i for i, k in enumerate(meta["id"].to_pylist())}
     take = np.fromiter((pos[i] for i in scope.ids.tolist()), dtype=np.int64, count=len(scope))
-    meta = meta.take(pa.array(take))
+    meta = meta.take(from_numpy(take))
     forced = overrides["master"] & set(scope.ids.tolist())
 
     # the long part needs no query: with ``release`` other processes may open the catalog meanwhile
@@ -298,8 +299,8 @@ def _dedup(catalog: Catalog, threshold: float, *, model: str | None, mode: str |
         forest = similarity_forest(catalog, min(t, floor) if floor else t, scope=scope, index=index, engine=engine,
                                    progress=progress)
         if any(k in GROUP_KEYS for k, _ in policy):  # group-relative keys: over the transitive components at t
-            meta = meta.append_column("central", pa.array(group_centrality(scope.vectors, forest.components(t),
-                                                                           scope.ids)))
+            meta = meta.append_column("central", from_numpy(group_centrality(scope.vectors, forest.components(t),
+                                                                             scope.ids)))
         rank = priority_rank(meta, policy)
         if forced:
             boost = np.fromiter((i in forced for i in scope.ids.tolist()), dtype=bool, count=len(scope))
@@ -336,30 +337,31 @@ def _dedup(catalog: Catalog, threshold: float, *, model: str | None, mode: str |
 
     scores = _scores(catalog, ids_arr)
     g_size, g_score = aggregate_scores(labels, scores, group_score)
+    # built from buffers (arrow_numpy): pa.array would import pandas
     members = pa.table({
-        "image_id": pa.array(ids_arr.tolist(), pa.string()),
-        "group_id": pa.array(group_id, pa.int64()),
-        "master_id": pa.array(ids_arr[master].tolist(), pa.string()),
-        "is_master": pa.array(is_master),
-        "is_suppressed": pa.array(suppressed),
-        "sim_to_master": pa.array(sims.astype(np.float32)),
-        "group_size": pa.array(g_size, pa.int64()),
-        "group_score": pa.array(g_score, pa.float64(), mask=np.isnan(g_score)),
-        "decided_by": pa.array(decided.tolist(), pa.string()),
+        "image_id": from_strings(ids_arr.tolist()),
+        "group_id": from_numpy(np.asarray(group_id, dtype=np.int64)),
+        "master_id": from_strings(ids_arr[master].tolist()),
+        "is_master": from_numpy(np.asarray(is_master, dtype=bool)),
+        "is_suppressed": from_numpy(np.asarray(suppressed, dtype=bool)),
+        "sim_to_master": from_numpy(sims.astype(np.float32)),
+        "group_size": from_numpy(np.asarray(g_size, dtype=np.int64)),
+        "group_score": from_numpy(np.asarray(g_score, dtype=np.float64), null=np.isnan(g_score)),
+        "decided_by": from_strings(decided.tolist()),
     })
     # reviewer's not-a-duplicate images: singletons of their own
     if not_dup:
         extra = sorted(not_dup)
         own = _scores(catalog, np.asarray(extra, dtype=object))
         members = pa.concat_tables([members, pa.table({
-            "image_id": pa.array(extra, pa.string()),
-            "group_id": pa.array(np.arange(len(scope) + 1, len(scope) + 1 + len(extra)), pa.int64()),
-            "master_id": pa.array(extra, pa.string()),
-            "is_master": pa.array(np.ones(len(extra), bool)),
-            "is_suppressed": pa.array(np.zeros(len(extra), bool)),
-            "sim_to_master": pa.array(np.ones(len(extra), np.float32)),
-            "group_size": pa.array(np.ones(len(extra), np.int64)),
-            "group_score": pa.array(own, pa.float64(), mask=np.isnan(own)),
+            "image_id": from_strings(extra),
+            "group_id": from_numpy(np.arange(len(scope) + 1, len(scope) + 1 + len(extra), dtype=np.int64)),
+            "master_id": from_strings(extra),
+            "is_master": from_numpy(np.ones(len(extra), bool)),
+            "is_suppressed": from_numpy(np.zeros(len(extra), bool)),
+            "sim_to_master": from_numpy(np.ones(len(extra), np.float32)),
+            "group_size": from_numpy(np.ones(len(extra), np.int64)),
+            "group_score": from_numpy(np.asarray(own, dtype=np.float64), null=np.isnan(own)),
             "decided_by": pa.nulls(len(extra), pa.string()),
         })])
 
@@ -419,7 +421,7 @@ def _scores(catalog: Catalog, ids: np.ndarray) -> np.ndarray:
     """``images.score`` of each id (NaN where missing), in the order given."""
     t = catalog.images(["id", "score"])
     pos = {k: i for i, k in enumerate(t["id"].to_pylist())}
-    vals = np.asarray(t["score"].to_numpy(zero_copy_only=False), dtype=np.float64)
+    vals = to_float64(t["score"])
     take = np.fromiter((pos.get(i, -1) for i in ids.tolist()), dtype=np.int64, count=len(ids))
     out = np.full(len(ids), np.nan)
     out[take >= 0] = vals[take[take >= 0]]

@@ -285,7 +285,9 @@ def invalidate_decisions(catalog: "Catalog", stale: dict[str, str]) -> int:
         return 0
     import pyarrow as pa
 
-    t = pa.table({"image_id": list(stale), "reason": list(stale.values())})
+    from .arrow_numpy import from_strings
+
+    t = pa.table({"image_id": from_strings(list(stale)), "reason": from_strings(list(stale.values()))})
     with catalog.transaction() as con:
         con.register("_stale", t)
         try:

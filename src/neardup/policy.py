@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .arrow_numpy import to_float64
 from .defaults import DEFAULT_POLICY, QUALITY_POLICY  # noqa: F401  (defined there: the CLI reads them without numba)
 from .errors import InputError
 
@@ -43,7 +44,7 @@ def _num(table: pa.Table, col: str) -> np.ndarray:
         c = pc.cast(pc.cast(c, pa.timestamp("us")), pa.int64())
     if pa.types.is_boolean(c.type):
         c = pc.cast(c, pa.int8())
-    return np.asarray(pc.cast(c, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return to_float64(c)
 
 
 def _log_bucket(x: np.ndarray, step: float) -> np.ndarray:
