@@ -259,6 +259,26 @@ def test_state_changes_only_through_post_with_token(client: TestClient, catalog:
         assert cat.scalar("SELECT count(*) FROM judgments") == 0
 
 
+@pytest.mark.parametrize("kind", ["keep", "master", "not_duplicate"])
+def test_undo_on_the_group_page_restores_exactly_the_state_before(client: TestClient, catalog: dict, kind: str) -> None:
+    """"undo keep" (and master, not-a-duplicate) right after the decision: every table a decision touches,
+    and the whole visible view, are as they were before it (a later undo of an older decision withdraws it)."""
+    from test_group_review import snapshot
+
+    t = token(client)
+    victim = _suppressed_member(client, catalog)
+    with check_catalog(catalog, client) as cat:
+        before = snapshot(cat)
+    r = client.post("/actions/override", data={"image_id": victim, "kind": kind, "csrf": t}, follow_redirects=False)
+    assert r.status_code == 303
+    with check_catalog(catalog, client) as cat:
+        assert snapshot(cat) != before
+    r = client.post("/actions/override/remove", data={"image_id": victim, "kind": kind, "csrf": t}, follow_redirects=False)
+    assert r.status_code == 303
+    with check_catalog(catalog, client) as cat:
+        assert snapshot(cat) == before
+
+
 def test_redirects_stay_on_site(client: TestClient, catalog: dict) -> None:
     t = token(client)
     victim = _suppressed_member(client, catalog)

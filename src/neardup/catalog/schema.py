@@ -44,8 +44,13 @@ CREATE TABLE IF NOT EXISTS group_reviews(
 CREATE TABLE IF NOT EXISTS decision_basis(image_id VARCHAR NOT NULL, model VARCHAR NOT NULL, fingerprint UBIGINT);
 CREATE TABLE IF NOT EXISTS overrides_invalidated(
     image_id VARCHAR, kind VARCHAR, created_at TIMESTAMP, note VARCHAR, invalidated_at TIMESTAMP, reason VARCHAR);
+CREATE TABLE IF NOT EXISTS review_actions(
+    id BIGINT, kind VARCHAR, run_id INTEGER, groups VARCHAR, image_id VARCHAR, detail VARCHAR,
+    created_at TIMESTAMP, undone_at TIMESTAMP, changes VARCHAR, runs_state VARCHAR);
+CREATE TABLE IF NOT EXISTS judgment_skips(a VARCHAR, b VARCHAR, model VARCHAR, created_at TIMESTAMP);
 """
-_LATER_TABLES = ("judgments", "calibrations", "group_reviews", "decision_basis", "overrides_invalidated")
+_LATER_TABLES = ("judgments", "calibrations", "group_reviews", "decision_basis", "overrides_invalidated",
+                 "review_actions", "judgment_skips")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta(key VARCHAR PRIMARY KEY, value VARCHAR);

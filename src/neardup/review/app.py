@@ -422,9 +422,15 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
             pair = cat.one("""SELECT m.master_id, r.model FROM run_members m JOIN runs r ON r.id = m.run_id
                               WHERE m.image_id = ? AND r.status = 'applied' AND m.master_id <> m.image_id
                               ORDER BY r.id DESC LIMIT 1""", [image_id])
-            cat.add_override(image_id, kind)   # changes the groups of the runs in force at once
-            if pair is not None and kind in JUDGMENT_SOURCES_REVIEW:
-                add_judgments(cat, [(image_id, pair[0], JUDGMENT_SOURCES_REVIEW[kind])], pair[1], source=f"review:{kind}")
+            def apply() -> None:
+                cat.add_override(image_id, kind)   # changes the groups of the runs in force at once
+                if pair is not None and kind in JUDGMENT_SOURCES_REVIEW:
+                    add_judgments(cat, [(image_id, pair[0], JUDGMENT_SOURCES_REVIEW[kind])], pair[1],
+                                  source=f"review:{kind}")
+
+            from ..undo import record
+
+            record(cat, f"override:{kind}", apply, image_id=image_id, detail=dict(kind=kind))   # undoable exactly
             app.state.weakest_cache.clear()
         return RedirectResponse(_with_flash(_safe_next(next), kind, img=image_id), status_code=303)
 
@@ -435,9 +441,22 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
         check_post(request, csrf)
         with holder.open() as cat:
             from ..calibration import forget_review_judgment
+            from ..undo import UndoRefused, actions, undo
 
-            forget_review_judgment(cat, image_id, kind)   # "undo" restores exactly the state before the decision
-            cat.remove_override(image_id, kind)
+            # "undo keep" restores exactly the state before the keep when it was this page's last
+            # word on the image (neardup.undo); otherwise the decision is withdrawn
+            mine = [a for a in actions(cat, image_id=image_id) if a["kind"].startswith("override:")]
+            last = mine[0] if mine else None   # (``next`` is the form field here)
+            exact = False
+            if last is not None and last["kind"] == f"override:{kind}":
+                try:
+                    undo(cat, int(last["id"]))
+                    exact = True
+                except UndoRefused:
+                    pass
+            if not exact:
+                forget_review_judgment(cat, image_id, kind)
+                cat.remove_override(image_id, kind)
             app.state.weakest_cache.clear()
         return RedirectResponse(_with_flash(_safe_next(next), "removed", img=image_id), status_code=303)
 
