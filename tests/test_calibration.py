@@ -332,3 +332,84 @@ def test_review_decisions_are_judgments(planted):
     assert {j["a"], j["b"]} == {member["image_id"], member["master_id"]} and j["same"] is False
     assert j["source"] == "review:not_duplicate"
     assert j["similarity"] == pytest.approx(float(vec[j["a"]] @ vec[j["b"]]), abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# the judging loop at scale: a pool computed once, skips kept
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pool_against_brute_force(seed):
+    """Each bin's exact pair count, and up to PER_BIN distinct pairs of that bin with their exact similarity."""
+    from neardup.judge_pool import pool_pairs
+    from reference import all_pair_sims
+
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(12, 24))
+    X = np.repeat(base, 25, axis=0) + rng.normal(size=(300, 24)) * rng.uniform(0.05, 1.5, (300, 1))
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    lo, bins, k = 0.3, 40, 7
+    i, j, s, counts = pool_pairs(X, lo, bins, k, seed=seed, block_rows=64, col_chunk=96)
+    S = all_pair_sims(X)
+    iu, ju = np.triu_indices(len(X), 1)
+    ref = S[iu, ju]
+    ref = ref[ref >= lo]
+    w = (1 - lo) / bins
+    ref_bin = np.minimum(((ref - lo) / w).astype(int), bins - 1)
+    np.testing.assert_array_equal(counts, np.bincount(ref_bin, minlength=bins))
+    assert np.all(i < j) and len(set(zip(i.tolist(), j.tolist()))) == len(i)
+    np.testing.assert_array_equal(s, S[i, j])                       # exact similarities
+    got_bin = np.minimum(((s - lo) / w).astype(int), bins - 1)
+    np.testing.assert_array_equal(np.bincount(got_bin, minlength=bins), np.minimum(counts, k))
+    # the same sample whatever the block shapes
+    i2, j2, _, c2 = pool_pairs(X, lo, bins, k, seed=seed, block_rows=300, col_chunk=300)
+    assert set(zip(i.tolist(), j.tolist())) == set(zip(i2.tolist(), j2.tolist())) and np.array_equal(counts, c2)
+
+
+def test_an_answer_reads_no_pairs_once_the_pool_exists(planted, monkeypatch):
+    """After the first offer, offering and refitting never scan the collection (cost independent of N)."""
+    import neardup.dedup as dedup_mod
+    import neardup.judge_pool as jp
+    from neardup.calibration import add_judgments, calibrate, offer_pairs
+
+    db, vec = planted
+    with Catalog(db) as cat:
+        first, _ = offer_pairs(cat, 12, "sscd", seed=0)
+        add_judgments(cat, [(p["a"], p["b"], p["similarity"] > 0.8) for p in first], "sscd", "test")
+        calibrate(cat, "sscd", n_boot=50, save=False, run_counts=False)     # builds the population once
+
+        def no_scan(*a, **k):
+            raise AssertionError("an answer scanned the collection")
+
+        monkeypatch.setattr(dedup_mod, "load_scope", no_scan)
+        monkeypatch.setattr(dedup_mod, "similarity_forest", no_scan)
+        monkeypatch.setattr(jp, "pool_pairs", no_scan)
+        for r in range(3):
+            pairs, _ = offer_pairs(cat, 1, "sscd", seed=r)
+            add_judgments(cat, [(pairs[0]["a"], pairs[0]["b"], pairs[0]["similarity"] > 0.8)], "sscd", "test")
+            calibrate(cat, "sscd", n_boot=50, save=False, run_counts=False)
+        for p in pairs:   # offered pairs carry their exact similarity
+            assert p["similarity"] == pytest.approx(float(vec[p["a"]] @ vec[p["b"]]), abs=1e-6)
+
+
+def test_skipped_pairs_survive_a_restart_and_stay_out_of_the_fit(planted):
+    from neardup.calibration import add_judgments, calibrate, offer_pairs, skip_pair, skipped_pairs
+    from neardup.judge_pool import _pools, _populations
+
+    db, vec = planted
+    with Catalog(db) as cat:
+        pairs, _ = offer_pairs(cat, 30, "sscd", seed=0)
+        add_judgments(cat, [(p["a"], p["b"], p["similarity"] > 0.8) for p in pairs], "sscd", "test")
+        before = calibrate(cat, "sscd", n_boot=100, save=False, run_counts=False)
+        offered = offer_pairs(cat, 5, "sscd", seed=3)[0]
+        for p in offered:
+            skip_pair(cat, p["b"], p["a"], "sscd")   # either order
+    _pools.clear()
+    _populations.clear()          # as after a restart of the server
+    with Catalog(db) as cat:
+        assert skipped_pairs(cat, "sscd") == {(p["a"], p["b"]) for p in offered}
+        again = offer_pairs(cat, 40, "sscd", seed=3)[0]
+        assert not {(p["a"], p["b"]) for p in again} & skipped_pairs(cat, "sscd")
+        after = calibrate(cat, "sscd", n_boot=100, save=False, run_counts=False)
+        assert (after.threshold, after.low, after.high, after.judgments) == (before.threshold, before.low, before.high,
+                                                                             before.judgments)
+        assert cat.scalar("SELECT count(*) FROM judgments") == 30

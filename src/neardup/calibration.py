@@ -388,12 +388,14 @@ def calibration_floor(default: float, sims: np.ndarray | None = None) -> float:
 
 
 def population(cat: Catalog, model: str, floor: float) -> tuple[Population, Any]:
-    """The pair-similarity histogram over [floor, 1] from the (cached) similarity forest, and the forest."""
-    from .dedup import similarity_forest
-    from .similarity.forest import HIST_STEP
+    """The pair-similarity histogram over [floor, 1] from the (cached) similarity forest, and the forest.
 
-    forest = similarity_forest(cat, floor, model=model)
-    return Population.from_hist(forest.hist, forest.floor, HIST_STEP, floor), forest
+    Kept in memory per model version and floor (:mod:`neardup.judge_pool`): a refit after each
+    answer does not read the collection again.
+    """
+    from .judge_pool import population as cached_population
+
+    return cached_population(cat, model, floor)
 
 
 def calibrate(cat: Catalog, model: str | None = None, *, target: float = 0.99, objective: str = "precision",
@@ -459,12 +461,11 @@ def offer_pairs(cat: Catalog, n: int, model: str | None = None, *, target: float
     answers narrow the interval most. Judged pairs and ``exclude`` (e.g. skipped ones) are never offered.
     ``fitted``: the current fit (or why there is none) when the caller has it already.
     """
-    from .dedup import load_scope
+    from .judge_pool import candidate_pool
 
     if n < 1:
         raise InputError(f"--sample {n}: give at least 1")
     model = resolve_model(cat, model)
-    scope = load_scope(cat, model)
     jt = judgments(cat, model)
     judged = {(r["a"], r["b"]) for r in jt.select(["a", "b"]).to_pylist()}
     judged_s = np.asarray(jt["similarity"].to_numpy(), np.float64)
@@ -478,7 +479,8 @@ def offer_pairs(cat: Catalog, n: int, model: str | None = None, *, target: float
         need = fitted.band
     else:
         try:
-            cal = calibrate(cat, model, target=target, objective=objective, n_boot=400, seed=seed, save=False)
+            cal = calibrate(cat, model, target=target, objective=objective, n_boot=400, seed=seed, save=False,
+                            run_counts=False)   # (the counts are not needed to choose pairs)
         except CalibrationNeedsMore as exc:
             need = exc.band
     if cal is not None:
@@ -496,30 +498,34 @@ def offer_pairs(cat: Catalog, n: int, model: str | None = None, *, target: float
         if need is not None and len(judged):
             bands = [need] + bands   # the band the fit asks for comes first
         how = "spread over " + ", ".join(_band_text(b) for b in bands) + f" (the {model} default is {default:g})"
-    seen = set(judged) | {_ordered(str(a), str(b)) for a, b in exclude}
+    seen = set(judged) | {_ordered(str(a), str(b)) for a, b in exclude} | skipped_pairs(cat, model)
+    pool = candidate_pool(cat, model, sampling_bands(default)[0][0])
     chosen: list[dict[str, Any]] = []
-    _draw(scope, bands, n, seen, chosen, seed)
+    _draw(pool, bands, n, seen, chosen, seed)
     if cal is not None:   # too few unjudged pairs right at the targets: widen around them, then spread
         w = width
         while len(chosen) < n and w < 0.25:
             w *= 4
-            _draw(scope, [(max(-1.0, float(q) - w), min(1.0, float(q) + w)) for q in targets], n, seen, chosen, seed)
+            _draw(pool, [(max(-1.0, float(q) - w), min(1.0, float(q) + w)) for q in targets], n, seen, chosen, seed)
         if len(chosen) < n:
-            _draw(scope, sampling_bands(default), n, seen, chosen, seed)
+            _draw(pool, sampling_bands(default), n, seen, chosen, seed)
     chosen.sort(key=lambda r: -r["similarity"])
     return chosen, how
 
 
-def _draw(scope: Any, bands: Sequence[tuple[float, float]], n: int, seen: set[tuple[str, str]],
+def _draw(pool: Any, bands: Sequence[tuple[float, float]], n: int, seen: set[tuple[str, str]],
           chosen: list[dict[str, Any]], seed: int) -> None:
-    """Add unjudged pairs from ``bands`` to ``chosen`` (one per band in turn) until it holds ``n``."""
-    from .pairs import MAX_SAMPLE, bands_pairs
+    """Add unjudged pairs from ``bands`` to ``chosen`` (one per band in turn) until it holds ``n``.
 
-    k = min(MAX_SAMPLE, max(8, 4 * math.ceil(n / len(bands)) + 4) + len(seen))
+    Within a band the pool's pairs come in a seeded random order weighted by the pairs each stands
+    for, i.e. as a uniform draw from all the band's pairs (:mod:`neardup.judge_pool`).
+    """
     pools = []
-    for _, i, j, s in bands_pairs(scope.vectors, bands, sample=k, seed=seed):
-        order = np.random.default_rng(seed).permutation(len(i))
-        pools.append([(str(scope.ids[i[q]]), str(scope.ids[j[q]]), float(s[q])) for q in order])
+    for lo, hi in bands:
+        idx = np.flatnonzero((pool.sims >= lo) & ((pool.sims < hi) if hi < 1.0 else True))
+        u = np.random.default_rng(seed).random(len(idx))
+        order = idx[np.argsort(-np.log(np.maximum(u, 1e-300)) / pool.weight[idx], kind="stable")]
+        pools.append([(str(pool.a[q]), str(pool.b[q]), float(pool.sims[q])) for q in order])
     cursor = [0] * len(pools)
     while len(chosen) < n and any(c < len(p) for c, p in zip(cursor, pools)):
         for bi, pool in enumerate(pools):
@@ -645,6 +651,24 @@ def import_judgments(cat: Catalog, path: str | Path, model: str | None = None) -
     return n, n_rows - n
 
 
+def skip_pair(cat: Catalog, a: str, b: str, model: str) -> None:
+    """Remember that the person skipped this pair (not offered again, also after a restart; never fitted)."""
+    a, b = _ordered(str(a), str(b))
+    with cat.transaction() as con:
+        con.execute("DELETE FROM judgment_skips WHERE a = ? AND b = ? AND model = ?", [a, b, model])
+        con.execute("INSERT INTO judgment_skips VALUES (?, ?, ?, ?)", [a, b, model, _now()])
+        cat.describe("skipped a pair")
+
+
+def skipped_pairs(cat: Catalog, model: str) -> set[tuple[str, str]]:
+    """The pairs skipped for ``model`` (empty on a read-only catalog made before the table existed)."""
+    try:
+        rows = cat.con.execute("SELECT a, b FROM judgment_skips WHERE model = ?", [model]).fetchall()
+    except Exception:
+        return set()
+    return {(str(a), str(b)) for a, b in rows}
+
+
 def record_review_judgment(cat: Catalog, image_id: str, kind: str) -> bool:
     """A review decision on ``image_id`` as a judgment of the pair (image, its master in the latest applied run).
 
@@ -683,4 +707,5 @@ def forget_review_judgment(cat: Catalog, image_id: str, kind: str) -> int:
 
 __all__ = ["Calibration", "CalibrationNeedsMore", "Population", "add_judgments", "bootstrap_thresholds", "calibrate",
            "export_judgments", "fit", "forget_review_judgment", "fit_arrays", "import_judgments", "isotonic", "p_same", "judgments", "latest_calibration",
-           "offer_pairs", "read_judgments_csv", "record_review_judgment", "sampling_bands", "write_pairs_csv"]
+           "offer_pairs", "read_judgments_csv", "record_review_judgment", "sampling_bands", "skip_pair", "skipped_pairs",
+           "write_pairs_csv"]

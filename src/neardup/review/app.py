@@ -66,7 +66,7 @@ FLASH = {
     "reapply_unchanged": "Nothing changed: the run in force already has exactly this result.",
     "judge_same": "Saved: the same image.",
     "judge_different": "Saved: different images.",
-    "judge_skip": "Skipped: this pair is not offered again while the server runs.",
+    "judge_skip": "Skipped: this pair is not offered again (kept in the catalog) and not used in the fit.",
     "judge_applied": "Applied the calibrated threshold: a new run replaced this model's previous one.",
 }
 
@@ -328,7 +328,8 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
     def overview(request: Request) -> HTMLResponse:
         with holder.open() as cat:
             ctx = overview_context(cat)
-        return page(request, "overview.html", active="overview", **ctx)
+            st = D.status_counts(cat)
+        return page(request, "overview.html", active="overview", statusline=st, **ctx)
 
     @app.get("/groups", response_class=HTMLResponse)
     def groups(request: Request, run: int | None = Query(None, ge=1, le=MAX_ID), page_: int = Query(1, ge=1, le=10**7, alias="page")) -> HTMLResponse:
@@ -338,7 +339,8 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
                 raise HTTPException(404, f"no run {run}")
             gl = D.group_list(cat, r["id"], page_) if r else None
             all_runs = D.runs(cat)
-        return page(request, "groups.html", active="groups", run=r, gl=gl, runs=all_runs)
+            st = D.status_counts(cat, r["id"] if r else None)
+        return page(request, "groups.html", active="groups", run=r, gl=gl, runs=all_runs, statusline=st)
 
     @app.get("/groups/{group_id}", response_class=HTMLResponse)
     def group(request: Request, group_id: int = PathParam(..., ge=1, le=MAX_ID), run: int | None = Query(None, ge=1, le=MAX_ID),
@@ -358,14 +360,16 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
             wl = cache[key]
             wl_imgs = D.image_rows(cat, [wl.a, wl.b]) if wl else {}
             wl_pages = {x: D.member_page(cat, r["id"], group_id, x, sort) for x in ((wl.a, wl.b) if wl else ())}
+            st = D.status_counts(cat, r["id"])
         return page(request, "group.html", active="groups", run=r, g=g, wl=wl, wl_imgs=wl_imgs, wl_pages=wl_pages,
-                    sorts=D.MEMBER_SORTS)
+                    sorts=D.MEMBER_SORTS, statusline=st)
 
     @app.get("/clusters", response_class=HTMLResponse)
     def clusters(request: Request) -> HTMLResponse:
         with holder.open() as cat:
             c = D.clusters(cat)
-        return page(request, "clusters.html", active="clusters", c=c)
+            st = D.status_counts(cat)
+        return page(request, "clusters.html", active="clusters", c=c, statusline=st)
 
     @app.get("/explore", response_class=HTMLResponse)
     def explore(request: Request, lo: float | None = Query(None, ge=0.0, lt=1.0),
@@ -379,7 +383,8 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
             D.mark_grouped(cat, ex, r["id"] if r else None)
             sw = D.sweep_data(cat, chosen, r["model"] if r else None, default=default)
             band_counts = D.band_pair_counts(sw, bands)
-        return page(request, "explore.html", active="explore", ex=ex, chosen=chosen, default=default,
+            st = D.status_counts(cat)
+        return page(request, "explore.html", active="explore", statusline=st, ex=ex, chosen=chosen, default=default,
                     band_counts=band_counts, run=r,
                     step=round(bands[0][1] - bands[0][0], 6) if bands else step, lo=bands[0][0] if bands else lo, seed=seed, per_band=per_band)
 
@@ -389,7 +394,8 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
             all_runs = D.runs(cat)
             ov = cat.sql("SELECT image_id, kind, created_at FROM overrides ORDER BY created_at DESC LIMIT 500").to_pylist()
             n = D.counts(cat)
-        return page(request, "runs.html", active="runs", runs=all_runs, overrides=ov, counts=n)
+            st = D.status_counts(cat)
+        return page(request, "runs.html", active="runs", runs=all_runs, overrides=ov, counts=n, statusline=st)
 
     @app.get("/thumb")
     def thumb(id: str = Query(..., min_length=1, max_length=4096),

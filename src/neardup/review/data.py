@@ -133,6 +133,23 @@ def counts(cat: Catalog) -> dict[str, int]:
                 master=int(ov.get("master", 0)), not_duplicate=int(ov.get("not_duplicate", 0)))
 
 
+def status_counts(cat: Catalog, run_id: int | None = None) -> dict[str, Any]:
+    """The counts every page shows in its status line, all read from the catalog now.
+
+    Retained is the number of rows of the ``visible`` view (what downstream reads), suppressed the
+    rest of the catalog; reviewed/total are the duplicate groups of ``run_id`` (default: the latest
+    applied run) that have a review decision, of all its duplicate groups.
+    """
+    from ..group_review import progress
+
+    n = int(_one(cat, "SELECT count(*) FROM images")[0])
+    retained = int(_one(cat, "SELECT count(*) FROM visible")[0])
+    r = pick_run(cat, run_id) if run_id is not None else pick_run(cat, None)
+    reviewed, total = progress(cat, r["id"]) if r else (0, 0)
+    return dict(run=r["id"] if r else None, reviewed=reviewed, total=total, retained=retained,
+                suppressed=n - retained, images=n)
+
+
 def default_threshold(cat: Catalog, model: str | None = None) -> float | None:
     """The default threshold for this catalog and model (:mod:`neardup.thresholds`); None without embeddings."""
     from ..thresholds import default_threshold as catalog_default

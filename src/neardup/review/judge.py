@@ -1,14 +1,16 @@
 """The judging page: one pair at a time, side by side; keys answer same / different / skip.
 
-Every answer is a row of the catalog's ``judgments`` table (source ``review:judge``); the page
+Every answer is a row of the catalog's ``judgments`` table (source ``review:judge``); a skip is a
+row of ``judgment_skips`` (never offered again, also after a restart, and never fitted). The page
 refits after each one (:func:`neardup.calibration.calibrate`, not saved) and shows the threshold,
 its 95% interval and the progress; the next pair is the one the fit wants most
-(:func:`neardup.calibration.offer_pairs`). "Apply" saves the calibration and runs dedup at it.
+(:func:`neardup.calibration.offer_pairs`). Neither reads the whole collection per answer: the
+pair histogram and a pool of candidate pairs are computed once per model version
+(:mod:`neardup.judge_pool`). "Apply" saves the calibration and runs dedup at it.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable
 
 from fastapi import FastAPI, Form, HTTPException, Request
@@ -35,11 +37,13 @@ def judge_model(cat: Any, model: str | None = None) -> str:
     return cat.default_model()
 
 
-def judge_context(cat: Any, model: str, skipped: set[tuple[str, str]], seed: int) -> dict[str, Any]:
+def judge_context(cat: Any, model: str, seed: int | None = None) -> dict[str, Any]:
     """Fit, progress and the next pair for the judging page."""
-    from ..calibration import CalibrationNeedsMore, calibrate, judgments, offer_pairs
+    from ..calibration import CalibrationNeedsMore, calibrate, judgments, offer_pairs, skipped_pairs
     from . import data as D
 
+    skipped = skipped_pairs(cat, model)
+    seed = len(skipped) if seed is None else seed
     jt = judgments(cat, model)
     n = jt.num_rows
     n_same = int(sum(jt["same"].to_pylist())) if n else 0
@@ -48,7 +52,7 @@ def judge_context(cat: Any, model: str, skipped: set[tuple[str, str]], seed: int
         need = None
     except CalibrationNeedsMore as exc:
         fit, need = None, exc
-    pairs, how = offer_pairs(cat, 1, model, seed=seed, exclude=skipped, fitted=fit or need)
+    pairs, how = offer_pairs(cat, 1, model, seed=seed, fitted=fit or need)
     pair = pairs[0] if pairs else None
     imgs = D.image_rows(cat, [pair["a"], pair["b"]]) if pair else {}
     n_images = int(cat.scalar("SELECT count(*) FROM embedding_rows WHERE model = ?", [model]) or 0)
@@ -60,17 +64,15 @@ def judge_context(cat: Any, model: str, skipped: set[tuple[str, str]], seed: int
 def register(app: FastAPI, holder: Any, page: Callable[..., HTMLResponse],
              check_post: Callable[[Request, str | None], None]) -> None:
     """Add GET /judge, POST /judge and POST /judge/apply to the review app."""
-    skipped: dict[str, set[tuple[str, str]]] = {}
-    lock = threading.Lock()
-
     @app.get("/judge", response_class=HTMLResponse)
     def judge_page(request: Request) -> HTMLResponse:
+        from . import data as D
+
         with holder.open() as cat:
             model = judge_model(cat, request.query_params.get("model"))
-            with lock:
-                sk = set(skipped.get(model, set()))
-            ctx = judge_context(cat, model, sk, seed=len(sk))
-        return page(request, "judge.html", active="judge", **ctx)
+            ctx = judge_context(cat, model)
+            st = D.status_counts(cat)
+        return page(request, "judge.html", active="judge", statusline=st, **ctx)
 
     @app.post("/judge")
     def judge_answer(request: Request, a: str = Form(..., min_length=1, max_length=4096),
@@ -79,15 +81,14 @@ def register(app: FastAPI, holder: Any, page: Callable[..., HTMLResponse],
                      model: str = Form(..., min_length=1, max_length=64),
                      csrf: str | None = Form(None)) -> Response:
         check_post(request, csrf)
-        from ..calibration import add_judgments
+        from ..calibration import add_judgments, skip_pair
 
         with holder.open() as cat:
             model = judge_model(cat, model)
             if a == b:
                 raise HTTPException(400, "a pair needs two different images")
             if answer == "skip":
-                with lock:
-                    skipped.setdefault(model, set()).add((min(a, b), max(a, b)))
+                skip_pair(cat, a, b, model)
                 flash = "judge_skip"
             else:
                 add_judgments(cat, [(a, b, answer == "same")], model, source="review:judge")

@@ -65,6 +65,7 @@ def register(app: FastAPI, holder: Any, page: Callable[..., HTMLResponse],
             from ..undo import actions
 
             undoable = bool(group is not None and actions(cat, run_id=r["id"], group_id=group))
+            st = D.status_counts(cat, r["id"])
             spans = cat.sql("""SELECT group_id, min(sim_to_master) AS span FROM run_members WHERE run_id = ?
                                GROUP BY group_id HAVING count(*) >= 2""", [r["id"]]).to_pylist()
         pos = ids.index(group) + 1 if group in ids else 0
@@ -77,7 +78,7 @@ def register(app: FastAPI, holder: Any, page: Callable[..., HTMLResponse],
         return page(request, "review_keys.html", active="review", run=r, g=detail, group_id=group, pos=pos,
                     total=len(ids), n_reviewed=len(done), decision=done.get(group) if group else None,
                     prev_g=prev_g, next_g=next_g, message=message, flash=None,
-                    suggested_span=suggested_span, undoable=undoable)
+                    suggested_span=suggested_span, undoable=undoable, statusline=st)
 
     @app.post("/review/decide")
     def review_decide(request: Request, run: int = Form(..., ge=1, le=MAX_ID), group: int = Form(..., ge=1, le=MAX_ID),

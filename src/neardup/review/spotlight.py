@@ -91,9 +91,10 @@ def register(app: FastAPI, holder: Any, page: Callable[..., HTMLResponse]) -> No
                 sim = float(pair_similarities(cat, model, [(a, b)])[0])
             except Exception:
                 sim = None
+            st = D.status_counts(cat, run)
         both = imgs[a].get("has_pixels") and imgs[b].get("has_pixels")
         return page(request, "compare.html", active="review", a=imgs[a], b=imgs[b], diff=bool(diff and both),
-                    can_diff=both, sim=sim, model=model, run=run, group=group)
+                    can_diff=both, sim=sim, model=model, run=run, group=group, statusline=st)
 
     @app.get("/diff")
     def diff_image(a: str = Query(..., min_length=1, max_length=4096), b: str = Query(..., min_length=1, max_length=4096)) -> Response:
@@ -129,5 +130,6 @@ def register(app: FastAPI, holder: Any, page: Callable[..., HTMLResponse]) -> No
                 raise HTTPException(404, f"no cluster {cluster_id}")
             r = D.pick_run(cat, None)
             groups = cluster_groups(cat, r["id"], cluster_id) if r else []
+            st = D.status_counts(cat)
         return page(request, "cluster.html", active="clusters", cluster_id=cluster_id, before=int(n[0]),
-                    after=int(n[1]), run=r, groups=groups)
+                    after=int(n[1]), run=r, groups=groups, statusline=st)
