@@ -170,3 +170,115 @@ def test_a_50_group_run_by_keyboard(server: dict, catalog: dict) -> None:
         assert page.locator("#review-count").inner_text().startswith("50 of 50")
         assert errors == []
         browser.close()
+
+
+# --------------------------------------------------------------------------------------------
+# counts agree on every page after every action
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_catalog(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """8 groups with pixels, every image in one of 3 clusters (so the cluster pages cover the catalog)."""
+    from neardup.catalog import Catalog
+
+    tmp = tmp_path_factory.mktemp("counts")
+    db = tmp / "cat.duckdb"
+    run, vec = planted(db, n_groups=8, seed=5)
+    rng = np.random.default_rng(5)
+    ids, paths = [], []
+    for image_id in sorted(vec):
+        arr = np.clip(rng.integers(40, 200, 3) + rng.normal(0, 20, (90, 140, 3)), 0, 255).astype(np.uint8)
+        p = tmp / f"{image_id}.jpg"
+        Image.fromarray(arr).save(p, quality=80)
+        ids.append(image_id)
+        paths.append(str(p))
+    with Catalog(db) as cat:
+        cat.upsert_images(pa.table({"id": ids, "path": paths}))
+        cat.con.execute("UPDATE images SET cluster_id = hash(id) % 3")
+    return dict(db=db, run=run)
+
+
+def _expected(cat, run: int) -> dict:
+    """The counts from the catalog by plain SQL: the visible view, and the run's groups of 2+ and their reviews."""
+    retained = cat.scalar("SELECT count(*) FROM visible")
+    n = cat.scalar("SELECT count(*) FROM images")
+    groups = {r[0] for r in cat.con.execute("SELECT group_id FROM run_members WHERE run_id = ? GROUP BY group_id "
+                                            "HAVING count(*) >= 2", [run]).fetchall()}
+    reviewed = {r[0] for r in cat.con.execute("SELECT group_id FROM group_reviews WHERE run_id = ?", [run]).fetchall()}
+    return dict(retained=int(retained), suppressed=int(n - retained), total=len(groups),
+                reviewed=len(groups & reviewed), groups=sorted(groups))
+
+
+def _strip(page) -> dict:
+    el = page.locator("#status-counts")
+    return {k: int(el.get_attribute(f"data-{k}")) for k in ("retained", "suppressed", "total", "reviewed")}
+
+
+def test_counts_agree_on_every_page_after_each_action(small_catalog: dict) -> None:
+    import re
+
+    run = small_catalog["run"]
+    with review_server(small_catalog["db"]) as srv, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        url = srv["url"]
+
+        def walk(label: str, group: int) -> None:
+            with srv["app"].state.holder.open() as cat:
+                want = _expected(cat, run)
+                per_cluster = dict(cat.con.execute("SELECT cluster_id, count(*) FILTER (WHERE NOT is_suppressed) "
+                                                   "FROM images GROUP BY 1").fetchall())
+                g = group if group in want["groups"] else want["groups"][0]
+                g_supp = cat.scalar("SELECT count(*) FROM run_members m JOIN images i ON i.id = m.image_id "
+                                    "WHERE m.run_id = ? AND m.group_id = ? AND i.is_suppressed", [run, g])
+            top = {k: want[k] for k in ("retained", "suppressed", "total", "reviewed")}
+            pages = ["/", f"/groups/{g}?run={run}", "/judge", "/clusters", f"/review?run={run}&group={g}"]
+            pages += [f"/clusters/{c}" for c in sorted(per_cluster)]
+            for path in pages:
+                page.goto(url + path)
+                assert _strip(page) == top, (label, path)
+                if path == "/":        # the overview's own tiles
+                    assert page.locator(".tile.good .big").inner_text().replace(",", "") == str(want["retained"]), label
+                    assert page.locator(".tile.muted .big").inner_text().replace(",", "") == str(want["suppressed"]), label
+                elif path.startswith("/groups/"):   # the group's members, as the images table has them
+                    facts = page.locator(".group-facts p").first.inner_text()
+                    assert facts.startswith(f"{g_supp} of "), (label, facts)
+                elif path == "/clusters":
+                    m = re.search(r"([\d,]+) images before, ([\d,]+) after", page.locator("main").inner_text())
+                    assert m and int(m.group(2).replace(",", "")) == want["retained"], label
+                elif path.startswith("/clusters/"):
+                    c = int(path.rsplit("/", 1)[1])
+                    m = re.search(r"([\d,]+) images before, ([\d,]+) after", page.locator("h1").inner_text())
+                    assert m and int(m.group(2).replace(",", "")) == per_cluster[c], (label, path)
+                elif path.startswith("/review"):
+                    assert page.locator("#review-count").inner_text().startswith(
+                        f"{want['reviewed']} of {want['total']} groups reviewed"), label
+            _shot(page, f"counts-{label}")
+
+        def on_group(g: int) -> None:
+            page.goto(url + f"/review?run={run}&group={g}")
+
+        def press(k: str) -> None:
+            with page.expect_navigation():
+                page.keyboard.press(k)
+            assert page.locator("#confirm").count() == 1
+
+        with srv["app"].state.holder.open() as cat:
+            gs = _expected(cat, run)["groups"]
+        walk("start", gs[0])
+        on_group(gs[0]); press("a"); walk("accept", gs[0])
+        on_group(gs[1]); press("k"); walk("keep-all", gs[1])
+        on_group(gs[2]); page.keyboard.press("2"); press("m"); walk("master", gs[2])
+        on_group(gs[3]); page.keyboard.press("2"); press("n"); walk("not-duplicate", gs[3])
+        on_group(gs[1]); press("u"); walk("undo-keep-all", gs[1])
+        on_group(gs[0])
+        page.fill("#bulk-span", "-1")
+        with page.expect_navigation():
+            page.click("#bulk-accept")
+        assert re.search(r"recorded \d+ judgments", page.locator("#confirm").inner_text())
+        walk("bulk", gs[4])
+        on_group(gs[4]); press("u"); assert "bulk accept" in page.locator("#confirm").inner_text()
+        walk("undo-bulk", gs[4])
+        assert errors == []
+        browser.close()
