@@ -135,7 +135,8 @@ def _judge_loop(pop_s, labels, pop, seed, n_boot=200):
     for rnd in range(4):
         j = np.array(picked)
         cal = fit(pop_s[j], labels[j], pop, n_boot=n_boot, seed=seed * 10 + rnd)
-        w = max((cal.high - cal.low) / 22, 5e-4)
+        s_lo, s_hi = cal.spread
+        w = max((s_hi - s_lo) / 22, 5e-4)
         for q in active_targets(cal, 11):
             take(q - w, q + w, 1)
     j = np.array(picked)

@@ -174,6 +174,42 @@ def bootstrap_thresholds(sims: np.ndarray, same: np.ndarray, pop: Population, *,
     return out
 
 
+def posterior_thresholds(sims: np.ndarray, same: np.ndarray, pop: Population, *, target: float = 0.99,
+                         objective: str = "precision", n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """Fitted thresholds under ``n_boot`` draws of P(same) from its posterior (1.0 where the target is unreachable).
+
+    The isotonic fit pools the judgments into blocks of equal fitted value; each draw takes each
+    block's P(same) from Beta(k + 1/2, n - k + 1/2) (Jeffreys; k "same" of n), makes the draws
+    monotone again (pool adjacent violators, weights n), and refits the threshold. Unlike a
+    resample of the judgments, a block judged all "same" still allows the different pairs that
+    60 judgments rarely meet (see docs/benchmarks-calibration.md, "Interval coverage").
+    """
+    rng = np.random.default_rng(seed)
+    sims = np.asarray(sims, np.float64)
+    same = np.asarray(same, np.float64)
+    ux, inv = np.unique(sims, return_inverse=True)
+    n_u = np.bincount(inv, minlength=len(ux)).astype(np.float64)
+    k_u = np.bincount(inv, weights=same, minlength=len(ux))
+    _, fitted = isotonic(sims, same)
+    block = np.r_[0, np.cumsum(np.diff(fitted) != 0)]
+    nb = np.bincount(block, weights=n_u)
+    kb = np.bincount(block, weights=k_u)
+    pos = np.arange(len(nb), dtype=np.float64)
+    out = np.empty(n_boot)
+    for r in range(n_boot):
+        pb = rng.beta(kb + 0.5, nb - kb + 0.5)
+        _, pb = isotonic(pos, pb, nb)
+        p = np.interp(pop.centres, ux, pb[block])
+        precision, recall = _curves(pop, p)
+        k = _choose(pop, precision, recall, target, objective)
+        out[r] = 1.0 if k is None else float(pop.edges[k])
+    return out
+
+
+#: How the 95% interval is made (see :func:`fit`); "posterior" is the default since the coverage study.
+INTERVALS = ("posterior", "hull", "percentile")
+
+
 # --------------------------------------------------------------------------------------------
 # results
 # --------------------------------------------------------------------------------------------
@@ -196,10 +232,13 @@ class Calibration:
     counts_mode: str = "components"     # the grouping the counts come from (see :func:`calibrate`)
     next_band: tuple[float, float] | None = None
     draws: np.ndarray | None = field(default=None, repr=False)
+    #: the bootstrap spread of the fit (what active sampling narrows); the 95% interval is (low, high)
+    spread: tuple[float, float] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("draws")
+        d.pop("spread")
         for k in ("threshold", "low", "high", "precision", "recall"):
             d[k] = round(float(d[k]), 6)
         d["next_band"] = None if self.next_band is None else [round(v, 4) for v in self.next_band]
@@ -219,7 +258,7 @@ def _band_text(band: tuple[float, float]) -> str:
 
 
 def fit(sims: np.ndarray, same: np.ndarray, pop: Population, *, model: str = "", target: float = 0.99,
-        objective: str = "precision", n_boot: int = 1000, seed: int = 0) -> Calibration:
+        objective: str = "precision", n_boot: int = 1000, seed: int = 0, interval: str = "posterior") -> Calibration:
     """Fit the threshold and its interval from judged pairs over a population of pair similarities.
 
     Raises :class:`CalibrationNeedsMore` (naming the band to judge next) for too few or one-sided
@@ -260,16 +299,25 @@ def fit(sims: np.ndarray, same: np.ndarray, pop: Population, *, model: str = "",
         band = (max(pop.floor, lo_diff - (1 - pop.floor) / N_BANDS), lo_diff)
         raise CalibrationNeedsMore(f"the threshold lies below every pair judged different ({lo_diff:.3f}): "
                                    f"judge pairs in band {_band_text(band)}", band)
+    if interval not in INTERVALS:
+        raise InputError(f"interval {interval!r}: use one of {', '.join(INTERVALS)}")
+    # the bootstrap draws steer active sampling (active_targets); the interval is made as asked
     draws = bootstrap_thresholds(sims, same, pop, target=target, objective=objective, n_boot=n_boot, seed=seed)
     q_lo, q_hi = (float(v) for v in np.quantile(draws, [0.025, 0.975]))
-    # the hull of the percentile and the basic (reflected) bootstrap intervals: the isotonic fit is
-    # biased where p(s) rises smoothly and the percentile interval alone under-covers (tests, docs)
-    edge = float(pop.edges[-2])
-    low = max(pop.floor, min(q_lo, 2 * t - q_hi, t))
-    high = min(edge, max(q_hi, 2 * t - q_lo, t))
+    # the spread of the fit given these judgments: the hull of the percentile and the basic
+    # (reflected) bootstrap intervals; it steers active sampling (active_targets, offer_pairs)
+    spread = (max(pop.floor, min(q_lo, 2 * t - q_hi, t)), min(float(pop.edges[-2]), max(q_hi, 2 * t - q_lo, t)))
+    if interval == "posterior":
+        post = posterior_thresholds(sims, same, pop, target=target, objective=objective, n_boot=n_boot, seed=seed + 1)
+        p_lo, p_hi = (float(v) for v in np.quantile(post, [0.025, 0.975]))
+        low, high = max(pop.floor, min(p_lo, t)), min(1.0, max(p_hi, t))
+    elif interval == "percentile":
+        low, high = min(q_lo, t), max(q_hi, t)
+    else:
+        low, high = spread
     return Calibration(model=model, threshold=t, low=low, high=high, precision=prec, recall=rec, judgments=n,
                        n_same=n_same, n_different=n - n_same, target=target, objective=objective,
-                       next_band=(low, min(1.0, high + (pop.edges[1] - pop.edges[0]))), draws=draws)
+                       next_band=(low, min(1.0, high + (pop.edges[1] - pop.edges[0]))), draws=draws, spread=spread)
 
 
 def active_targets(cal: Calibration, k: int) -> np.ndarray:
@@ -283,8 +331,9 @@ def active_targets(cal: Calibration, k: int) -> np.ndarray:
     draws = np.sort(cal.draws if cal.draws is not None and len(cal.draws) else np.array([cal.threshold]))
     half = k // 2
     at = np.quantile(draws, (np.arange(half) + 0.5) / half) if half else np.zeros(0)
-    width = max(cal.high - cal.low, 0.01)
-    up = np.linspace(float(np.median(draws)), min(1.0, cal.high + width / 2), k - half)
+    low, high = cal.spread or (cal.low, cal.high)
+    width = max(high - low, 0.01)
+    up = np.linspace(float(np.median(draws)), min(1.0, high + width / 2), k - half)
     return np.r_[at, up]
 
 
@@ -485,7 +534,8 @@ def offer_pairs(cat: Catalog, n: int, model: str | None = None, *, target: float
             need = exc.band
     if cal is not None:
         targets = active_targets(cal, n)
-        width = max((cal.high - cal.low) / (2 * n), 5e-4)
+        s_lo, s_hi = cal.spread or (cal.low, cal.high)
+        width = max((s_hi - s_lo) / (2 * n), 5e-4)
         bands = [(max(-1.0, float(q) - width), min(1.0, float(q) + width)) for q in targets]
         how = (f"where the answers narrow the interval {cal.low:.4f}-{cal.high:.4f} most "
                f"(at and above the bootstrap thresholds)")
