@@ -17,9 +17,9 @@ checked for containing the true threshold. Populations:
 
 Methods (the point fit is the same isotonic fit in all): ``percentile`` (bootstrap percentile),
 ``hull`` (the hull of the percentile and the basic bootstrap intervals, the method before this
-study), ``posterior`` (the fit's pooled blocks drawn from Beta(k + 1/2, n - k + 1/2), Jeffreys,
-re-made monotone, percentile of the thresholds: a block judged all "same" still allows different
-pairs it has not seen). Writes ``bench/results/calibration-coverage.json``.
+study), ``posterior`` (each draw resamples the judgments, draws the isotonic fit's pooled blocks
+from Beta(k + 1/2, n - k + 1/2), Jeffreys, re-made monotone; percentile of the thresholds: a
+block judged all "same" still allows different pairs it has not seen). Writes ``bench/results/calibration-coverage.json``.
 """
 
 from __future__ import annotations

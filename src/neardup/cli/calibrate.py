@@ -29,7 +29,7 @@ def calibrate_cmd(
 
     1. `neardup calibrate --sample 60 --out pairs.csv` writes pairs to judge (fill `same` with 1 or 0).
     2. `neardup calibrate --judgments pairs.csv` stores them and fits: the lowest threshold whose
-       estimated precision reaches --target-precision, a bootstrap 95% interval, the estimated
+       estimated precision reaches --target-precision, a 95% interval, the estimated
        precision and recall, and what a run would suppress/retain at the threshold and at both ends.
     3. `neardup dedup` without --threshold then uses the calibrated threshold (and says so).
 
