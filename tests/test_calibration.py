@@ -239,7 +239,10 @@ def test_the_calibrate_command_lines(capsys, planted, tmp_path):
                        "--db", str(db))
     res2 = json.loads(out)
     assert res2["judgments"] == 30 + len(rows2)
-    assert res2["high"] - res2["low"] <= res["high"] - res["low"] + 1e-9
+    # the judge's own threshold (a step at t0: the lowest pair judged same is the threshold) stays inside;
+    # the top end may reach 1: 50 answers cannot rule out rare different pairs above (docs)
+    first_same = min(float(r["similarity"]) for r in rows + rows2 if float(r["similarity"]) >= t0)
+    assert res2["low"] <= first_same and res2["high"] >= t0
 
     # dedup without --threshold uses the calibration and says so
     code, out, err = run(capsys, "dedup", "--dry-run", "--json", "--db", str(db))
