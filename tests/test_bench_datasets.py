@@ -7,6 +7,7 @@ the label logic is checked everywhere on hand-made items.
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import sys
 from pathlib import Path
@@ -69,11 +70,18 @@ def test_real_tree_frames_hand_kept_apart_by_the_default_grouping(tmp_path):
 
     items = build(tmp_path / "real", only=["tree"])
     assert len(items) == 41 and sum("hand" in i.group for i in items) == 14
+    # every frame carries its real time in the video (frame / 15 fps) in EXIF, and scan reads it
+    t0 = min(dt.datetime.fromisoformat(i.captured_at) for i in items)
+    for i in items:
+        assert abs((dt.datetime.fromisoformat(i.captured_at) - t0).total_seconds() - i.frame / 15.0) < 1e-3
     m = get_model("sscd-distilled")
     with Catalog(tmp_path / "c.duckdb") as cat:
         scan(cat, [tmp_path / "real"])
         embed(cat, m)
         paths = dict(zip(*(cat.images(["id", "path"])[c].to_pylist() for c in ("id", "path"))))
+        when = dict(zip(*(cat.images(["path", "captured_at"])[c].to_pylist() for c in ("path", "captured_at"))))
+        for i in items:
+            assert when[str(tmp_path / "real" / i.path)] == dt.datetime.fromisoformat(i.captured_at)
         default = dedup(cat, m.default_threshold, model=m.name, dry_run=True)
         comp = dedup(cat, m.default_threshold, model=m.name, mode="components", dry_run=True)
     hand = {str((tmp_path / "real" / i.path).resolve()) for i in items if "hand" in i.group}

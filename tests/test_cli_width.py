@@ -31,6 +31,7 @@ def test_tables_fit_80_columns(tmp_path):
         dedup(cat, 0.9)                      # replaces run 1 (one run in force per model)
         dedup(cat, 0.92, keep_previous=True)
         cat.restore(3)
+        dedup(cat, 0.93, mode="bounded", bound=0.8, window=1.5, window_link=0.97, keep_previous=True)
     outputs = {"runs": _cli("runs", "--db", str(db)),
                "pairs": _cli("pairs", "--band", "0.9:1", "--sample", "4", "--db", str(db)),
                "models": _cli("models")}
@@ -41,4 +42,7 @@ def test_tables_fit_80_columns(tmp_path):
     runs = outputs["runs"]
     for word in ("restored", "applied", "replaced by run 2", "sscd-distilled", "leader", "0.95", "0.9"):
         assert word in runs
+    # each run's grouping: mode and bound (run 2: the model's default bound 0.76), and the capture-time window
+    assert "b .76" in runs and "b .8+1.5s" in runs and "leader" in runs
+    assert "run 4: bounded (bound 0.8; captured > 1.5 s apart: linked from 0.97)" in runs
     assert "photo_0" in outputs["pairs"] and "clip-vit-b-32" in outputs["models"]

@@ -12,6 +12,7 @@ from neardup import Catalog
 from neardup import thresholds as TH
 from neardup.pairs import default_bands
 from neardup.sweep import default_thresholds
+from test_chains import ref_bounded_central
 from test_cli_core import run as cli
 
 
@@ -67,9 +68,13 @@ def test_plain_sweep_on_sscd_centres_and_marks_the_default(sscd_db, capsys, monk
     rows = json.loads(out)
     ts = [r["threshold"] for r in rows]
     assert code == 0 and 0.6 in ts and max(ts) < 0.95
-    for r in rows:                                    # the counts are the brute-force ones
-        labels, pairs = reference_groups(X, r["threshold"])
+    S = all_pair_sims(X)
+    ids = [f"i{k:02d}" for k in range(60)]
+    for r in rows:             # the counts are the brute-force ones under sscd's grouping (bounded, bound 0.75)
+        labels = ref_bounded_central(S, ids, r["threshold"], 0.75)
         assert r["groups"] == int((np.bincount(labels) >= 2).sum()) and r["retained"] == len(set(labels))
+        comp, _ = reference_groups(X, r["threshold"])
+        assert r["retained"] >= len(set(comp))        # not the transitive components' count
     at = next(r for r in rows if r["threshold"] == 0.6)
     assert 0 < at["suppressed"] < len(X)             # the default does something on this scale
     code, out, _ = cli(capsys, "sweep", "--db", str(sscd_db))
@@ -77,10 +82,15 @@ def test_plain_sweep_on_sscd_centres_and_marks_the_default(sscd_db, capsys, monk
     seen = {}
     import neardup.plots as plots
 
-    monkeypatch.setattr(plots, "plot_sweep", lambda rows, forest, out, chosen=None, chosen_label=None:
-                        seen.update(ts=[r["threshold"] for r in rows], chosen=chosen, label=chosen_label))
+    monkeypatch.setattr(plots, "plot_sweep", lambda rows, forest, out, chosen=None, chosen_label=None, counts=None,
+                        grouping=None: seen.update(ts=[r["threshold"] for r in rows], chosen=chosen,
+                                                   label=chosen_label, grouping=grouping,
+                                                   dense=counts([0.6]) if counts else None))
     code, _, _ = cli(capsys, "sweep", "--plot", str(tmp_path / "s.png"), "--db", str(sscd_db))
     assert code == 0 and seen["chosen"] == pytest.approx(0.6) and 0.6 in seen["ts"] and "default" in seen["label"]
+    assert seen["grouping"].startswith("bounded (bound 0.75") and seen["dense"] == [at]   # curves: the same counts
+    code, out, _ = cli(capsys, "sweep", "--db", str(sscd_db))
+    assert "grouping bounded" in out
     # an explicit --chosen is marked instead
     code, out, _ = cli(capsys, "sweep", "--chosen", "0.7", "--db", str(sscd_db))
     assert "0.7 ◀" in out and "0.6 ◀" not in out

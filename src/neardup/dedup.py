@@ -20,7 +20,8 @@ import pyarrow as pa
 from .arrow_numpy import from_numpy, from_strings, to_float64
 from .catalog import Catalog, EmbeddingSet
 from .errors import CatalogError, InputError
-from .grouping import MODES, check_bound, default_grouping, group_nodes, group_weakest_links
+from .grouping import (MODES, Grouping, check_bound, default_grouping, default_window, group_nodes,
+                       group_weakest_links)
 from .paths import atomic_output, check_output_file
 from .policy import (DEFAULT_POLICY, GROUP_KEYS, decided_by, group_centrality, parse_policy, policy_columns,
                      policy_text as _policy_text, priority_rank)
@@ -89,14 +90,22 @@ def _version_file(catalog: Catalog, model: str) -> str | None:
 
 
 def check_options(*, mode: str | None = "components", prefer: str | Sequence[str] | None = DEFAULT_POLICY,
-                  index: str = "exact", engine: str = "local", bound: float | None = None) -> None:
-    """Refuse a bad mode, bound, policy, index or engine at once (before any note or any work): one line."""
+                  index: str = "exact", engine: str = "local", bound: float | None = None,
+                  window: float | None = None, window_link: float | None = None) -> None:
+    """Refuse a bad mode, bound, window, policy, index or engine at once (before any note or any work): one line."""
     if mode is not None and mode not in MODES:
         raise InputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
     if bound is not None:
         check_bound(bound)
         if mode not in (None, "bounded"):
             raise InputError(f"--bound applies to mode bounded, not {mode}")
+    if window is not None and (np.isnan(float(window)) or float(window) < 0):
+        raise InputError(f"--window {window}: give seconds >= 0 (0 turns the capture-time window off)")
+    if window_link is not None:
+        if np.isnan(float(window_link)) or not (0.0 < float(window_link) <= 1.0):
+            raise InputError(f"--window-link {window_link} is outside (0, 1]")
+    if (window or window_link is not None) and mode not in (None, "bounded"):
+        raise InputError(f"--window/--window-link apply to mode bounded, not {mode}")
     parse_policy(prefer)
     if index not in INDEXES:
         raise InputError(f"index {index!r}: use one of {', '.join(INDEXES)}")
@@ -222,15 +231,176 @@ def inputs_digest(catalog: Catalog, model: str) -> dict[str, Any]:
     return dict(zip(("vectors", "images", "decisions", "runs"), row or (None,) * 4))
 
 
+@dataclass
+class RunPlan:
+    """Everything a run decides from except the threshold: scope, policy, reviewer decisions, grouping.
+
+    :func:`plan_run` builds it; :meth:`group_at` groups at one threshold exactly as ``dedup``
+    does, so ``sweep`` (and its plot and the review page's explorer) count what a run would do.
+    """
+
+    scope: Scope
+    base: Scope
+    policy: list[tuple[str, bool]]
+    meta: pa.Table                  # policy columns of each scope node, in node order
+    mode: str
+    bound: float | None
+    window_s: float | None
+    window_link: float | None
+    times: np.ndarray | None        # capture time of each node in seconds (NaN: unknown); None: no window
+    boost: np.ndarray | None        # nodes a reviewer made master
+    kept: np.ndarray                # nodes a reviewer keeps visible
+    not_dup: set[str]               # images a reviewer took out of every group (singletons)
+    stale: dict[str, str]
+    _links: dict[float, SimilarityForest] = field(default_factory=dict, repr=False)
+
+    @property
+    def uses_central(self) -> bool:
+        return any(k in GROUP_KEYS for k, _ in self.policy)
+
+    def describe(self) -> str:
+        """The grouping in words, e.g. ``bounded (bound 0.75; capture times: links across 1 s from 0.93)``."""
+        return grouping_text(self.mode, self.bound, self.window_s, self.window_link)
+
+    def links(self, forest: SimilarityForest, floor: float) -> SimilarityForest | None:
+        """The time-aware link forest at ``floor`` (built once, cut at every threshold above it)."""
+        if self.mode != "bounded" or self.window_s is None or self.times is None:
+            return None
+        for f, lf in self._links.items():
+            if f <= floor + 1e-12:
+                return lf
+        from .grouping import time_link_forest
+
+        lf = time_link_forest(forest, np.asarray(self.scope.vectors), self.times, floor, self.window_s, self.window_link)
+        self._links[float(floor)] = lf
+        return lf
+
+    def group_at(self, forest: SimilarityForest, t: float, links: SimilarityForest | None = None,
+                 max_passes: int = 4) -> tuple["Grouping", np.ndarray, pa.Table, int, bool]:
+        """``(grouping, rank, meta, passes, settled)`` at threshold ``t``: what ``dedup`` at ``t`` decides.
+
+        ``central`` (a member's mean similarity to its group) is computed over the groups the run
+        forms: first over the transitive components, then again over the groups that ranking
+        formed, until the groups no longer change (``settled``; at most ``max_passes``, after which
+        ``central`` is that of the previous pass's groups).
+        """
+        scope = self.scope
+        X = np.asarray(scope.vectors)  # a plain view of a memory map: row gathers without memmap overhead
+        if links is None:
+            links = self.links(forest, t)
+        labels_for_central = forest.components(t) if self.uses_central else None
+        passes = 0
+        while True:
+            passes += 1
+            meta = self.meta
+            if self.uses_central:
+                meta = meta.append_column("central", from_numpy(
+                    group_centrality(X, labels_for_central, scope.ids)))
+            rank = priority_rank(meta, self.policy)
+            if self.boost is not None:
+                rank = np.where(self.boost, rank - len(rank), rank)
+            g = group_nodes(forest, X, t, rank, self.mode, self.bound, times=self.times,
+                            window_s=self.window_s, window_link=self.window_link, links=links)
+            settled = not self.uses_central or np.array_equal(_canonical_labels(g.labels),
+                                                              _canonical_labels(labels_for_central))
+            if settled or passes >= max_passes:
+                return g, rank, meta, passes, settled
+            labels_for_central = g.labels
+
+    def counts(self, g: "Grouping") -> dict[str, int]:
+        """groups, suppressed, retained, largest group of one grouping (reviewer decisions applied)."""
+        n = len(g.labels)
+        size = np.bincount(g.labels, minlength=n)
+        suppressed = int(((g.master != np.arange(n)) & ~self.kept).sum())
+        total = n + len(self.not_dup)
+        return dict(groups=int((size >= 2).sum()), suppressed=suppressed, retained=total - suppressed,
+                    largest_group=int(size.max()) if n else 1)
+
+
+def _canonical_labels(labels: np.ndarray) -> np.ndarray:
+    """Labels renamed to each group's smallest member index (equal arrays = equal partitions)."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    low = np.full(n, n, dtype=np.int64)
+    np.minimum.at(low, labels, np.arange(n))
+    return low[labels]
+
+
+def grouping_text(mode: str, bound: float | None, window_s: float | None = None,
+                  window_link: float | None = None) -> str:
+    """A run's grouping in words (summary, sweep header)."""
+    if mode != "bounded":
+        return mode
+    text = f"bounded (bound {bound:.4g}"
+    if window_s is not None and window_link is not None:
+        text += f"; captured > {window_s:g} s apart: linked from {window_link:.4g}"
+    return text + ")"
+
+
+def capture_seconds(catalog: Catalog, ids: np.ndarray) -> np.ndarray:
+    """``images.captured_at`` of each id in seconds (float64; NaN where unknown), in the order given."""
+    from .policy import _num
+
+    if "captured_at" not in set(catalog.image_columns()):
+        return np.full(len(ids), np.nan)
+    t = catalog.images(["id", "captured_at"])
+    secs = _num(t, "captured_at") / 1e6   # microseconds since the epoch, NaN where unknown
+    pos = {k: i for i, k in enumerate(t["id"].to_pylist())}
+    take = np.fromiter((pos.get(i, -1) for i in ids.tolist()), dtype=np.int64, count=len(ids))
+    out = np.full(len(ids), np.nan)
+    out[take >= 0] = secs[take[take >= 0]]
+    return out
+
+
+def plan_run(catalog: Catalog, *, model: str | None = None, ids: Sequence[str] | None = None,
+             mode: str | None = None, bound: float | None = None, window: float | None = None,
+             window_link: float | None = None, prefer: str | Sequence[str] | None = DEFAULT_POLICY,
+             invalidate: bool = False) -> RunPlan:
+    """What a run on ``model`` (and ``ids``) decides from; ``invalidate`` sets stale decisions aside (dedup, not dry)."""
+    check_options(mode=mode, bound=bound, window=window, window_link=window_link)
+    policy = parse_policy(prefer)
+    overrides = catalog.overrides()
+    # decisions on images whose vector changed or whose file vanished since no longer apply
+    from .incremental import invalidate_decisions, stale_decisions
+
+    stale = stale_decisions(catalog, model or catalog.default_model())
+    if stale:
+        if invalidate:
+            invalidate_decisions(catalog, stale)
+        overrides = {k: v - set(stale) for k, v in overrides.items()}
+    base = load_scope(catalog, model, ids)
+    not_dup = overrides["not_duplicate"] & set(base.ids.tolist())
+    scope = load_scope(catalog, base.model, base.ids.tolist() if ids is not None else None, exclude=sorted(not_dup)) \
+        if not_dup else base
+    mode, bound = default_grouping(scope.model, mode, bound)
+    window_s, link = default_window(scope.model, mode, window, window_link)
+
+    cols = policy_columns(policy)
+    have = set(catalog.image_columns())
+    meta = catalog.images([c for c in cols if c in have])
+    pos = {k: i for i, k in enumerate(meta["id"].to_pylist())}
+    take = np.fromiter((pos[i] for i in scope.ids.tolist()), dtype=np.int64, count=len(scope))
+    meta = meta.take(from_numpy(take))
+    forced = overrides["master"] & set(scope.ids.tolist())
+    boost = np.fromiter((i in forced for i in scope.ids.tolist()), dtype=bool, count=len(scope)) if forced else None
+    keep = overrides["keep"]
+    kept = np.fromiter((i in keep for i in scope.ids.tolist()), dtype=bool, count=len(scope)) if keep \
+        else np.zeros(len(scope), bool)
+    times = capture_seconds(catalog, scope.ids) if window_s is not None else None
+    return RunPlan(scope, base, policy, meta, mode, bound, window_s, link, times, boost, kept, not_dup, stale)
+
+
 def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode: str | None = None,
           prefer: str | Sequence[str] | None = DEFAULT_POLICY, dry_run: bool = False,
           ids: Sequence[str] | None = None, index: str = "exact", engine: str = "local",
           floor: float | None = None, progress: ProgressFn | None = None, top_groups: int = 5,
           bound: float | None = None, group_score: str = "sum", keep_previous: bool = False,
-          release: bool = False) -> DedupResult:
+          release: bool = False, window: float | None = None, window_link: float | None = None) -> DedupResult:
     """Group near-duplicates at ``threshold`` and (unless ``dry_run``) apply the run to the catalog.
 
-    ``mode``/``bound`` default to the model's (:func:`neardup.grouping.default_grouping`).
+    ``mode``/``bound`` default to the model's (:func:`neardup.grouping.default_grouping`), and so
+    does the capture-time window of mode bounded (``window`` seconds, ``window_link``;
+    :func:`neardup.grouping.default_window`; ``window=0`` turns it off).
     Each member row carries its group's size and its members' ``score`` aggregated by
     ``group_score`` (sum, max or mean; missing scores are left out), so the master -- the one
     visible image -- carries the whole group's votes.
@@ -250,7 +420,7 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
     """
     kwargs = dict(model=model, mode=mode, prefer=prefer, dry_run=dry_run, ids=ids, index=index, engine=engine,
                   floor=floor, progress=progress, top_groups=top_groups, bound=bound, group_score=group_score,
-                  keep_previous=keep_previous)
+                  keep_previous=keep_previous, window=window, window_link=window_link)
     if release and not catalog.read_only and not catalog.in_transaction:
         try:
             return _dedup(catalog, threshold, release=True, **kwargs)  # type: ignore[arg-type]
@@ -262,60 +432,35 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
 def _dedup(catalog: Catalog, threshold: float, *, model: str | None, mode: str | None,
            prefer: str | Sequence[str] | None, dry_run: bool, ids: Sequence[str] | None, index: str, engine: str,
            floor: float | None, progress: ProgressFn | None, top_groups: int, bound: float | None,
-           group_score: str, keep_previous: bool, release: bool = False, recomputed: str | None = None) -> DedupResult:
+           group_score: str, keep_previous: bool, window: float | None = None, window_link: float | None = None,
+           release: bool = False, recomputed: str | None = None) -> DedupResult:
     """One attempt of :func:`dedup`; with ``release``, raises :class:`InputsChanged` (nothing written)
     when the catalog changed while its file was released."""
     t = check_threshold(threshold)
-    check_options(mode=mode, bound=bound)
+    check_options(mode=mode, bound=bound, window=window, window_link=window_link)
     if group_score not in GROUP_SCORES:
         raise InputError(f"group score {group_score!r}: use one of {', '.join(GROUP_SCORES)}")
-    policy = parse_policy(prefer)
+    plan = plan_run(catalog, model=model, ids=ids, mode=mode, bound=bound, window=window, window_link=window_link,
+                    prefer=prefer, invalidate=not dry_run)
+    policy, scope, base, not_dup, stale = plan.policy, plan.scope, plan.base, plan.not_dup, plan.stale
+    mode, bound = plan.mode, plan.bound
     policy_text = _policy_text(policy)
-    overrides = catalog.overrides()
-    # decisions on images whose vector changed or whose file vanished since no longer apply
-    from .incremental import invalidate_decisions, stale_decisions
-
-    stale = stale_decisions(catalog, model or catalog.default_model())
-    if stale:
-        if not dry_run:
-            invalidate_decisions(catalog, stale)
-        overrides = {k: v - set(stale) for k, v in overrides.items()}
-    inputs = inputs_digest(catalog, model or catalog.default_model()) if release else None
-    base = load_scope(catalog, model, ids)
-    not_dup = overrides["not_duplicate"] & set(base.ids.tolist())
-    scope = load_scope(catalog, base.model, base.ids.tolist() if ids is not None else None, exclude=sorted(not_dup)) \
-        if not_dup else base
-    mode, bound = default_grouping(scope.model, mode, bound)
-    cols = policy_columns(policy)
-    have = set(catalog.image_columns())
-    meta = catalog.images([c for c in cols if c in have])
-    pos = {k: i for i, k in enumerate(meta["id"].to_pylist())}
-    take = np.fromiter((pos[i] for i in scope.ids.tolist()), dtype=np.int64, count=len(scope))
-    meta = meta.take(from_numpy(take))
-    forced = overrides["master"] & set(scope.ids.tolist())
+    inputs = inputs_digest(catalog, scope.model) if release else None
 
     # the long part needs no query: with ``release`` other processes may open the catalog meanwhile
     with catalog.released() if release else contextlib.nullcontext():
         forest = similarity_forest(catalog, min(t, floor) if floor else t, scope=scope, index=index, engine=engine,
                                    progress=progress)
-        if any(k in GROUP_KEYS for k, _ in policy):  # group-relative keys: over the transitive components at t
-            meta = meta.append_column("central", from_numpy(group_centrality(scope.vectors, forest.components(t),
-                                                                             scope.ids)))
-        rank = priority_rank(meta, policy)
-        if forced:
-            boost = np.fromiter((i in forced for i in scope.ids.tolist()), dtype=bool, count=len(scope))
-            rank = np.where(boost, rank - len(rank), rank)
-        grouping = group_nodes(forest, scope.vectors, t, rank, mode, bound)
+        grouping, rank, meta, central_passes, settled = plan.group_at(forest, t)
     labels, master, sims = grouping.labels, grouping.master, grouping.sim
     node = np.arange(len(scope))
     is_master = master == node
     decided = decided_by(labels, master, meta, policy)
+    forced = plan.boost is not None
     if forced:  # a reviewer's "make master" decided those groups
-        decided[np.isin(master, np.flatnonzero(boost))] = "reviewer"
+        decided[np.isin(master, np.flatnonzero(plan.boost))] = "reviewer"
     size = np.bincount(labels, minlength=len(scope))[labels]
-    keep = overrides["keep"]
-    kept_flag = np.fromiter((i in keep for i in scope.ids.tolist()), dtype=bool, count=len(scope)) if keep \
-        else np.zeros(len(scope), bool)
+    kept_flag = plan.kept
     would_suppress = ~is_master
     suppressed = would_suppress & ~kept_flag
 
@@ -366,7 +511,7 @@ def _dedup(catalog: Catalog, threshold: float, *, model: str | None, mode: str |
         })])
 
     # summary, with the chaining of the largest groups made visible
-    weakest = group_weakest_links(forest, t, labels) if mode != "leader" else {}
+    weakest = group_weakest_links(grouping.links or forest, t, labels) if mode != "leader" else {}
     split = grouping.split_groups()
     comp_size = np.bincount(grouping.component, minlength=len(scope))[grouping.component]
     min_sim = np.full(len(scope), 2.0, dtype=np.float64)
@@ -381,14 +526,19 @@ def _dedup(catalog: Catalog, threshold: float, *, model: str | None, mode: str |
     n_total = members.num_rows
     n_supp = int(suppressed.sum())
     summary = dict(
-        model=scope.model, threshold=t, mode=mode, bound=bound, policy=policy_text, images=n_total, groups=n_groups,
+        model=scope.model, threshold=t, mode=mode, bound=bound, window_s=grouping.window_s,
+        window_link=grouping.window_link, grouping=plan.describe(), policy=policy_text, images=n_total, groups=n_groups,
         split_groups=int(len(np.unique(labels[split & (size >= 2)]))),
         suppressed=n_supp, retained=n_total - n_supp, group_score=group_score,
         largest_group=int(grp_sizes.max()) if len(grp_sizes) else 1,
         pairs=forest.pair_count(t) if mode == "components" or t >= forest.floor else None,
         largest_groups=largest,
         decided_by=_count_decided(decided[master[grp_keys]] if len(grp_keys) else []),
-        overrides_respected=dict(keep=int((would_suppress & kept_flag).sum()), master=len(forced),
+        captured=int((~np.isnan(plan.times)).sum()) if plan.times is not None else None,
+        central_passes=central_passes if plan.uses_central else None,
+        central_settled=settled if plan.uses_central else None,
+        overrides_respected=dict(keep=int((would_suppress & kept_flag).sum()),
+                                 master=int(plan.boost.sum()) if forced else 0,
                                  not_duplicate=len(not_dup)),
     )
     if stale:

@@ -10,6 +10,15 @@
 - ``leader``: non-transitive; in master-priority order each kept image takes every remaining
   image within t of itself.
 
+Bounded grouping also reads capture times (``images.captured_at``: EXIF DateTimeOriginal at
+scan, or the ``captured_at`` column of imported metadata) when a *time window* is set (the
+model's default, or ``--window``/``--window-link``): two images captured more than ``window_s``
+seconds apart link only from similarity ``window_link`` on (a fixed camera's frames seconds
+apart with someone new in view, photos of one place taken at other moments), while images
+captured within the window -- and any pair where an image has no capture time -- link from
+the threshold as before. The groups are then cut from the maximum spanning forest of those
+links (:func:`time_link_forest`), exactly as without times.
+
 Masters are the best-ranked member of each group (``rank``: lower is better). Every mode returns
 each node's group label, its master node, its similarity to that master, and the label of its
 transitive component at t, so a caller can say whether a group was split out of a larger one.
@@ -40,6 +49,9 @@ class Grouping:
     mode: str
     threshold: float
     bound: float | None = None
+    window_s: float | None = None      # capture-time window (bounded only; None: not used)
+    window_link: float | None = None   # similarity from which images captured further apart link
+    links: SimilarityForest | None = None  # the forest the groups were cut from (time-aware links)
 
     def split_groups(self) -> np.ndarray:
         """Per node: True when its group is a proper part of its transitive component (the chain was cut)."""
@@ -77,6 +89,31 @@ def default_grouping(model: str, mode: str | None = None, bound: float | None = 
     if bound is None:
         raise InputError(f"mode bounded needs --bound: model {model!r} has no default bound")
     return mode, check_bound(bound)
+
+
+def default_window(model: str, mode: str, window_s: float | None = None,
+                   window_link: float | None = None) -> tuple[float | None, float | None]:
+    """The capture-time window a run on ``model`` uses: ``(seconds, link similarity)`` or ``(None, None)``.
+
+    Only mode ``bounded`` uses one. Given values win; else the model's measured default
+    (``default_window`` in the registry, docs/models.md). ``window_s`` 0 turns it off.
+    """
+    from .embed import registered_window
+
+    if mode != "bounded":
+        if window_s or window_link is not None:
+            raise InputError(f"--window applies to mode bounded, not {mode}")
+        return None, None
+    dw, dl = registered_window(model)
+    w = dw if window_s is None else float(window_s)
+    link = dl if window_link is None else check_bound(window_link)
+    if w is None or w <= 0 or np.isnan(w):
+        if window_s is not None and (np.isnan(float(window_s)) or float(window_s) < 0):
+            raise InputError(f"window {window_s}: give seconds >= 0 (0 turns the capture-time window off)")
+        return None, None
+    if link is None:
+        raise InputError(f"--window needs --window-link: model {model!r} has no default link similarity")
+    return float(w), float(link)
 
 
 def group_weakest_links(forest: SimilarityForest, threshold: float, labels: np.ndarray) -> dict[int, float]:
@@ -204,6 +241,99 @@ def bounded_groups(forest: SimilarityForest, vectors: np.ndarray, threshold: flo
 
 
 # --------------------------------------------------------------------------------------------
+# capture-time window: the links themselves depend on time
+# --------------------------------------------------------------------------------------------
+def _block_edges(S: np.ndarray, rows: np.ndarray, cols: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, ...]:
+    r, c = np.nonzero(keep)
+    return rows[r], cols[c], S[r, c]
+
+
+class _EdgeSink:
+    """Collects candidate edges and keeps only a maximum spanning forest of them (memory O(n + batch))."""
+
+    def __init__(self, n: int, floor: float, limit: int):
+        self.n, self.floor, self.limit = n, floor, limit
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.size = 0
+
+    def add(self, src: np.ndarray, dst: np.ndarray, w: np.ndarray) -> None:
+        if len(src):
+            self.parts.append((src, dst, w))
+            self.size += len(src)
+            if self.size > self.limit:
+                self.parts = [self._msf()]
+                self.size = len(self.parts[0][0])
+
+    def _msf(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not self.parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        f = SimilarityForest.from_edges(self.n, np.concatenate([p[0] for p in self.parts]),
+                                        np.concatenate([p[1] for p in self.parts]),
+                                        np.concatenate([p[2] for p in self.parts]), self.floor, hist=np.zeros(1, np.int64))
+        return f.src, f.dst, f.weight
+
+    def edges(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self._msf()
+
+
+def time_link_forest(forest: SimilarityForest, vectors: np.ndarray, times: np.ndarray, floor: float,
+                     window_s: float, window_link: float, block: int = 256) -> SimilarityForest:
+    """Maximum spanning forest of the time-aware links at ``floor``.
+
+    Links: every pair >= ``floor`` whose images were captured at most ``window_s`` seconds apart
+    or where either image has no capture time (``times`` NaN), and every pair >= ``window_link``
+    whatever its times. The MSF of a union is the MSF of the union of MSFs, so it is built from
+    three parts: the similarity forest's own edges >= ``window_link`` (an MSF of those pairs),
+    the pairs inside the window (images sorted by time: only neighbours within ``window_s`` are
+    compared), and the pairs of each image with no capture time against all (none when every
+    image has one; the plain forest when none has). Exact: same float32 dot products of
+    canonical vectors as the similarity pass. Cut at any t >= ``floor`` it gives that t's links.
+    """
+    n = forest.n
+    floor = max(float(floor), float(forest.floor))
+    times = np.asarray(times, dtype=np.float64)
+    timed = ~np.isnan(times)
+    if window_link <= floor or timed.sum() < 2:
+        return forest  # no pair is held back: the plain links
+    f32 = ceil_f32(floor)
+    sink = _EdgeSink(n, floor, limit=max(4 * n, 1 << 20))
+    k = forest.n_edges_at(window_link)
+    sink.add(forest.src[:k], forest.dst[:k], forest.weight[:k])
+    X = vectors
+    # pairs inside the window, both images timed: sorted by time, each row against the rows after it within window_s
+    idx = np.flatnonzero(timed)
+    idx = idx[np.argsort(times[idx], kind="stable")]
+    ts = times[idx]
+    for a in range(0, len(idx), block):
+        b = min(a + block, len(idx))
+        hi = int(np.searchsorted(ts, ts[b - 1] + window_s, side="right"))
+        R = np.asarray(X[idx[a:b]], dtype=np.float32)
+        for c0 in range(a, hi, 1 << 15):
+            c1 = min(hi, c0 + (1 << 15))
+            S = R @ np.asarray(X[idx[c0:c1]], dtype=np.float32).T
+            gi = np.arange(a, b)[:, None]
+            gj = np.arange(c0, c1)[None, :]
+            keep = (gj > gi) & (S >= f32) & (ts[gj] - ts[gi] <= window_s)
+            sink.add(*_block_edges(S, idx[a:b], idx[c0:c1], keep))
+    # pairs with an image that has no capture time: its row against every other image
+    untimed = np.flatnonzero(~timed)
+    if len(untimed):
+        for a in range(0, len(untimed), block):
+            rows = untimed[a:a + block]
+            R = np.asarray(X[rows], dtype=np.float32)
+            for c0 in range(0, n, 1 << 15):
+                c1 = min(n, c0 + (1 << 15))
+                S = R @ np.asarray(X[c0:c1], dtype=np.float32).T
+                cols = np.arange(c0, c1)
+                # an untimed pair once (the lower index's row), an untimed-timed pair from the untimed row
+                keep = (S >= f32) & (cols[None, :] != rows[:, None]) & (timed[cols][None, :] | (cols[None, :] > rows[:, None]))
+                sink.add(*_block_edges(S, rows, cols, keep))
+    src, dst, w = sink.edges()
+    return SimilarityForest(n, src, dst, w, floor, forest.hist if forest.floor == floor else np.zeros(1, np.int64),
+                            {"links": "time window", "window_s": window_s, "window_link": window_link})
+
+
+# --------------------------------------------------------------------------------------------
 # leader: non-transitive
 # --------------------------------------------------------------------------------------------
 def leader_groups(X: np.ndarray, labels: np.ndarray, rank: np.ndarray, t: float) -> np.ndarray:
@@ -245,16 +375,31 @@ def leader_groups(X: np.ndarray, labels: np.ndarray, rank: np.ndarray, t: float)
 
 
 def group_nodes(forest: SimilarityForest, vectors: np.ndarray, threshold: float, rank: np.ndarray,
-                mode: str = "components", bound: float | None = None) -> Grouping:
-    """Group the forest's nodes at ``threshold`` in ``mode`` (``bound`` only for ``bounded``)."""
+                mode: str = "components", bound: float | None = None, *, times: np.ndarray | None = None,
+                window_s: float | None = None, window_link: float | None = None,
+                links: SimilarityForest | None = None) -> Grouping:
+    """Group the forest's nodes at ``threshold`` in ``mode`` (``bound`` only for ``bounded``).
+
+    With ``times`` (capture times in seconds, NaN where unknown), ``window_s`` and
+    ``window_link``, bounded groups are cut from the time-aware links (:func:`time_link_forest`;
+    pass ``links`` to reuse one built at a lower floor).
+    """
     if mode not in MODES:
         raise InputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
     component = forest.components(threshold)
+    used = forest
     if mode == "bounded":
         if bound is None:
             raise InputError("mode 'bounded' needs a bound (e.g. --bound 0.85)")
         b = check_bound(bound)
-        labels, master = bounded_groups(forest, vectors, threshold, b, rank)
+        if window_s is not None and window_link is not None:
+            if links is None:
+                links = time_link_forest(forest, vectors, times if times is not None else np.full(forest.n, np.nan),
+                                         threshold, window_s, window_link)
+            used = links
+        else:
+            window_s = window_link = None
+        labels, master = bounded_groups(used, vectors, threshold, b, rank)
     elif mode == "leader":
         master = leader_groups(vectors, component, rank, threshold)
         labels, b = master, None
@@ -262,4 +407,5 @@ def group_nodes(forest: SimilarityForest, vectors: np.ndarray, threshold: float,
         labels, master, b = component, select_masters(component, rank), None
     sims = rowwise_dot(vectors, np.arange(len(master)), master)
     sims[master == np.arange(len(master))] = 1.0
-    return Grouping(labels, master, sims, component, mode, float(threshold), b)
+    return Grouping(labels, master, sims, component, mode, float(threshold), b,
+                    window_s if mode == "bounded" else None, window_link if mode == "bounded" else None, used)

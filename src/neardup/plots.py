@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -19,6 +19,7 @@ SWEEP_DPI = 100
 SWEEP_SIZE = (int(SWEEP_FIGSIZE[0] * SWEEP_DPI), int(SWEEP_FIGSIZE[1] * SWEEP_DPI))  # (width, height) px
 HIST_BINS = 120               # bars in the pair-similarity histogram panel
 DENSE_POINTS = 241            # thresholds on the curves when a forest is given
+DENSE_GROUPED_POINTS = 61     # the same under a run's grouping (bounded: one grouping per point)
 
 
 def _atomic_target(out: str | os.PathLike[str], suffix: str = ".png") -> tuple[Path, Path]:
@@ -46,7 +47,8 @@ def _rebinned_hist(forest: Any, lo: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 def plot_sweep(rows: Sequence[dict], forest: Any, out: str | os.PathLike[str], chosen: float | None = None,
-               chosen_label: str | None = None) -> Path:
+               chosen_label: str | None = None, counts: Callable[[list[float]], list[dict]] | None = None,
+               grouping: str | None = None) -> Path:
     """Write the sweep figure to ``out`` (PNG, :data:`SWEEP_SIZE` pixels) and return its path.
 
     Three panels sharing the threshold axis: images retained / suppressed; duplicate groups and
@@ -55,6 +57,10 @@ def plot_sweep(rows: Sequence[dict], forest: Any, out: str | os.PathLike[str], c
     are drawn at many thresholds from that one forest and the histogram comes from it (pass
     ``None`` to draw the rows only). ``chosen`` is marked with a dashed line on every panel,
     labelled ``chosen_label`` (e.g. the model's default threshold; default "chosen threshold T").
+    ``counts(thresholds)`` gives the rows of the dense curves (default ``forest.sweep``: transitive
+    components); :func:`neardup.sweep.plan_rows` counts them under a run's grouping, named by
+    ``grouping`` in the title. A grouping other than components is drawn at
+    :data:`DENSE_GROUPED_POINTS` thresholds (each is a grouping of its own).
     """
     import matplotlib
 
@@ -72,8 +78,9 @@ def plot_sweep(rows: Sequence[dict], forest: Any, out: str | os.PathLike[str], c
     if forest is not None:
         lo = min(lo, float(forest.floor)) if chosen is None else min(lo, float(forest.floor), float(chosen))
         lo = max(lo, float(forest.floor))
-        grid = np.unique(np.r_[np.linspace(lo, 1.0, DENSE_POINTS), ts[ts >= forest.floor]])
-        dense = forest.sweep(grid.tolist())
+        points = DENSE_POINTS if counts is None else DENSE_GROUPED_POINTS
+        grid = np.unique(np.r_[np.linspace(lo, 1.0, points), ts[ts >= forest.floor]])
+        dense = (counts or forest.sweep)(grid.tolist())
     else:
         dense = rows
     x = np.array([r["threshold"] for r in dense], dtype=float)
@@ -92,7 +99,8 @@ def plot_sweep(rows: Sequence[dict], forest: Any, out: str | os.PathLike[str], c
     ax1.set_ylabel("images")
     ax1.set_ylim(0, max(1, n_images) * 1.05)
     ax1.yaxis.set_major_formatter(thousands)
-    ax1.set_title(f"Threshold sweep: {n_images:,} images", loc="left")
+    gtext = f" ({grouping})" if grouping else ""
+    ax1.set_title(f"Threshold sweep: {n_images:,} images{gtext}", loc="left")
 
     def _pos(v: np.ndarray) -> np.ndarray:
         return np.where(v > 0, v, np.nan)  # log axes: zero means "none", drawn as a gap
@@ -129,12 +137,14 @@ def plot_sweep(rows: Sequence[dict], forest: Any, out: str | os.PathLike[str], c
             ax.axvline(chosen, color="black", ls="--", lw=1.2, label=chosen_label or f"chosen threshold {chosen:g}")
         ax.legend(loc="best", fontsize=8)
     if chosen is not None:
-        at = forest.sweep([chosen])[0] if forest is not None and chosen >= forest.floor else \
-            next((r for r in rows if abs(r["threshold"] - chosen) < 1e-12), None)
+        at = next((r for r in rows if abs(r["threshold"] - chosen) < 1e-12), None)
+        if at is None and forest is not None and chosen >= forest.floor:
+            at = (counts or forest.sweep)([chosen])[0]
         if at is not None:
             what = "the default" if chosen_label and chosen_label.startswith("default") else "the chosen"
             ax1.set_title(f"Threshold sweep: {n_images:,} images; at {what} {chosen:g}: {at['retained']:,} "
-                          f"retained, {at['suppressed']:,} suppressed, {at['groups']:,} groups", loc="left", fontsize=10)
+                          f"retained, {at['suppressed']:,} suppressed, {at['groups']:,} groups{gtext}", loc="left",
+                          fontsize=10)
     fig.savefig(tmp, dpi=SWEEP_DPI, format="png")
     tmp.replace(target)
     return target

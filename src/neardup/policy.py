@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .arrow_numpy import to_float64
+from .arrow_numpy import from_numpy, to_float64
 from .defaults import DEFAULT_POLICY, QUALITY_POLICY  # noqa: F401  (defined there: the CLI reads them without numba)
 from .errors import InputError
 
@@ -297,3 +297,24 @@ def decided_by(labels: np.ndarray, master: np.ndarray, table: pa.Table,
     by_label[grp] = names[first]
     out[:] = by_label[labels]
     return out
+
+
+def master_of_group(meta: pa.Table, policy: list[tuple[str, bool]] | str | None = None,
+                    vectors: np.ndarray | None = None) -> tuple[int, str | None]:
+    """One group's master (row index into ``meta``) and the policy key that decided it.
+
+    ``meta`` holds the group's members (the policy's image columns); group keys (``central``)
+    are computed over exactly these members from ``vectors`` (their rows, same order) -- what a
+    reviewer decision that changes a group's membership needs to re-decide its master as dedup
+    would. ``decided_by`` is None for a group of one.
+    """
+    pol = _as_policy(policy)
+    n = meta.num_rows
+    if any(k in GROUP_KEYS for k, _ in pol) and "central" not in meta.column_names:
+        cen = group_centrality(np.asarray(vectors, dtype=np.float32), np.zeros(n, np.int64)) if vectors is not None \
+            else np.full(n, np.nan)
+        meta = meta.append_column("central", from_numpy(np.asarray(cen, dtype=np.float64)))
+    rank = priority_rank(meta, pol)
+    m = int(np.argmin(rank))
+    master = np.full(n, m, dtype=np.int64)
+    return m, decided_by(np.zeros(n, np.int64), master, meta, pol)[m] if n >= 2 else None

@@ -8,11 +8,16 @@ if TYPE_CHECKING:  # Rich's tables load when a table is printed (dedup prints no
     from rich.table import Table
 
 
-def sweep_table(rows: Sequence[dict[str, Any]], chosen: float | None = None, caption: str | None = None) -> Table:
-    """The threshold table: pairs, groups, suppressed, retained, largest group per threshold (◀ marks ``chosen``)."""
+def sweep_table(rows: Sequence[dict[str, Any]], chosen: float | None = None, caption: str | None = None,
+                grouping: str | None = None) -> Table:
+    """The threshold table: pairs, groups, suppressed, retained, largest group per threshold (◀ marks ``chosen``).
+
+    ``grouping`` (e.g. ``bounded (bound 0.75)``) names the grouping the counts were made under.
+    """
     from rich.table import Table
 
-    table = Table(title="Threshold sweep", title_justify="left", caption=caption, caption_justify="left")
+    title = "Threshold sweep" + (f", grouping {grouping}" if grouping else "")
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     for name in ("threshold", "pairs", "groups", "suppressed", "retained", "largest group"):
         table.add_column(name, justify="right")
     for r in rows:
@@ -34,12 +39,16 @@ def format_summary(summary: dict[str, Any]) -> str:
         if s.get("replaced"):
             head += f" (replaces run {', '.join(map(str, s['replaced']))}, no longer in force)"
     lines = [
-        f"{head}: model {s['model']}, threshold {s['threshold']}, mode {s['mode']}"
-        + (f" (bound {s['bound']:.4g})" if s.get("bound") is not None else "") + f", prefer {s['policy']}",
+        f"{head}: model {s['model']}, threshold {s['threshold']}, mode "
+        + (s.get("grouping") or (s["mode"] + (f" (bound {s['bound']:.4g})" if s.get("bound") is not None else "")))
+        + f", prefer {s['policy']}",
         f"  images {s['images']:,}  groups {s['groups']:,}  suppressed {s['suppressed']:,}  "
         f"retained {s['retained']:,}  largest group {s['largest_group']:,}"
         + (f"  pairs >= t {s['pairs']:,}" if s.get("pairs") is not None else ""),
     ]
+    if s.get("captured") is not None:
+        lines.append(f"  capture times: {s['captured']:,} of {s['images']:,} images have one (EXIF DateTimeOriginal or "
+                     "imported captured_at); images without one link by similarity alone")
     if s.get("split_groups"):
         lines.append(f"  {s['split_groups']:,} groups were cut out of longer chains (mode bounded)")
     if s.get("visible") is not None and s["visible"] != s["retained"]:

@@ -258,17 +258,35 @@ def collect(sources: Sequence[str | os.PathLike[str]], exclude: Sequence[str | o
 # -- reading one image -------------------------------------------------------------------------
 
 def _exif_time(im: Image.Image) -> dt.datetime | None:
+    """Capture time from EXIF: DateTimeOriginal (0x9003) plus SubSecTimeOriginal (0x9291); else None.
+
+    Only the moment the picture was taken: not DateTime (0x0132, when software last changed the
+    file, so an edited copy would move away from its original) and never the file's mtime.
+    JPEG, PNG (eXIf chunk), TIFF and WebP carry it the same way.
+    """
     try:
-        exif = im.getexif()
-        raw = exif.get_ifd(0x8769).get(36867) or exif.get_ifd(0x8769).get(36868) or exif.get(306)
+        ifd = im.getexif().get_ifd(0x8769)
+        raw, sub = ifd.get(36867), ifd.get(37521)
     except Exception:
         return None
+    return parse_exif_time(raw, sub)
+
+
+def parse_exif_time(raw: object, subsec: object = None) -> dt.datetime | None:
+    """``"2021:07:14 09:30:05"`` (+ sub-second digits ``"25"`` = 0.25 s) -> a datetime; None if absent or malformed."""
     if not raw:
         return None
+    text = raw.decode("ascii", "replace") if isinstance(raw, bytes) else str(raw)
     try:
-        return dt.datetime.strptime(str(raw).strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+        when = dt.datetime.strptime(text.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
     except ValueError:
         return None
+    if subsec:
+        digits = "".join(c for c in (subsec.decode("ascii", "replace") if isinstance(subsec, bytes) else str(subsec))
+                         if c.isdigit())[:6]
+        if digits:
+            when = when.replace(microsecond=int(digits.ljust(6, "0")))
+    return when
 
 
 def _classify(exc: BaseException) -> str:
@@ -343,6 +361,8 @@ def inspect_image(path: str, *, thumbs_dir: Path | None = None, thumb_size: int 
         captured = _exif_time(im)
         draft_at_least(im, max(thumb_size, decode_size or 0))
         im.load()                                    # full decode: truncated/corrupt data fails here
+        if captured is None and (im.format or "").upper() == "PNG":
+            captured = _exif_time(im)                # a PNG's eXIf chunk may follow the pixels
         rgb = to_rgb(upright(im, orientation))
         prepared = prepare(rgb) if prepare is not None else None
         thumb = make_thumbnail(rgb, thumb_size)

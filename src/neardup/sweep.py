@@ -2,15 +2,20 @@
 
 All thresholds come from one similarity pass: the forest is built once at the lowest threshold
 and cut at every other one (and cached, so a later dedup or sweep above that floor is free).
+The counts are those of the grouping a run would use (:class:`neardup.dedup.RunPlan`: the
+model's mode -- bounded for SSCD, with its capture-time window --, the master policy and the
+reviewer decisions), computed from that one forest: a sweep row at t says what ``dedup`` at t
+would print. ``pairs`` counts pairs of images with similarity >= t, whatever the grouping.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from .catalog import Catalog
-from .dedup import check_threshold, load_scope, similarity_forest
+from .dedup import RunPlan, check_threshold, plan_run, similarity_forest
 from .errors import InputError
+from .similarity.forest import SimilarityForest
 
 #: the seed's CLIP-scale sweep, for vectors of a model neardup does not know
 DEFAULT_THRESHOLDS = (0.99, 0.98, 0.97, 0.95)
@@ -57,18 +62,56 @@ def parse_thresholds(text: str | Sequence[float]) -> list[float]:
     return [check_threshold(v) for v in values]
 
 
+def plan_rows(plan: RunPlan, forest: SimilarityForest, thresholds: Sequence[float]) -> list[dict]:
+    """Sweep rows (:data:`SWEEP_KEYS`) of ``plan``'s grouping at each threshold, from one forest.
+
+    Components without "keep" decisions: one union-find pass over the forest for every threshold
+    (:meth:`SimilarityForest.sweep`). Otherwise each threshold is grouped as ``dedup`` groups it
+    (bounded: the single-linkage tree cut to the bound, from the forest -- or the capture-time
+    links built once at the lowest threshold).
+    """
+    ts = [float(t) for t in thresholds]
+    extra = len(plan.not_dup)
+    if plan.mode == "components" and not plan.kept.any():
+        rows = forest.sweep(ts)
+        for r in rows:
+            r["retained"] += extra
+        return rows
+    links = plan.links(forest, min(ts)) if ts else None
+    rows = []
+    for t in ts:
+        g = plan.group_at(forest, t, links=links)[0]
+        rows.append(dict(threshold=t, pairs=forest.pair_count(t), **plan.counts(g)))
+    return rows
+
+
+def sweep_plan(catalog: Catalog, thresholds: Sequence[float], *, model: str | None = None,
+               ids: Sequence[str] | None = None, index: str = "exact", engine: str = "local",
+               progress: Callable[[int, int], None] | None = None, **grouping: Any) -> tuple[RunPlan, SimilarityForest]:
+    """The run plan (model defaults, reviewer decisions) and the one forest a sweep of ``thresholds`` reads.
+
+    ``grouping``: ``mode``, ``bound``, ``window``, ``window_link``, ``prefer`` as ``dedup`` takes
+    them (default: the model's, as a plain ``dedup`` uses).
+    """
+    ts = [check_threshold(t) for t in thresholds]
+    if not ts:
+        raise InputError("no thresholds given")
+    plan = plan_run(catalog, model=model, ids=ids, **grouping)
+    forest = similarity_forest(catalog, min(ts), scope=plan.scope, index=index, engine=engine, progress=progress)
+    return plan, forest
+
+
 def sweep(catalog: Catalog, thresholds: Sequence[float] | None = None, *, model: str | None = None,
           ids: Sequence[str] | None = None, index: str = "exact", engine: str = "local",
-          progress: Callable[[int, int], None] | None = None) -> list[dict]:
+          progress: Callable[[int, int], None] | None = None, **grouping: Any) -> list[dict]:
     """One row per threshold with the keys in :data:`SWEEP_KEYS`, in the order given.
 
+    Counted under the grouping ``dedup`` uses by default for the model, or the one given in
+    ``grouping`` (``mode``, ``bound``, ``window``, ``window_link``, ``prefer``; see :func:`plan_rows`).
     Without ``thresholds``: :func:`default_thresholds` (the model's scale, centred on its default).
     """
     if thresholds is None:
         thresholds = default_thresholds(catalog, model)[0]
-    ts = [check_threshold(t) for t in thresholds]
-    if not ts:
-        raise InputError("no thresholds given")
-    scope = load_scope(catalog, model, ids)
-    forest = similarity_forest(catalog, min(ts), scope=scope, index=index, engine=engine, progress=progress)
-    return forest.sweep(ts)
+    plan, forest = sweep_plan(catalog, thresholds, model=model, ids=ids, index=index, engine=engine, progress=progress,
+                              **grouping)
+    return plan_rows(plan, forest, thresholds)

@@ -91,13 +91,14 @@ def sweep(
 ) -> None:
     """What each threshold would do: pairs, groups, suppressed, retained, largest group.
 
-    Every threshold comes from one similarity pass (a forest of the pairs above the lowest
+    Groups, suppressed and retained are counted under the grouping dedup would use (the model's
+    mode: bounded for SSCD, with its capture-time window; the header says which) and the
+    reviewer decisions. Every threshold comes from one similarity pass (a forest of the pairs above the lowest
     threshold), so ten thresholds cost about what one does. Nothing is written but a cache.
     The table and plot mark the default threshold (the one `dedup` uses without --threshold).
     """
-    from ..dedup import load_scope, similarity_forest
     from ..report import sweep_table
-    from ..sweep import default_thresholds, parse_thresholds
+    from ..sweep import default_thresholds, parse_thresholds, plan_rows, sweep_plan
     from ..thresholds import choose_threshold
 
     ts = parse_thresholds(thresholds) if thresholds is not None else None
@@ -111,27 +112,30 @@ def sweep(
             ids = cluster_ids(cat, cluster)
         elif ids_file is not None:
             ids = _read_id_file(ids_file)
-        scope = load_scope(cat, model, ids)
-        choice = choose_threshold(cat, scope.model)
+        name = model or cat.default_model()
+        choice = choose_threshold(cat, name)
         if ts is None:
-            ts, _ = default_thresholds(cat, scope.model)
+            ts, _ = default_thresholds(cat, name)
         with progress_callback("similarity pass") as prog:
-            forest = similarity_forest(cat, min(ts), scope=scope, index=index, engine=engine, progress=prog)
-        rows = forest.sweep(ts)
+            plan, forest = sweep_plan(cat, ts, model=model, ids=ids, index=index, engine=engine, progress=prog)
+        rows = plan_rows(plan, forest, ts)
+    scope = plan.scope
     _print_recall(forest, min(ts))
     mark = choice.value if chosen is None else chosen
     label = f"default {choice.value:g} ({choice.detail})" if chosen is None else f"chosen threshold {chosen:g}"
     if plot is not None:
         from ..plots import plot_sweep
 
-        plot_sweep(rows, forest, plot, chosen=mark, chosen_label=label)
+        plot_sweep(rows, forest, plot, chosen=mark, chosen_label=label,
+                   counts=lambda grid: plan_rows(plan, forest, grid), grouping=plan.describe())
         err_console.print(f"plot written to {plot}")
     if as_json:
         typer.echo(json.dumps(rows))
     else:
-        console.print(sweep_table(rows, mark, caption=f"◀ {label}"))
+        console.print(sweep_table(rows, mark, caption=f"◀ {label}", grouping=plan.describe()))
         what = f"cluster {cluster}" if cluster is not None else (f"{len(scope):,} listed ids" if ids else f"{len(scope):,} images")
-        console.print(f"{what}, model {scope.model}; pairs are counted to 1e-5 in cosine")
+        console.print(f"{what}, model {scope.model}; groups, suppressed and retained as dedup would group them "
+                      f"({plan.describe()}); pairs = pairs >= t, counted to 1e-5 in cosine", highlight=False)
 
 
 @app.command()
@@ -139,6 +143,8 @@ def dedup(
     threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Cosine threshold in (0, 1]; pairs at or above it are duplicates. Default: this catalog's calibrated threshold for the model (`neardup calibrate`), else the model's own (see `neardup models`; 0.98 for imported CLIP-style vectors); the command says which.")] = None,
     mode: Annotated[Optional[str], typer.Option("--mode", help="components: transitive groups (A~B, B~C groups A, B, C; chains can grow). bounded: components cut at their weakest links until every member is within --bound of its master. leader: each kept image suppresses only images within the threshold of itself. Default: the model's (see `neardup models`).")] = None,
     bound: Annotated[Optional[float], typer.Option("--bound", help="Mode bounded: the lowest similarity any member may have to its group's master (default: the model's).")] = None,
+    window: Annotated[Optional[float], typer.Option("--window", help="Mode bounded: images captured more than this many seconds apart (EXIF DateTimeOriginal, or captured_at of imported metadata) link only from --window-link on; images with no capture time link as without a window. 0 turns it off. Default: the model's (sscd 1 s).")] = None,
+    window_link: Annotated[Optional[float], typer.Option("--window-link", help="Mode bounded: the similarity from which images captured more than --window apart link (default: the model's; sscd 0.93).")] = None,
     prefer: Annotated[str, typer.Option("--prefer", help="Master policy: keys compared in order (add :asc/:desc). score, brightness, resolution, file_size, newest, oldest, path, id, and the scan's quality keys content (pixels less borders), border, central (mean similarity to the rest of the group: the source of edited copies), colour, jpeg_quality, sharpness, clipped; 'quality' stands for those in the default's order. 'score,brightness' is the seed's rule. id asc is always the last tie-break; each group records the key that decided its master (decided_by).")] = DEFAULT_POLICY,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write nothing.")] = False,
     model: ModelOption = None,
@@ -165,7 +171,8 @@ def dedup(
     from ..dedup import dedup as run_dedup
     from ..report import format_summary
 
-    check_options(mode=mode, prefer=prefer, index=index, engine=engine, bound=bound)  # a usage error stays one line
+    check_options(mode=mode, prefer=prefer, index=index, engine=engine, bound=bound,
+                  window=window, window_link=window_link)  # a usage error stays one line
     with open_catalog(db) as cat:
         if threshold is None:
             from ..thresholds import choose_threshold
@@ -177,7 +184,7 @@ def dedup(
         with progress_callback("similarity pass") as prog:
             res = run_dedup(cat, threshold, model=model, mode=mode, bound=bound, prefer=prefer, dry_run=dry_run,
                             index=index, engine=engine, progress=prog, group_score=group_score,
-                            keep_previous=keep_previous, release=True)
+                            keep_previous=keep_previous, release=True, window=window, window_link=window_link)
     if res.summary.get("recomputed"):
         err_console.print(res.summary["recomputed"], highlight=False, markup=False, soft_wrap=True)
     _print_recall(res.forest, threshold)
@@ -212,18 +219,39 @@ def runs(
                          no_wrap=True, overflow="fold" if col == "model" else "ellipsis")
     for r in rows:
         table.add_row(str(r["id"]), str(r["created_at"])[5:16], r["status"], r["model"], f"{r['threshold']:.4g}",
-                      {"components": "comp"}.get(r["mode"], r["mode"]), f"{r['n_groups']:,}", f"{r['n_suppressed']:,}",
+                      run_grouping_cell(r), f"{r['n_groups']:,}", f"{r['n_suppressed']:,}",
                       f"{r['n_retained']:,}", f"{r['largest_group']:,}")
     if not rows:
         console.print("no runs yet (see `neardup dedup --help`)")
         return
     console.print(table)
-    console.print("supp. = suppressed, kept = retained, max = largest group; comp = components mode",
-                  style="dim", highlight=False)
+    for line in ("supp. = suppressed, kept = retained, max = largest group",
+                 "mode: comp = components; b .75 = bounded, each member within 0.75 of its master;",
+                 "+1s = capture-time window: images captured over 1 s apart link only from the",
+                 "run's --window-link (the lines below say each such run's grouping)"):
+        console.print(line, style="dim", highlight=False)
+    for r in rows:
+        s = r.get("summary") or {}
+        if s.get("window_s") is not None and s.get("window_link") is not None:
+            console.print(f"run {r['id']}: {s.get('grouping') or r['mode']}", style="dim", highlight=False)
     for r in rows:
         if r.get("replaced_by"):
             console.print(f"run {r['id']} was replaced by run {r['replaced_by']} (restore {r['replaced_by']} to put it back)",
                           style="dim", highlight=False)
+
+
+def run_grouping_cell(run: dict) -> str:
+    """A run's grouping in a few characters: ``comp``, ``leader``, ``b .75``, ``b .75+1s`` (bound, capture-time window)."""
+    mode = run.get("mode") or ""
+    if mode == "components":
+        return "comp"
+    s = run.get("summary") or {}
+    if mode != "bounded" or s.get("bound") is None:
+        return mode
+    cell = "b " + f"{float(s['bound']):.3g}".lstrip("0")
+    if s.get("window_s") is not None:
+        cell += f"+{float(s['window_s']):g}s"
+    return cell
 
 
 @app.command()

@@ -117,12 +117,16 @@ def skipped_cmd(db: DbOption = DEFAULT_DB_PATH,
 
 
 def _print_outcome(cat, model_name: str, threshold: float, result, thresholds: list[float]) -> None:
+    from ..dedup import grouping_text
     from ..report import format_summary, sweep_table
     from ..sweep import sweep
 
+    s = result.summary
     ts = sorted(set(thresholds) | {threshold}, reverse=True)
-    rows = sweep(cat, ts, model=model_name)
-    console.print(sweep_table(rows, chosen=threshold))
+    rows = sweep(cat, ts, model=model_name, mode=s["mode"], bound=s.get("bound"), window=s.get("window_s") or 0,
+                 window_link=s.get("window_link"), prefer=result.policy)  # the run's own grouping
+    console.print(sweep_table(rows, chosen=threshold,
+                              grouping=grouping_text(s["mode"], s.get("bound"), s.get("window_s"), s.get("window_link"))))
     console.print(format_summary(result.summary), highlight=False)
 
 

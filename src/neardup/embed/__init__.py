@@ -82,5 +82,14 @@ def registered_grouping(name: str) -> tuple[str, float | None]:
     return m.default_mode, m.default_bound
 
 
+def registered_window(name: str) -> tuple[float | None, float | None]:
+    """A registered model's default capture-time window ``(seconds, link similarity)``; ``(None, None)`` if none."""
+    try:
+        m = get_model(name)
+    except InputError:
+        return None, None
+    return m.default_window if m.default_window else (None, None)
+
+
 __all__ = ["Availability", "DEFAULT_MODEL", "EmbeddingModel", "canonical_name", "default_threshold", "get_model",
-           "l2_normalise", "list_models", "load_rgb", "open_upright", "registered_grouping", "to_rgb"]
+           "l2_normalise", "list_models", "load_rgb", "open_upright", "registered_grouping", "registered_window", "to_rgb"]

