@@ -283,3 +283,30 @@ def test_review_group_page_shows_decided_by(tmp_path):
         for gid, key in want.items():
             assert f"decided by <code>{key}</code>" in client.get(f"/groups/{gid}").text
     app.state.holder.close()
+
+
+def test_decided_by_follows_a_not_duplicate_that_replaces_the_master(db):
+    """A reviewer's "not a duplicate" on a group's master: the next-best member takes over and the group's
+    decided_by says which key chose it (by hand: a 3, b 2/bright, c 2/dim, d 1 -> b over c by brightness);
+    the image taken out has none. A fresh dedup after the decision agrees."""
+    ids = ["a", "b", "c", "d"]
+    ang = np.radians([0.0, 4.0, 8.0, 12.0])
+    V = np.stack([np.cos(ang), np.sin(ang)], 1).astype(np.float32)
+    meta = pa.table({"id": ids, "score": [3.0, 2.0, 2.0, 1.0], "brightness": [0.5, 0.9, 0.4, 0.99]})
+    with Catalog(db) as cat:
+        import_embeddings(cat, V, ids, meta=meta)
+        res = dedup(cat, 0.9, mode="components", prefer="score,brightness")
+        before = {r["image_id"]: r for r in cat.run_members(res.run_id).to_pylist()}
+        assert before["a"]["is_master"] and {before[i]["decided_by"] for i in ids} == {"score"}
+        cat.add_override("a", "not_duplicate")
+        after = {r["image_id"]: r for r in cat.run_members(res.run_id).to_pylist()}
+        assert after["b"]["is_master"] and after["c"]["master_id"] == "b"
+        assert {after[i]["decided_by"] for i in "bcd"} == {"brightness"}
+        assert after["a"]["decided_by"] is None and after["a"]["group_size"] == 1
+        # a non-master taken out: the master stays; what decided it is said over the members left
+        cat.add_override("c", "not_duplicate")
+        after = {r["image_id"]: r for r in cat.run_members(res.run_id).to_pylist()}
+        assert after["b"]["is_master"] and {after[i]["decided_by"] for i in "bd"} == {"score"}
+        again = dedup(cat, 0.9, mode="components", prefer="score,brightness", dry_run=True)
+    fresh = {r["image_id"]: r["decided_by"] for r in again.members.to_pylist()}
+    assert fresh["b"] == fresh["d"] == "score"

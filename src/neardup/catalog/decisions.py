@@ -100,15 +100,15 @@ class Decisions(RunLedger, EmbeddingStore):
                              [new_gid, run_id, image_id])
             members = [m for m in members if m != image_id]
         forced = [m for m in members if m in ov["master"]]
-        if forced or master not in members or (withdrawn_master and master == image_id):
-            run = self.one("SELECT model, policy FROM runs WHERE id = ?", [run_id])
+        left = image_id in ov["not_duplicate"]
+        decided: str | None = None
+        if forced or master not in members or (withdrawn_master and master == image_id) or left:
             candidates = forced or members
-            policy = parse_policy(run[1] or None)
-            have = set(self.image_columns())
-            cols = [c for c in policy_columns(policy) if c in have]
-            meta = self.sql(f"SELECT {', '.join(chr(34) + c + chr(34) for c in cols)} FROM images "
-                            f"WHERE id IN ({', '.join('?' * len(candidates))}) ORDER BY id", candidates)
-            master = meta["id"][int(np.argmin(priority_rank(meta, policy)))].as_py()
+            choice, decided = self._decide_master(run_id, candidates)
+            if forced or master not in members or (withdrawn_master and master == image_id):
+                master = choice
+            elif choice != master:       # the master stays (it did not leave); say what decided it over the rest
+                decided = self._decide_master(run_id, members, keep_master=master)[1]
         sims = self._similarities(run_id, members, master)
         keep = ov["keep"]
         upd = pa.table({"image_id": pa.array(members, pa.string()),
@@ -120,10 +120,17 @@ class Decisions(RunLedger, EmbeddingStore):
                              "sim_to_master = u.sim_to_master FROM _upd u "
                              "WHERE run_members.run_id = ? AND run_members.image_id = u.image_id", [master, run_id])
         self._refresh_group_votes(run_id, members, image_id if image_id not in members else None)
-        if forced and self.one("SELECT 1 FROM information_schema.columns WHERE table_name = 'run_members' "
-                               "AND column_name = 'decided_by'"):
-            self.con.execute("UPDATE run_members SET decided_by = 'reviewer' WHERE run_id = ? AND group_id = ?",
-                             [run_id, gid])
+        if self.one("SELECT 1 FROM information_schema.columns WHERE table_name = 'run_members' "
+                    "AND column_name = 'decided_by'"):
+            if forced:
+                decided = "reviewer"
+            if forced or decided is not None or len(members) < 2:
+                # the group's master was re-decided: record by what (NULL for a group of one)
+                self.con.execute("UPDATE run_members SET decided_by = ? WHERE run_id = ? AND group_id = ?",
+                                 [decided if len(members) >= 2 else None, run_id, gid])
+            if left:                                  # the image taken out is a group of its own
+                self.con.execute("UPDATE run_members SET decided_by = NULL WHERE run_id = ? AND image_id = ?",
+                                 [run_id, image_id])
         self.con.execute(
             """UPDATE runs SET n_groups = c.g, n_suppressed = c.s, n_retained = c.n - c.s, largest_group = c.big FROM (
                  SELECT count(*) FILTER (WHERE size >= 2) AS g, sum(sup) AS s, sum(size) AS n, max(size) AS big FROM (
@@ -154,6 +161,41 @@ class Decisions(RunLedger, EmbeddingStore):
             own = score.get(alone)
             self.con.execute(f"UPDATE run_members SET {sets} WHERE run_id = ? AND image_id = ?",
                              [1, *([own] if "group_score" in have else []), run_id, alone])
+
+    def _decide_master(self, run_id: int, ids: Sequence[str], keep_master: str | None = None) -> tuple[str, str | None]:
+        """The master of a group of ``ids`` under run ``run_id``'s policy, as dedup decides it (``central`` over
+        these members), and the policy key that decided it; with ``keep_master``, the key by which that
+        member beats the best of the others."""
+        from ..policy import master_of_group, parse_policy, policy_columns
+
+        model, policy_text = self.one("SELECT model, policy FROM runs WHERE id = ?", [run_id])
+        policy = parse_policy(policy_text or None)
+        have = set(self.image_columns())
+        cols = [c for c in policy_columns(policy) if c in have]
+        ids = sorted(ids)
+        meta = self.sql(f"SELECT {', '.join(chr(34) + c + chr(34) for c in cols)} FROM images "
+                        f"WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id", ids)
+        vectors = None
+        try:
+            _, _, store = self.embedding_vectors(model)
+            rows, row_ids = self.embedding_rows(model, ids)
+            where = dict(zip(row_ids.tolist(), rows.tolist()))
+            if all(i in where for i in ids):
+                from ..similarity.canonical import canonical_vectors
+
+                vectors = canonical_vectors(np.asarray(store[[where[i] for i in ids]], dtype=np.float32))
+        except CatalogError:
+            pass
+        if keep_master is not None:   # the master first: the key at which it beats the runner-up
+            from ..policy import decided_by, group_centrality
+
+            if "central" in {k for k, _ in policy} and vectors is not None:
+                meta = meta.append_column("central", pa.array(group_centrality(vectors, np.zeros(len(ids), np.int64))))
+            k = ids.index(keep_master)
+            key = decided_by(np.zeros(len(ids), np.int64), np.full(len(ids), k), meta, policy)[k]
+            return keep_master, key
+        m, key = master_of_group(meta, policy, vectors)
+        return ids[m], key
 
     def _similarities(self, run_id: int, ids: Sequence[str], master: str) -> np.ndarray:
         """Cosine similarity of each of ``ids`` to ``master`` under the run's model (NaN where a vector is missing)."""
