@@ -78,10 +78,13 @@ def plan_rows(plan: RunPlan, forest: SimilarityForest, thresholds: Sequence[floa
             r["retained"] += extra
         return rows
     links = plan.links(forest, min(ts)) if ts else None
-    rows = []
+    rows, seen = [], {}
     for t in ts:
-        g = plan.group_at(forest, t, links=links)[0]
-        rows.append(dict(threshold=t, pairs=forest.pair_count(t), **plan.counts(g)))
+        # thresholds that cut the same forest edges (and links) group identically: grouped once
+        key = (forest.n_edges_at(t), links.n_edges_at(t) if links is not None else None)
+        if key not in seen:
+            seen[key] = plan.counts(plan.group_at(forest, t, links=links)[0])
+        rows.append(dict(threshold=t, pairs=forest.pair_count(t), **seen[key]))
     return rows
 
 

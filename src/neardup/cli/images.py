@@ -88,9 +88,13 @@ def models_cmd() -> None:
         av = m.availability()
         name = m.name + ("*" if m.name == DEFAULT_MODEL else "")
         grouping = m.default_mode + (f" {m.default_bound:g}" if m.default_bound is not None else "")
+        if m.default_window:
+            grouping += f", {m.default_window[0]:g} s window ({m.default_window[1]:g})"
         table.add_row(name, str(m.dim), f"{m.default_threshold:g}", grouping, "yes" if av.usable else "no", av.detail)
     console.print(table)
-    console.print("* the default model; threshold, grouping (mode and bound): each model's defaults",
+    console.print("* the default model; threshold, grouping (mode, bound; with a time window,",
+                  style="dim", highlight=False)
+    console.print("  images captured further apart link only from the similarity in brackets)",
                   style="dim", highlight=False)
     for m in list_models():
         console.print(f"{m.name}: {m.description}", highlight=False, soft_wrap=False)

@@ -130,4 +130,4 @@ DEFAULT_THRESHOLDS: dict[str, float] = {"sscd": 0.60, "sscd-distilled": 0.65}
 DEFAULT_GROUPING: dict[str, tuple[str, float | None]] = {"sscd": ("bounded", 0.75), "sscd-distilled": ("bounded", 0.76)}
 #: capture-time window (seconds, similarity from which images captured further apart link), measured on
 #: the real sets' frame times through scan (bench/quality.py --real; docs/models.md)
-DEFAULT_WINDOW: dict[str, tuple[float, float] | None] = {"sscd": (1.0, 0.93), "sscd-distilled": (1.0, 0.94)}
+DEFAULT_WINDOW: dict[str, tuple[float, float] | None] = {"sscd": (1.0, 0.95), "sscd-distilled": (1.0, 0.95)}
