@@ -44,25 +44,37 @@ Sets (``set`` column) and the kind of each (``kind`` column), with what a person
   ``box_in_scene``. No package we found ships photos of one landmark by different people; these
   stand in for them (say so when quoting the numbers).
 
+Capture times (what ``neardup scan`` reads, so the bench runs the product's capture-time window
+end to end): every video frame is written with EXIF DateTimeOriginal + SubSecTimeOriginal (PNG
+eXIf chunk) at its real time in the video, frame index / frame rate (the rate ffprobe reports;
+image sequences state none, so 25 fps is assumed for ViSP's ``mire-2``, ``mbt/cube`` and
+``castel``), from a start of its own per source file (sets cut from one video share its clock).
+Stills keep the EXIF their packaged file carries (OpenCV's ``leuvenA.jpg`` and the ELA pair have a
+DateTimeOriginal; the chessboard, graf, aero, aloe, box, Middlebury and ViSP stills have none)
+and scikit-image's photos and their edits have none: those fall back to the similarity rule.
+
 ``labels.csv`` columns: ``path`` (relative), ``group`` (same group = same picture for a person),
 ``set``, ``kind`` (edits / fixed / moving / drift / places), ``loose`` (images with the same
 non-empty ``loose`` value and different groups form pairs that are not scored), ``source``
-(package file), ``frame`` (frame index in the video, or empty) and ``window`` (drift sets only:
-"near,far", see :func:`drift_truth`, which replaces ``group`` there).
+(package file), ``frame`` (frame index in the video, or empty), ``window`` (drift sets only:
+"near,far", see :func:`drift_truth`, which replaces ``group`` there) and ``captured_at`` (the
+capture time written into the file, ISO, or empty).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
 import gzip
+import hashlib
 import importlib.util
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -73,7 +85,9 @@ OPENCV = Path("/usr/share/doc/opencv-doc/examples/data")
 OPENCV_HTML = Path("/usr/share/doc/opencv-doc/opencv4/html")
 VISP = Path("/usr/share/visp-images-data/ViSP-images")
 KINDS = ("edits", "fixed", "moving", "drift", "places")
-FIELDS = ("path", "group", "set", "kind", "loose", "source", "frame", "window")
+FIELDS = ("path", "group", "set", "kind", "loose", "source", "frame", "window", "captured_at")
+#: frame rate assumed for image sequences that state none
+SEQUENCE_FPS = 25.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +102,7 @@ class Item:
     source: str = ""
     frame: int | None = None
     window: str = ""     # "near,far" for drift sets: same within near frames, different from far frames
+    captured_at: str = ""  # capture time written into the file's EXIF (ISO), or "" for none
 
 
 def drift_truth(a: Item, b: Item) -> bool | None:
@@ -215,6 +230,54 @@ def sequence_frames(folder: Path, glob: str, frames: Iterable[int], out_dir: Pat
     return out
 
 
+def frame_rate(src: Path) -> float:
+    """Frames per second of a video as ffprobe reports it (r_frame_rate); SEQUENCE_FPS for a folder of images."""
+    if src.is_dir():
+        return SEQUENCE_FPS
+    r = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "stream=r_frame_rate",
+                        "-of", "csv=p=0", str(src)], capture_output=True, text=True, check=True)
+    num, _, den = r.stdout.strip().splitlines()[0].partition("/")
+    return float(num) / float(den or 1)
+
+
+def clock_start(src: Path) -> dt.datetime:
+    """A start time per source file (a minute within ten years, from a digest of its name); :func:`build` checks
+    that no two clips' clocks are within a day of each other."""
+    minute = int(hashlib.sha1(src.name.encode()).hexdigest()[:8], 16) % (3650 * 24 * 60)
+    return dt.datetime(2015, 1, 1) + dt.timedelta(minutes=minute)
+
+
+def stamp_capture_time(path: Path, when: dt.datetime) -> str:
+    """Write ``when`` into the image's EXIF (DateTimeOriginal + SubSecTimeOriginal, milliseconds); pixels unchanged."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        exif = im.getexif()
+        ifd = exif.get_ifd(0x8769)
+        ifd[36867] = when.strftime("%Y:%m:%d %H:%M:%S")
+        ifd[37521] = f"{when.microsecond // 1000:03d}"
+        tmp = path.with_name(path.name + ".tmp")
+        im.save(tmp, format=im.format, exif=exif.tobytes())
+    tmp.replace(path)
+    return when.isoformat(sep=" ", timespec="milliseconds")
+
+
+def frame_time(src: Path, frame: int, fps: float) -> dt.datetime:
+    """Capture time of frame ``frame`` of ``src``: its clock's start + frame / fps."""
+    return clock_start(src) + dt.timedelta(seconds=frame / fps)
+
+
+def stamped(items: list[Item], src: Path, root: Path) -> list[Item]:
+    """The items with each frame's capture time written into its file (and its ``captured_at`` label)."""
+    fps = frame_rate(src)
+    out = []
+    for it in items:
+        when = stamp_capture_time(root / it.path, frame_time(src, int(it.frame or 0), fps))
+        out.append(replace(it, captured_at=when))
+    return out
+
+
 def burst_items(vs: VideoSet, src: Path, root: Path) -> list[Item]:
     """The labelled frames of a burst-sampled video or sequence."""
     frames = [f for b in vs.bursts for f in b.frames()]
@@ -226,7 +289,7 @@ def burst_items(vs: VideoSet, src: Path, root: Path) -> list[Item]:
         for f in b.frames():
             items.append(Item(got[f].relative_to(root).as_posix(), f"{vs.name}-a{b.anchor:04d}", vs.name, vs.kind,
                               vs.name if vs.loose else "", str(src), f))
-    return items
+    return stamped(items, src, root)
 
 
 def tree_items(vs: VideoSet, src: Path, root: Path) -> list[Item]:
@@ -236,7 +299,7 @@ def tree_items(vs: VideoSet, src: Path, root: Path) -> list[Item]:
     items = [Item(got[f].relative_to(root).as_posix(), "tree-scene", vs.name, vs.kind, "", str(src), f) for f in static]
     items += [Item(got[f].relative_to(root).as_posix(), f"tree-hand-{f:02d}", vs.name, vs.kind, "tree-hand", str(src), f)
               for f in hand]
-    return items
+    return stamped(items, src, root)
 
 
 def drift_items(vs: VideoSet, src: Path, root: Path) -> list[Item]:
@@ -247,8 +310,8 @@ def drift_items(vs: VideoSet, src: Path, root: Path) -> list[Item]:
     got = (sequence_frames(src, vs.frames_glob, frames, d, vs.name) if vs.frames_glob
            else extract_frames(src, frames, d, vs.name))
     near, far = b.step, DRIFT_FAR_FRAMES
-    return [Item(got[f].relative_to(root).as_posix(), f"{vs.name}-f{f:04d}", vs.name, vs.kind, "", str(src), f,
-                 f"{near},{far}") for f in frames]
+    return stamped([Item(got[f].relative_to(root).as_posix(), f"{vs.name}-f{f:04d}", vs.name, vs.kind, "", str(src), f,
+                         f"{near},{far}") for f in frames], src, root)
 
 
 #: In a drift set, frames this many frames apart or more are different views (4 s at 25 fps).
@@ -291,8 +354,21 @@ def _copy_still(src: Path, root: Path, kind: str, name: str) -> str:
     d = root / kind / "stills"
     d.mkdir(parents=True, exist_ok=True)
     dst = d / f"{name}.png"
-    Image.open(src).convert("RGB").save(dst)
+    with Image.open(src) as im:
+        exif = im.getexif()   # the packaged file's own EXIF (capture time where it has one) goes along
+        im.convert("RGB").save(dst, exif=exif.tobytes() if len(exif) else b"")
     return dst.relative_to(root).as_posix()
+
+
+def still_time(path: Path) -> str:
+    """The capture time a scan will read from a file (EXIF DateTimeOriginal), ISO, or "" for none."""
+    from PIL import Image
+
+    from neardup.sources import _exif_time
+
+    with Image.open(path) as im:
+        when = _exif_time(im)
+    return "" if when is None else when.isoformat(sep=" ", timespec="milliseconds")
 
 
 def still_items(root: Path, missing: list[str]) -> list[Item]:
@@ -303,7 +379,8 @@ def still_items(root: Path, missing: list[str]) -> list[Item]:
         if not src.exists():
             missing.append(str(src))
             return
-        items.append(Item(_copy_still(src, root, kind, name), group, set_, kind, loose, str(src)))
+        rel = _copy_still(src, root, kind, name)
+        items.append(Item(rel, group, set_, kind, loose, str(src), captured_at=still_time(root / rel)))
 
     # a stereo pair (two cameras side by side, same instant) is left unscored: a person may call it either
     for k in (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13, 14):
@@ -353,6 +430,9 @@ def build(out: Path = OUT, *, seed: int = 0, only: Sequence[str] | None = None) 
         items += (vs.extra or burst_items)(vs, src, out)
     if not only or "stills" in only or "places" in only:
         items += still_items(out, missing)
+    starts = sorted({clock_start(Path(i.source)) for i in items if i.frame is not None and i.captured_at})
+    if any(b - a < dt.timedelta(days=1) for a, b in zip(starts, starts[1:])):
+        raise RuntimeError("two clips' clocks are within a day of each other: change clock_start")
     write_labels(out / "labels.csv", items)
     for m in missing:
         print(f"skipped (source not installed): {m}", file=sys.stderr)
@@ -366,14 +446,15 @@ def write_labels(path: Path, items: Sequence[Item]) -> None:
         w.writerow(FIELDS)
         for it in items:
             w.writerow([it.path, it.group, it.set, it.kind, it.loose, it.source, "" if it.frame is None else it.frame,
-                        it.window])
+                        it.window, it.captured_at])
 
 
 def read_labels(path: Path) -> list[Item]:
     """The items of a ``labels.csv`` written by :func:`write_labels`."""
     with open(path, newline="") as fh:
         return [Item(r["path"], r["group"], r["set"], r["kind"], r["loose"], r["source"],
-                     int(r["frame"]) if r["frame"] else None, r.get("window", "")) for r in csv.DictReader(fh)]
+                     int(r["frame"]) if r["frame"] else None, r.get("window", ""), r.get("captured_at") or "")
+                for r in csv.DictReader(fh)]
 
 
 def main() -> None:

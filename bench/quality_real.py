@@ -28,13 +28,24 @@ images of one "loose" label are not scored, see bench/datasets.py):
   (precision and recall reported, no target: this is where transitive groups chain);
 - ``cross``: pairs between sets (all different): their false-pair count.
 
-Rows marked "simulated" try a design that is not a product mode yet — a capture-time window — on a
-clock made up from the labels (:func:`capture_seconds`: frame / fps for video frames, an edited copy
-at its photo's moment, every look-alike still at a moment of its own).
+Capture times are real and go through the product path: bench/datasets.py writes each video
+frame's time (frame / frame rate) into its EXIF, ``scan`` reads it into ``images.captured_at``, and
+``dedup`` uses it (the model's capture-time window). Rows:
+
+- **default** — ``dedup --dry-run`` with nothing but the model (threshold, bounded grouping and its
+  capture-time window); **before** — the same with ``--window 0`` (the default before the window:
+  plain bounded grouping), on the same catalog;
+- **window** rows — ``dedup --dry-run --window W --window-link F`` over a grid, to show how the
+  choice of the defaults behaves;
+- **stills given capture times** — the default grouping (``RunPlan``, the code dedup runs) with
+  each *untimed* look-alike still given a moment of its own (a stereo pair one moment): what the
+  window would do if those photos carried capture times, as photos by different people do. The
+  times are assigned, not read: labelled so wherever quoted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -129,6 +140,16 @@ class PairTruth:
         out["missed_pairs_by_set"] = {str(k): int(v) for k, v in zip(names, counts)}
         out["edit_recall_by_kind"] = {str(k): float(pred[self.edit_kind == k].mean())
                                       for k in np.unique(self.edit_kind) if k}
+        by_set: dict[str, dict[str, Any]] = {}
+        for name in np.unique(self.set_of_pair[self.set_of_pair != ""]):
+            mk = self.scored & (self.set_of_pair == name)
+            tp = int((pred & self.same & mk).sum())
+            fp_n = int((pred & ~self.same & mk).sum())
+            fn_n = int((~pred & self.same & mk).sum())
+            by_set[str(name)] = {"precision": tp / (tp + fp_n) if tp + fp_n else None,
+                                 "recall": tp / (tp + fn_n) if tp + fn_n else None, "false_pairs": fp_n,
+                                 "missed_pairs": fn_n, "same_pairs": tp + fn_n}
+        out["by_set"] = by_set
         return out
 
 
@@ -251,63 +272,91 @@ def original_first(model: str, bounds: Sequence[float] = (0.75, 0.76, 0.80, 0.84
     return out
 
 
-#: frames per second of each video set (image sequences with no stated rate: 25 assumed)
-FPS = {"tree": 15.0, "vtest": 10.0, "megamind": 23.976, "box": 29.97, "box-drift": 29.97, "cup": 26.777,
-       "cube-video": 25.0, "bikes": 25.0, "bigbuckbunny": 25.0}
+def _labels_of(res: Any, paths: list[str], rel: dict[str, str]) -> np.ndarray:
+    gid = {rel[i]: g for i, g in zip(res.members["image_id"].to_pylist(), res.members["group_id"].to_pylist())}
+    return np.array([gid.get(p, -1 - k) for k, p in enumerate(paths)])
 
 
-def capture_seconds(items: Sequence[Item]) -> tuple[np.ndarray, np.ndarray]:
-    """A simulated capture clock per image: (moment key, seconds within it).
-
-    Video frames: their set, at frame / fps. An edited copy shares its photo's moment (copies keep
-    the original's capture time); a Middlebury frame pair shares one moment; every look-alike
-    still is its own moment (different people, different times). A simulation: the images carry
-    no capture times.
-    """
-    key, sec = [], []
-    for it in items:
-        if it.frame is not None:
-            key.append(f"video:{it.set}")
-            sec.append(it.frame / FPS.get(it.set, 25.0))
-        elif it.kind in ("edits", "moving"):
-            key.append(f"photo:{it.group}")
-            sec.append(0.0)
-        else:
-            key.append(f"still:{it.path}")
-            sec.append(0.0)
-    return np.array(key), np.array(sec)
+def _rel_paths(cat: Any, data: Path) -> dict[str, str]:
+    meta = cat.images(["id", "path"])
+    return {i: Path(p).resolve().relative_to(data.resolve()).as_posix()
+            for i, p in zip(meta["id"].to_pylist(), meta["path"].to_pylist())}
 
 
-def time_window_rows(model: str, window_s: float = 1.0, far: Sequence[float] = (0.92, 0.93, 0.94),
-                     data: Path = REAL_DATA) -> list[dict[str, Any]]:
-    """Simulated capture-time window: pairs more than ``window_s`` apart (or of different moments) link
-    only from similarity ``far`` on; others from the model's threshold. Groups: bounded at the
-    model's bound over those links. Not a product mode: a measurement of the design (see models.md).
-    """
+def window_rows(model: str, windows: Sequence[float] = (0.5, 1.0, 2.0, 5.0),
+                links: Sequence[float] = (0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.98), data: Path = REAL_DATA) -> list[dict[str, Any]]:
+    """``dedup --dry-run --window W --window-link F`` at the model's threshold and bound, over a grid (real times)."""
+    from neardup.catalog import Catalog
+    from neardup.dedup import dedup
     from neardup.embed import get_model
-    from neardup.grouping import group_nodes
-    from neardup.similarity.forest import SimilarityForest
 
     V, paths, items = _aligned(model, data)
     truth = PairTruth(items)
-    rank = _rank(model, paths, data)
-    em = get_model(model)
-    key, sec = capture_seconds(items)
-    a, b = truth.iu
-    s = np.einsum("ij,ij->i", V[a].astype(np.float64), V[b].astype(np.float64)).astype(np.float32)
-    near = (key[a] == key[b]) & (np.abs(sec[a] - sec[b]) <= window_s)
+    m = get_model(model)
     out = []
-    for f in far:
-        keep = (s >= em.default_threshold) & (near | (s >= f))
-        forest = SimilarityForest.from_edges(len(V), a[keep], b[keep], s[keep], em.default_threshold)
-        m = truth.metrics(group_nodes(forest, V, em.default_threshold, rank, "bounded", em.default_bound).labels)
-        out.append({"mode": "bounded + time window", "threshold": em.default_threshold, "bound": em.default_bound,
-                    "window_s": window_s, "far": f, **m})
+    with Catalog(RAW / f"{model}.duckdb", read_only=True) as cat:
+        rel = _rel_paths(cat, data)
+        for w in windows:
+            for f in links:
+                res = dedup(cat, m.default_threshold, model=m.name, dry_run=True, window=w, window_link=f)
+                met = truth.metrics(_labels_of(res, paths, rel))
+                out.append({"mode": "bounded + window", "threshold": m.default_threshold, "bound": res.summary["bound"],
+                            "window_s": w, "far": f, **met, "meets": meets(met)})
     return out
 
 
-def default_run(model: str, data: Path = REAL_DATA) -> dict[str, Any]:
-    """The product path with the model's defaults: ``dedup(catalog, model=...)`` dry run, scored."""
+def assigned_still_times(model: str, data: Path = REAL_DATA) -> dict[str, Any]:
+    """The default grouping with each untimed look-alike still given a moment of its own (assigned, not read)."""
+    from neardup.catalog import Catalog
+    from neardup.dedup import plan_run, similarity_forest
+    from neardup.embed import get_model
+
+    V, paths, items = _aligned(model, data)
+    truth = PairTruth(items)
+    m = get_model(model)
+    by_path = {it.path: it for it in items}
+    with Catalog(RAW / f"{model}.duckdb", read_only=True) as cat:
+        rel = _rel_paths(cat, data)
+        plan = plan_run(cat, model=m.name)
+        forest = similarity_forest(cat, m.default_threshold, scope=plan.scope, use_cache=False)
+        times = plan.times.copy()
+        assigned = 0
+        for k, i in enumerate(plan.scope.ids.tolist()):
+            it = by_path[rel[i]]
+            if it.kind == "places" and np.isnan(times[k]):
+                moment = it.loose or it.path          # a stereo pair: one instant; every other still its own
+                times[k] = 1e6 * (1 + int(hashlib.sha1(moment.encode()).hexdigest()[:6], 16))
+                assigned += 1
+        plan.times = times
+        g = plan.group_at(forest, m.default_threshold)[0]
+    node_path = [rel[i] for i in plan.scope.ids.tolist()]
+    pos = {p: k for k, p in enumerate(node_path)}
+    labels = np.array([g.labels[pos[p]] for p in paths])
+    met = truth.metrics(labels)
+    return {"mode": "bounded + window, stills given times", "threshold": m.default_threshold, "bound": plan.bound,
+            "window_s": plan.window_s, "far": plan.window_link, "assigned": assigned, **met, "meets": meets(met)}
+
+
+def timed_counts(model: str, data: Path = REAL_DATA) -> dict[str, list[int]]:
+    """Per set: [images with a capture time read by scan, images]."""
+    from neardup.catalog import Catalog
+
+    _, paths, items = _aligned(model, data)
+    with Catalog(RAW / f"{model}.duckdb", read_only=True) as cat:
+        rel = _rel_paths(cat, data)
+        t = cat.images(["id", "captured_at"])
+        have = {rel[i]: c is not None for i, c in zip(t["id"].to_pylist(), t["captured_at"].to_pylist())}
+    out: dict[str, list[int]] = {}
+    for it in items:
+        c = out.setdefault(f"{it.kind}/{it.set}", [0, 0])
+        c[0] += int(have.get(it.path, False))
+        c[1] += 1
+    return out
+
+
+def default_run(model: str, data: Path = REAL_DATA, **options: Any) -> dict[str, Any]:
+    """The product path with the model's defaults: ``dedup(catalog, model=...)`` dry run, scored
+    (``options``: e.g. ``window=0`` for the plain bounded grouping, the default before capture times)."""
     from neardup.catalog import Catalog
     from neardup.dedup import dedup
     from neardup.embed import get_model
@@ -315,14 +364,12 @@ def default_run(model: str, data: Path = REAL_DATA) -> dict[str, Any]:
     V, paths, items = _aligned(model, data)
     m = get_model(model)
     with Catalog(RAW / f"{model}.duckdb", read_only=True) as cat:
-        res = dedup(cat, m.default_threshold, model=m.name, dry_run=True)
-        meta = cat.images(["id", "path"])
-    rel = {i: Path(p).resolve().relative_to(data.resolve()).as_posix()
-           for i, p in zip(meta["id"].to_pylist(), meta["path"].to_pylist())}
-    gid = {rel[i]: g for i, g in zip(res.members["image_id"].to_pylist(), res.members["group_id"].to_pylist())}
-    labels = np.array([gid.get(p, -1 - k) for k, p in enumerate(paths)])
-    metrics = PairTruth(items).metrics(labels)
-    return {"threshold": res.threshold, "mode": res.mode, "bound": res.summary.get("bound"), **metrics,
+        res = dedup(cat, m.default_threshold, model=m.name, dry_run=True, **options)
+        rel = _rel_paths(cat, data)
+    metrics = PairTruth(items).metrics(_labels_of(res, paths, rel))
+    return {"threshold": res.threshold, "mode": res.mode, "bound": res.summary.get("bound"),
+            "window_s": res.summary.get("window_s"), "far": res.summary.get("window_link"),
+            "grouping": res.summary.get("grouping"), **metrics,
             "meets": meets(metrics), "largest_groups": res.summary.get("largest_groups")}
 
 
@@ -389,9 +436,10 @@ def run(models: Sequence[str], *, rebuild: bool = False, out: Path = RESULT, reu
         slim = [{"mode": r["mode"], "threshold": r["threshold"], "bound": r["bound"], "margin": round(r["margin"], 4),
                  **{k: [None if r[k][x] is None else round(r[k][x], 4) for x in ("precision", "recall")]
                     + [r[k]["false_pairs"], r[k]["missed_pairs"]] for k in SCORED}} for r in rows]
-        report["models"][model] = {**info, "default": default_run(model), "best": best,
-                                   "original_first": original_first(model),
-                                   "time_window_simulated": time_window_rows(model),
+        report["models"][model] = {**info, "default": default_run(model), "before": default_run(model, window=0),
+                                   "best": best, "original_first": original_first(model),
+                                   "window": window_rows(model), "stills_given_times": assigned_still_times(model),
+                                   "timed": timed_counts(model),
                                    "quantiles": similarity_quantiles(model), "sweep": slim, "rows": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     saved = {**report, "models": {k: {x: y for x, y in v.items() if x != "rows"} for k, v in report["models"].items()}}
@@ -433,9 +481,17 @@ def markdown(report: dict[str, Any], picks: Sequence[tuple[str, float, float | N
             lines += [f"### {model}: not run ({m['error']})", ""]
             continue
         d = m["default"]
+        bf = m.get("before")
         lines += [f"### {model}", "", "| configuration | " + HEADER[2:], "|---|---|---|---|---|---|---|---|",
-                  f"| **default**: {d['mode']} t={d['threshold']:.2f}" + (f" bound={d['bound']:.2f}" if d.get("bound") else "")
+                  f"| **default**: {d.get('grouping') or d['mode']} t={d['threshold']:.2f}, capture times read by scan"
                   + f" | {row_cells(d)}"]
+        if bf:
+            lines.append(f"| before (the default without capture times): {bf.get('grouping') or bf['mode']} "
+                         f"t={bf['threshold']:.2f} | {row_cells(bf)}")
+        st = m.get("stills_given_times")
+        if st:
+            lines.append(f"| default, {st['assigned']} untimed look-alike stills given a moment each (assigned, not "
+                         f"read) | {row_cells(st)}")
         for mode, r in m["best"].items():
             lines.append(f"| best {mode}: t={r['threshold']:.2f}" + (f" bound={r['bound']:.2f}" if r["bound"] else "")
                          + f" | {row_cells(r)}")
@@ -447,9 +503,22 @@ def markdown(report: dict[str, Any], picks: Sequence[tuple[str, float, float | N
         for r in m.get("original_first", []):
             lines.append(f"| bounded t={r['threshold']:.2f} bound={r['bound']:.2f}, the unedited photo as master "
                          f"| {row_cells(r)}")
-        for r in m.get("time_window_simulated", []):
-            lines.append(f"| simulated: + capture-time window {r['window_s']:g} s, links across it from {r['far']:.2f} "
-                         f"| {row_cells(r)}")
+        for r in m.get("window", []):
+            if r["window_s"] == 1.0 or r["far"] == 0.95:
+                lines.append(f"| window {r['window_s']:g} s, linked across it from {r['far']:.2f} (bound "
+                             f"{r['bound']:.2f}) | {row_cells(r)}")
+        if m.get("timed"):
+            lines += ["", "Images with a capture time read by scan, per set: " + ", ".join(
+                f"{k} {v[0]}/{v[1]}" for k, v in sorted(m["timed"].items())) + "."]
+        if bf and d.get("by_set"):
+            lines += ["", "Per set, before → default (pair precision P, recall R; false / missed pairs):", "",
+                      "| set | P before | P default | R before | R default | false pairs | missed pairs |",
+                      "|---|---|---|---|---|---|---|"]
+            for name in sorted(d["by_set"]):
+                a, b = bf["by_set"].get(name, {}), d["by_set"][name]
+                lines.append(f"| {name} | {_f(a.get('precision'))} | {_f(b['precision'])} | {_f(a.get('recall'))} | "
+                             f"{_f(b['recall'])} | {a.get('false_pairs', '—')} → {b['false_pairs']} | "
+                             f"{a.get('missed_pairs', '—')} → {b['missed_pairs']} |")
         lines += ["", "At the default: false pairs by set " + json.dumps(d["false_pairs_by_set"]) + "; missed pairs by set "
                   + json.dumps(d["missed_pairs_by_set"]) + "; recall of each edit kind (copy grouped with its original) "
                   + json.dumps({k: round(v, 3) for k, v in d["edit_recall_by_kind"].items()}) + "."]
