@@ -285,8 +285,8 @@ def time_link_forest(forest: SimilarityForest, vectors: np.ndarray, times: np.nd
     whatever its times. The MSF of a union is the MSF of the union of MSFs, so it is built from
     three parts: the similarity forest's own edges >= ``window_link`` (an MSF of those pairs),
     the pairs inside the window (images sorted by time: only neighbours within ``window_s`` are
-    compared), and the pairs of each image with no capture time against all (none when every
-    image has one; the plain forest when none has). Exact: same float32 dot products of
+    compared), and the pairs of each image with no capture time against the rest of its component
+    at ``floor`` (none when every image has one; the plain forest when none has). Exact: same float32 dot products of
     canonical vectors as the similarity pass. Cut at any t >= ``floor`` it gives that t's links.
     """
     n = forest.n
@@ -315,19 +315,29 @@ def time_link_forest(forest: SimilarityForest, vectors: np.ndarray, times: np.nd
             gj = np.arange(c0, c1)[None, :]
             keep = (gj > gi) & (S >= f32) & (ts[gj] - ts[gi] <= window_s)
             sink.add(*_block_edges(S, idx[a:b], idx[c0:c1], keep))
-    # pairs with an image that has no capture time: its row against every other image
+    # pairs with an image that has no capture time: its row against the other members of its component at
+    # the floor (a pair >= floor never leaves one), so the cost is the untimed images' share of their groups
     untimed = np.flatnonzero(~timed)
     if len(untimed):
-        for a in range(0, len(untimed), block):
-            rows = untimed[a:a + block]
-            R = np.asarray(X[rows], dtype=np.float32)
-            for c0 in range(0, n, 1 << 15):
-                c1 = min(n, c0 + (1 << 15))
-                S = R @ np.asarray(X[c0:c1], dtype=np.float32).T
-                cols = np.arange(c0, c1)
-                # an untimed pair once (the lower index's row), an untimed-timed pair from the untimed row
-                keep = (S >= f32) & (cols[None, :] != rows[:, None]) & (timed[cols][None, :] | (cols[None, :] > rows[:, None]))
-                sink.add(*_block_edges(S, rows, cols, keep))
+        comp = forest.components(floor)
+        sizes = np.bincount(comp, minlength=n)
+        untimed = untimed[sizes[comp[untimed]] >= 2]
+        by_comp = np.argsort(comp, kind="stable")
+        comp_sorted = comp[by_comp]
+        for c in np.unique(comp[untimed]):
+            lo, hi = np.searchsorted(comp_sorted, c, "left"), np.searchsorted(comp_sorted, c, "right")
+            members = by_comp[lo:hi]
+            rows_c = members[~timed[members]]
+            for a in range(0, len(rows_c), block):
+                rows = rows_c[a:a + block]
+                R = np.asarray(X[rows], dtype=np.float32)
+                for c0 in range(0, len(members), 1 << 15):
+                    cols = members[c0:c0 + (1 << 15)]
+                    S = R @ np.asarray(X[cols], dtype=np.float32).T
+                    # an untimed pair once (from the lower index's row), an untimed-timed pair from the untimed row
+                    keep = (S >= f32) & (cols[None, :] != rows[:, None]) & (
+                        timed[cols][None, :] | (cols[None, :] > rows[:, None]))
+                    sink.add(*_block_edges(S, rows, cols, keep))
     src, dst, w = sink.edges()
     return SimilarityForest(n, src, dst, w, floor, forest.hist if forest.floor == floor else np.zeros(1, np.int64),
                             {"links": "time window", "window_s": window_s, "window_link": window_link})
