@@ -166,6 +166,9 @@ class Decisions(RunLedger, EmbeddingStore):
         """The master of a group of ``ids`` under run ``run_id``'s policy, as dedup decides it (``central`` over
         these members), and the policy key that decided it; with ``keep_master``, the key by which that
         member beats the best of the others."""
+        import numpy as np
+        import pyarrow as pa
+
         from ..policy import master_of_group, parse_policy, policy_columns
 
         model, policy_text = self.one("SELECT model, policy FROM runs WHERE id = ?", [run_id])
