@@ -54,6 +54,47 @@ def bare_upper_triangle_gemm(X, block_rows: int = 2048, col_chunk: int = 8192) -
             np.matmul(Xr, X[c0:c1].T, out=buf[: (b - a) * (c1 - c0)].reshape(b - a, c1 - c0))
 
 
+def naive_dedup(X, threshold: float, score=None, brightness=None) -> dict:
+    """The lesson's method, as its script does it: rows L2-normalised, blocks of 1,000 rows against
+    all columns, every pair >= t extracted with ``np.nonzero``, scipy ``connected_components``, and
+    (given score/brightness) each group's master by highest score, ties by brightness."""
+    import numpy as np
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(X)
+    X = X / np.linalg.norm(X, axis=1, keepdims=True)
+    ii, jj = [], []
+    for a in range(0, n, 1000):
+        S = X[a:a + 1000] @ X.T
+        r, c = np.nonzero(S >= threshold)
+        keep = c > r + a
+        ii.append((r[keep] + a).astype(np.int32))
+        jj.append(c[keep].astype(np.int32))
+    i = np.concatenate(ii)
+    j = np.concatenate(jj)
+    g = sp.coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
+    _, labels = connected_components(g, directed=False)
+    sizes = np.bincount(labels)
+    out = {"groups": int((sizes >= 2).sum()), "pairs": int(len(i)), "largest_group": int(sizes.max())}
+    if score is not None and brightness is not None:
+        order = np.lexsort((-np.asarray(brightness), -np.asarray(score), labels))  # by group, best first
+        first = np.ones(n, bool)
+        first[1:] = labels[order][1:] != labels[order][:-1]
+        out["retained"] = int(first.sum())
+        out["suppressed"] = n - out["retained"]
+    return out
+
+
+def naive_process(path: str, threshold: float) -> dict:
+    """The lesson's script as a process of its own (no neardup import): load the vectors, run it."""
+    import numpy as np
+
+    z = np.load(path)
+    X = np.ascontiguousarray(z["vectors"], dtype=np.float32)
+    return naive_dedup(X, threshold, z["score"], z["brightness"])
+
+
 def worker(case: str, path: str, threshold: float) -> dict:
     """One measurement in this (fresh) process."""
     import resource
@@ -98,23 +139,7 @@ def worker(case: str, path: str, threshold: float) -> dict:
         f = exact_forest(X, min(ts))
         out["sweep"] = f.sweep(ts)
     elif case == "naive":
-        # the lesson's approach: blocks of 1000 rows, every pair >= t extracted, scipy components
-        import scipy.sparse as sp
-        from scipy.sparse.csgraph import connected_components
-
-        ii, jj = [], []
-        for a in range(0, n, 1000):
-            S = X[a:a + 1000] @ X.T
-            r, c = np.nonzero(S >= threshold)
-            keep = c > r + a
-            ii.append((r[keep] + a).astype(np.int32))
-            jj.append(c[keep].astype(np.int32))
-        i = np.concatenate(ii)
-        j = np.concatenate(jj)
-        g = sp.coo_matrix((np.ones(len(i), np.int8), (i, j)), shape=(n, n))
-        _, labels = connected_components(g, directed=False)
-        out["groups"] = int((np.bincount(labels) >= 2).sum())
-        out["pairs"] = int(len(i))
+        out.update(naive_dedup(X, threshold))
     else:
         raise SystemExit(f"unknown case {case}")
     out["seconds"] = time.perf_counter() - t0
@@ -141,7 +166,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cases", default="gemm,dedup,sweep")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--naive-process", metavar="NPZ", help="run the lesson's script on NPZ in this process and print "
+                    "its counts as JSON (bench/startup.py times it as a process)")
     args = ap.parse_args()
+    if args.naive_process:
+        print(json.dumps(naive_process(args.naive_process, args.threshold)))
+        return
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1], args.threshold)))
         return
