@@ -148,3 +148,29 @@ def test_the_connection_is_not_usable_while_released(vec_db) -> None:
         with cat.transaction(), pytest.raises(RuntimeError, match="inside a transaction"):
             with cat.released():
                 pass
+
+
+def test_the_cli_dedup_says_when_the_pass_was_computed_again(vec_db, monkeypatch, capsys) -> None:
+    """`neardup dedup` lets go of the file; a decision recorded meanwhile: one line says so, exit 0."""
+    import neardup.dedup as dedup_mod
+    from test_cli_core import run
+
+    db, _, ids = vec_db
+    real = dedup_mod.similarity_forest
+    seen: list = []
+
+    def pass_with_a_reviewer(catalog, *a, **k):
+        if not seen:  # while this process has let go of the file: another process writes to it
+            seen.append(_py(KEEP, str(db), ids[1]))
+        return real(catalog, *a, **k)
+
+    monkeypatch.setattr(dedup_mod, "similarity_forest", pass_with_a_reviewer)
+    code, out, err = run(capsys, "dedup", "-t", str(T), "--db", str(db))
+    assert seen and seen[0].returncode == 0, seen[0].stderr[-800:]
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if "changed during" in ln]
+    assert lines == [f"{db}: the catalog changed during the similarity pass (decisions); computed again with the "
+                     "catalog held"]
+    with Catalog(db) as cat:
+        assert cat.overrides()["keep"] == {ids[1]}
+        assert not cat.one("SELECT is_suppressed FROM images WHERE id = ?", [ids[1]])[0]
