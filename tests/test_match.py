@@ -42,10 +42,12 @@ def as_lists(table: pa.Table) -> dict[str, list[tuple[str, float]]]:
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31), nq=st.integers(1, 70), n=st.integers(1, 300), dup=st.integers(0, 20),
-       t=st.sampled_from([0.9, 0.95, 0.98, 0.999]), block=st.sampled_from([3, 64, 8192]))
-def test_exact_matching_equals_brute_force(seed, nq, n, dup, t, block):
+       t=st.sampled_from([0.9, 0.95, 0.98, 0.999]), block=st.sampled_from([3, 64, 8192]),
+       threads=st.sampled_from([1, 2, 3]), tiny_buffer=st.booleans())
+def test_exact_matching_equals_brute_force(seed, nq, n, dup, t, block, threads, tiny_buffer):
     """Canonical vectors: float32 dots are exact, so the comparison is exact -- ties included
-    (duplicated catalog rows tie exactly and must come out by id)."""
+    (duplicated catalog rows tie exactly and must come out by id, whichever thread saw them).
+    A tiny hit buffer makes the scan stop and resume mid-tile at every row."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((5, 20))
     X = canon(centres[rng.integers(0, 5, n)] + 0.2 * rng.standard_normal((n, 20)))
@@ -58,7 +60,8 @@ def test_exact_matching_equals_brute_force(seed, nq, n, dup, t, block):
     qids = np.asarray([f"q{i}" for i in range(nq)], dtype=object)
     keys = np.empty(len(cids), np.int64)
     keys[np.argsort(cids.astype(str), kind="stable")] = np.arange(len(cids))
-    q, c, s, best_c, best_v = match_matrix(Q, RowSource(X), keys, t, query_block=block, col_chunk=block)
+    q, c, s, best_c, best_v = match_matrix(Q, RowSource(X), keys, t, query_block=block, col_chunk=block,
+                                           threads=threads, hit_capacity=1 if tiny_buffer else None)
     got = as_lists(rank_matches(qids, cids, q, c, s, best_c, best_v))
     assert got == brute_force(Q, qids, X, cids, t)
 
@@ -145,3 +148,115 @@ def test_leakage_needs_two_splits(db):
             leakage(cat, 0.9)
         res = leakage(cat, 0.9, splits=["val", "train"])
         assert res.summary["queries"] == 1
+
+
+@pytest.mark.parametrize("threads", [1, 2, 4])
+def test_best_match_ties_across_threads_go_to_the_smallest_id(threads):
+    """A query whose best similarity (below t) ties over catalog rows that different threads scan:
+    the reported best match is the smallest id, as brute force says."""
+    rng = np.random.default_rng(11)
+    base = canon(rng.standard_normal((3, 16)))
+    X = base[rng.integers(0, 3, 600)]           # 600 rows, three distinct vectors: massive exact ties
+    cids = np.asarray([f"c{v:05d}" for v in rng.permutation(600)], dtype=object)
+    Q = canon(rng.standard_normal((40, 16)))    # random queries: best well below t
+    qids = np.asarray([f"q{i}" for i in range(40)], dtype=object)
+    keys = np.empty(600, np.int64)
+    keys[np.argsort(cids.astype(str), kind="stable")] = np.arange(600)
+    q, c, s, best_c, best_v = match_matrix(Q, RowSource(X), keys, 0.999, query_block=7, col_chunk=5,
+                                           threads=threads)
+    assert len(q) == 0
+    assert as_lists(rank_matches(qids, cids, q, c, s, best_c, best_v)) == brute_force(Q, qids, X, cids, 0.999)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**31), parts=st.integers(1, 5), nq=st.integers(1, 30))
+def test_merge_of_thread_bests_is_the_brute_force_best(seed, parts, nq):
+    """Each thread's best (value, key, column) per query, merged: the highest value, then the smallest
+    key -- values drawn from a few levels so that ties across threads are common."""
+    from neardup.similarity.matchscan import merge_best
+
+    rng = np.random.default_rng(seed)
+    cand = []
+    for _ in range(parts):
+        v = rng.choice(np.array([-np.inf, 0.25, 0.5, 0.5, 0.75], np.float32), nq)
+        k = np.where(np.isinf(v), np.iinfo(np.int64).max, rng.integers(0, 8, nq))
+        cand.append((v.astype(np.float32), k.astype(np.int64), np.where(np.isinf(v), -1, k * 10)))
+    got_c, got_v = merge_best(cand)
+    for qi in range(nq):
+        options = [(-float(v[qi]), int(k[qi]), int(c[qi])) for v, k, c in cand]
+        best = min(options)
+        assert (got_v[qi], got_c[qi]) == (np.float32(-best[0]), best[2])
+
+
+def _clustered(seed, n=3000, nq=200, d=24, k=4, spread=0.5):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, d))
+    X = canon(centres[rng.integers(0, k, n)] + spread * rng.standard_normal((n, d)))
+    Q = canon(centres[rng.integers(0, k, nq)] + spread * rng.standard_normal((nq, d)))
+    return X, Q
+
+
+def _pairs(q, c):
+    return set(zip(q.tolist(), c.tolist()))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ann_match_reports_only_true_pairs_and_its_measured_recall(seed):
+    """ANN: every reported pair is a true pair >= t with its exact similarity; the recall it reports
+    (every query sampled) equals the share of brute force's pairs it found; probing every partition
+    gives exactly brute force."""
+    from neardup.similarity.ann_match import ann_match_matrix
+
+    X, Q = _clustered(seed)
+    t = 0.9
+    S = np.asarray(Q, np.float64) @ np.asarray(X, np.float64).T   # exact: canonical vectors
+    tq, tc = np.nonzero(S >= t)
+    truth = _pairs(tq, tc)
+    keys = np.arange(len(X))
+    am = ann_match_matrix(Q, RowSource(X), keys, t, nprobe=2, partitions=24, recall_sample=len(Q), threads=2)
+    got = _pairs(am.q, am.c)
+    assert got <= truth and len(got) < len(truth)            # approximate here: some pairs missed, none invented
+    assert np.array_equal(am.s.astype(np.float64), S[am.q, am.c])
+    assert am.recall["hit_recall"] == pytest.approx(len(got) / len(truth))
+    assert am.recall["sample"] == len(Q) and am.recall["true_pairs"] == len(truth)
+    with_true = set(tq.tolist())
+    assert am.recall["query_recall"] == pytest.approx(len(set(am.q.tolist()) & with_true) / len(with_true))
+    found_best = am.best_v.astype(np.float64) == S.max(axis=1)
+    assert np.all(am.best_v.astype(np.float64) <= S.max(axis=1))
+    assert am.recall["best_found"] == pytest.approx(found_best.mean())
+    # every partition probed: exact
+    full = ann_match_matrix(Q, RowSource(X), keys, t, nprobe=10_000, partitions=24, recall_sample=50)
+    assert _pairs(full.q, full.c) == truth
+    assert np.array_equal(full.best_v.astype(np.float64), S.max(axis=1))
+    assert full.recall["hit_recall"] == 1.0 and full.recall["best_found"] == 1.0
+
+
+def test_index_choice():
+    from neardup.match import choose_index
+
+    assert choose_index("auto", 1_000_000, 10_000) == "ann"
+    assert choose_index("auto", 1_000_000, 100) == "exact"
+    assert choose_index("auto", 100_000, 10_000) == "exact"
+    assert choose_index("exact", 10**7, 10**5) == "exact" and choose_index("ann", 10, 1) == "ann"
+    with pytest.raises(InputError, match="index 'fast'"):
+        choose_index("fast", 1, 1)
+
+
+def test_cli_match_ann_prints_recall_and_refuses_a_bad_index(db, tmp_path):
+    rng = np.random.default_rng(9)
+    centres, X, ids, _ = _catalog(db, rng, n=400)
+    Q = canon(centres[rng.integers(0, 8, 30)] + 0.15 * rng.standard_normal((30, 24)))
+    np.save(tmp_path / "q.npy", Q)
+    (tmp_path / "q.txt").write_text("\n".join(f"q{i}" for i in range(30)) + "\n")
+    before = db.read_bytes()
+    neardup = [sys.executable, "-m", "neardup", "match", str(tmp_path / "q.npy"), "--ids", str(tmp_path / "q.txt"),
+               "--against", str(db), "--threshold", "0.95", "--out", str(tmp_path / "m.csv")]
+    r = subprocess.run([*neardup, "--index", "ann"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "approximate match (ANN" in r.stderr and "recall measured against exact on 30 sampled queries" in r.stderr
+    r = subprocess.run([*neardup, "--index", "ann", "--json"], capture_output=True, text=True)
+    s = json.loads(r.stdout)
+    assert s["index"] == "ann" and s["exact"] is False and 0.0 <= s["recall"]["hit_recall"] <= 1.0
+    r = subprocess.run([*neardup, "--index", "fast"], capture_output=True, text=True)
+    assert r.returncode == 2 and "index 'fast'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert db.read_bytes() == before

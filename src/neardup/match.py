@@ -2,10 +2,13 @@
 
 For each query vector: its best catalog match with the similarity (always, even below t) and
 every catalog image with similarity >= t, ranked by similarity (ties: smaller id first). Exact:
-one float32 GEMM of the queries against the catalog in blocks (each catalog block read once),
-with a compiled scan per block that keeps each row's best match and collects the hits >= t
-(64 similarities compared at once into a bit mask, as the dedup pass does). Nothing is written
-to the catalog; it is opened read-only.
+the float32 product of the queries against every catalog vector, computed by T threads that each
+take catalog tiles in turn (each catalog row read once), multiply a query block by the tile into
+a cache-sized buffer and scan it at once with one compiled pass that keeps each row's best match
+and collects the hits >= t (64 similarities compared at once into a bit mask, as the dedup pass
+does). ``index="ann"`` (:mod:`neardup.similarity.ann_match`) compares each query only with the
+catalog partitions nearest to it and reports its recall. Nothing is written to the catalog; it
+is opened read-only.
 
 A *leakage* check is the same with both sides from one catalog: the rows of one split (a
 ``split`` column in the metadata) against the rows of another.
@@ -19,113 +22,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numba as nb
 import numpy as np
 import pyarrow as pa
 
 from .catalog import Catalog
 from .errors import InputError
-from .similarity.bitmask import lowest_bit, row_mask
-from .similarity.forest import ceil_f32
 from .similarity.incremental import RowSource
+from .similarity.matchscan import match_matrix
 
 ProgressFn = Callable[[int, int], None]
 FORMATS = ("csv", "parquet", "json")
+INDEXES = ("exact", "ann", "auto")
+AUTO_ANN_MIN_CATALOG = 300_000  # --index auto: ANN only above this many catalog images (dedup's rule) ...
+AUTO_ANN_MIN_QUERIES = 2_000    # ... and this many queries (below, partitioning the catalog costs more than it saves)
 
 
-@nb.njit(cache=True, parallel=True)
-def _scan_match(S, col0, t32, key, best_v, best_k, best_c, out_q, out_c, out_s, out_n, row0, row_lo, row_hi):
-    """Per row of one block: update the best match (ties: smaller key) and collect hits >= t.
-
-    One 64-wide compare per chunk against min(best so far, t): the set bits are the hits and the
-    candidates for a new best (after a row's first chunks, almost never one below t).
-    Thread t owns rows [row_lo[t], row_hi[t]); it stops early when its buffer might overflow and
-    leaves row_lo[t] at the first row it did not do (the caller empties buffers and calls again).
-    """
-    ncols = S.shape[1]
-    cap = out_q.shape[1]
-    for t in nb.prange(row_lo.shape[0]):
-        cnt = out_n[t]
-        r = row_lo[t]
-        while r < row_hi[t]:
-            if cnt + ncols > cap:
-                break
-            q = row0 + r
-            bv = best_v[q]
-            bk = best_k[q]
-            bc = best_c[q]
-            for c_lo in range(0, ncols, 64):
-                lim = bv if bv < t32 else t32
-                mask = row_mask(S, r, c_lo, ncols, lim)
-                while mask:
-                    c = c_lo + lowest_bit(mask)
-                    mask &= mask - np.uint64(1)
-                    v = S[r, c]
-                    if v >= bv:
-                        k = key[col0 + c]
-                        if v > bv or k < bk:
-                            bv = v
-                            bk = k
-                            bc = col0 + c
-                    if v >= t32:
-                        out_q[t, cnt] = q
-                        out_c[t, cnt] = col0 + c
-                        out_s[t, cnt] = v
-                        cnt += 1
-            best_v[q] = bv
-            best_k[q] = bk
-            best_c[q] = bc
-            r += 1
-        row_lo[t] = r
-        out_n[t] = cnt
-
-
-def match_matrix(queries: np.ndarray, catalog: RowSource, keys: np.ndarray, threshold: float, *,
-                 query_block: int = 2048, col_chunk: int = 8192,
-                 progress: ProgressFn | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Exact matching of unit-norm ``queries`` against the rows of ``catalog``.
-
-    ``keys[j]`` orders tied catalog rows (smaller first). Returns ``(q, c, s)`` for every pair
-    with similarity >= threshold, and per query its best catalog row and similarity.
-    """
-    Q = np.ascontiguousarray(queries, dtype=np.float32)
-    nq, n = len(Q), catalog.n
-    t32 = ceil_f32(threshold)  # exact float32 similarities: s >= t iff s >= t32
-    best_v = np.full(nq, -np.inf, dtype=np.float32)
-    best_k = np.full(nq, np.iinfo(np.int64).max, dtype=np.int64)
-    best_c = np.full(nq, -1, dtype=np.int64)
-    T = max(1, int(nb.get_num_threads()))
-    cap = 32 * col_chunk + 4096  # rows with thousands of hits (a dense group) need room
-    out_q, out_c = np.empty((T, cap), np.int64), np.empty((T, cap), np.int64)
-    out_s = np.empty((T, cap), np.float32)
-    hits: list[tuple[np.ndarray, ...]] = []
-    keys = np.ascontiguousarray(keys, dtype=np.int64)
-    buf = np.empty(min(query_block, max(nq, 1)) * min(col_chunk, max(n, 1)), dtype=np.float32)
-    for c0 in range(0, n, col_chunk):
-        c1 = min(n, c0 + col_chunk)
-        Xc = catalog.take(c0, c1)
-        for a in range(0, nq, query_block):
-            b = min(nq, a + query_block)
-            S = buf[: (b - a) * (c1 - c0)].reshape(b - a, c1 - c0)
-            np.matmul(Q[a:b], Xc.T, out=S)
-            bounds = np.linspace(0, b - a, T + 1).astype(np.int64)
-            row_lo, row_hi = bounds[:-1].copy(), bounds[1:].copy()
-            while True:
-                out_n = np.zeros(T, np.int64)
-                _scan_match(S, c0, t32, keys, best_v, best_k, best_c, out_q, out_c, out_s, out_n, a, row_lo, row_hi)
-                for t in range(T):
-                    k = int(out_n[t])
-                    if k:
-                        hits.append((out_q[t, :k].copy(), out_c[t, :k].copy(), out_s[t, :k].copy()))
-                if np.all(row_lo >= row_hi):
-                    break
-        if progress is not None:
-            progress(c1, n)
-    if hits:
-        q, c, s = (np.concatenate([h[i] for h in hits]) for i in range(3))
-    else:
-        q, c, s = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return q, c, s, best_c, best_v
+def choose_index(index: str, n_catalog: int, n_queries: int) -> str:
+    """``exact`` or ``ann`` for ``index`` (``auto``: ANN for a large catalog and many queries)."""
+    if index not in INDEXES:
+        raise InputError(f"index {index!r}: use one of {', '.join(INDEXES)}")
+    if index == "auto":
+        return "ann" if n_catalog > AUTO_ANN_MIN_CATALOG and n_queries >= AUTO_ANN_MIN_QUERIES else "exact"
+    return index
 
 
 @dataclass
@@ -185,18 +103,20 @@ def _catalog_side(cat: Catalog, model: str | None, ids: Sequence[str] | None = N
 
 
 def match(catalog: Catalog, queries: np.ndarray, query_ids: Sequence[str], threshold: float, *,
-          model: str | None = None, visible_only: bool = False, progress: ProgressFn | None = None) -> MatchResult:
+          model: str | None = None, visible_only: bool = False, index: str = "exact", nprobe: int = 8,
+          progress: ProgressFn | None = None) -> MatchResult:
     """Match query vectors (any norm; normalised here) against a catalog's images; writes nothing."""
     from .dedup import check_threshold
     from .ingest import validate_and_normalise
 
     t = check_threshold(threshold)
+    choose_index(index, 0, 0)  # a bad name is refused before any work
     qids = np.asarray(list(query_ids), dtype=object)
     Q = _canonical(validate_and_normalise(qids, np.asarray(queries), "queries"))
     name, cids, rows = _catalog_side(catalog, model, visible_only=visible_only)
     if rows.X.shape[1] != Q.shape[1]:
         raise InputError(f"queries have dimension {Q.shape[1]}; model {name!r} in the catalog has {rows.X.shape[1]}")
-    return _run(Q, qids, rows, cids, t, dict(model=name, mode="match"), progress)
+    return _run(Q, qids, rows, cids, t, dict(model=name, mode="match"), progress, index, nprobe)
 
 
 def id_order_keys(ids: np.ndarray) -> np.ndarray:
@@ -210,20 +130,30 @@ def id_order_keys(ids: np.ndarray) -> np.ndarray:
 
 
 def _run(Q: np.ndarray, qids: np.ndarray, rows: RowSource, cids: np.ndarray, t: float, info: dict[str, Any],
-         progress: ProgressFn | None) -> MatchResult:
+         progress: ProgressFn | None, index: str = "exact", nprobe: int = 8) -> MatchResult:
     t0 = time.perf_counter()
     keys = id_order_keys(cids)
-    q, c, s, best_c, best_v = match_matrix(Q, rows, keys, t, progress=progress)
+    kind = choose_index(index, rows.n, len(Q))
+    extra: dict[str, Any] = {}
+    if kind == "ann":
+        from .similarity.ann_match import ann_match_matrix
+
+        am = ann_match_matrix(Q, rows, keys, t, nprobe=nprobe, progress=progress)
+        q, c, s, best_c, best_v = am.q, am.c, am.s, am.best_c, am.best_v
+        extra = dict(recall=am.recall, ann=am.meta)
+    else:
+        q, c, s, best_c, best_v = match_matrix(Q, rows, keys, t, progress=progress)
     table = rank_matches(qids, cids, q, c, s, best_c, best_v)
     with_match = int(len(np.unique(q)))
     summary = dict(info, threshold=t, queries=len(qids), catalog=len(cids), with_match=with_match,
-                   without_match=len(qids) - with_match, matches=int(len(q)), rows=table.num_rows, exact=True,
-                   seconds=round(time.perf_counter() - t0, 3))
+                   without_match=len(qids) - with_match, matches=int(len(q)), rows=table.num_rows,
+                   index=kind, exact=kind == "exact", **extra, seconds=round(time.perf_counter() - t0, 3))
     return MatchResult(table, summary)
 
 
 def leakage(catalog: Catalog, threshold: float, *, split_column: str = "split", splits: Sequence[str] | None = None,
-            model: str | None = None, progress: ProgressFn | None = None) -> MatchResult:
+            model: str | None = None, index: str = "exact", nprobe: int = 8,
+            progress: ProgressFn | None = None) -> MatchResult:
     """Images of one split with a near-duplicate in another: the first split's rows matched against the second's.
 
     ``splits`` names (query split, reference split); by default the column must hold exactly two
@@ -232,6 +162,7 @@ def leakage(catalog: Catalog, threshold: float, *, split_column: str = "split", 
     from .dedup import check_threshold
 
     t = check_threshold(threshold)
+    choose_index(index, 0, 0)
     cols = catalog.image_columns()
     if split_column not in cols:
         raise InputError(f"{catalog.path}: no {split_column!r} column in the image metadata "
@@ -259,7 +190,7 @@ def leakage(catalog: Catalog, threshold: float, *, split_column: str = "split", 
     _, cids, crows = _catalog_side(catalog, name, by[splits[1]])
     Q = qrows.take(0, qrows.n)
     info = dict(model=name, mode="leakage", split_column=split_column, query_split=splits[0], reference_split=splits[1])
-    return _run(Q, qids, crows, cids, t, info, progress)
+    return _run(Q, qids, crows, cids, t, info, progress, index, nprobe)
 
 
 def write_matches(table: pa.Table, out: str | Path, fmt: str | None = None) -> str:
@@ -290,4 +221,5 @@ def write_matches(table: pa.Table, out: str | Path, fmt: str | None = None) -> s
     return fmt
 
 
-__all__ = ["MatchResult", "leakage", "match", "match_matrix", "rank_matches", "write_matches"]
+__all__ = ["INDEXES", "MatchResult", "choose_index", "leakage", "match", "match_matrix", "rank_matches",
+           "write_matches"]
