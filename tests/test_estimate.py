@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from scipy.stats import hypergeom
 from test_incremental import canon, ref
 
@@ -82,3 +84,51 @@ def test_catalog_estimate_counts_like_dedup_and_writes_nothing(db):
     with Catalog(db, read_only=True) as cat:
         small = estimate(cat, 0.97, sample=200)
     assert small["retained_low"] <= want["retained"] <= small["retained_high"]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31), n=st.integers(2, 400), m=st.integers(1, 40), t=st.sampled_from([0.8, 0.9, 0.97]),
+       wave=st.sampled_from([3, 64, 8192]), threads=st.sampled_from([1, 2, 3]))
+def test_scan_better_against_brute_force(seed, n, m, t, wave, threads):
+    """Each row: has a neighbour >= t (itself excluded); done iff one ranks below its target; a row
+    not done lists exactly its neighbours -- in any waves, tiles and threads."""
+    from neardup.similarity.incremental import RowSource
+    from neardup.similarity.rankscan import scan_better
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((4, 12))
+    X = canon(centres[rng.integers(0, 4, n)] + 0.25 * rng.standard_normal((n, 12)))
+    node = rng.integers(0, n, m)
+    rank = rng.permutation(n).astype(np.int64)
+    target = np.where(rng.random(m) < 0.2, np.iinfo(np.int64).max, rank[node])
+    has, done, g, c, _ = scan_better(RowSource(X), node, target, rank, t, first_wave=wave, max_wave=2 * wave,
+                                     col_chunk=max(1, wave // 2), query_block=5, threads=threads)
+    S = np.asarray(X, np.float64)[node] @ np.asarray(X, np.float64).T      # exact (canonical vectors)
+    S[np.arange(m), node] = -np.inf
+    nb = [np.flatnonzero(S[i] >= t) for i in range(m)]
+    assert has.tolist() == [len(x) > 0 for x in nb]
+    assert done.tolist() == [bool((rank[x] < target[i]).any()) for i, x in enumerate(nb)]
+    for i in range(m):
+        got = sorted(c[g == i].tolist())
+        assert got == ([] if done[i] else nb[i].tolist())
+
+
+def test_estimate_says_which_grouping_and_bounds_the_default(db):
+    """A catalog of the sscd model (default grouping: bounded): retained is for components, the output
+    says so, and its lower bound holds for the bounded dedup (which splits components)."""
+    from neardup.dedup import dedup
+
+    c = seed_shaped(800, 24, seed=5)
+    X = canon(c.vectors)
+    with Catalog(db) as cat:
+        cat.put_embeddings("sscd", c.ids, X, images=c.meta_table())
+        bounded = dedup(cat, 0.95, dry_run=True).summary
+        comps = dedup(cat, 0.95, dry_run=True, mode="components").summary
+        e = estimate(cat, 0.95, sample=800)
+    assert e["grouping"] == "components" and e["default_grouping"].startswith("bounded")
+    assert e["retained"] == comps["retained"]                  # full sample: exact, for components
+    assert e["retained_default_grouping_at_least"] == e["retained_low"] <= bounded["retained"]
+    assert bounded["retained"] >= comps["retained"]
+    r = subprocess.run([sys.executable, "-m", "neardup", "estimate", "--threshold", "0.95", "--sample", "100",
+                        "--db", str(db)], capture_output=True, text=True)
+    assert r.returncode == 0 and "default grouping is bounded" in " ".join(r.stderr.split())

@@ -2,18 +2,22 @@
 
 Two shares of the n images are estimated at a threshold t:
 
-* ``with_duplicate``: images with at least one other image >= t. One GEMM of the sampled rows
-  against all rows tells each sampled image's neighbour set N(i) exactly.
-* ``retained``: what ``dedup`` would keep (components mode) = the number of groups, singletons
-  included, plus reviewer-kept copies. Components cannot be counted from a sample directly
-  (retained = sum_i 1/|C(i)| needs every sampled image's group size, i.e. the whole group).
-  Instead each image gets the indicator Z_i = "i is its group's master": the best-ranked member
-  under the master policy (the same ranking dedup uses, so ties are impossible). Exactly one
-  member of every group has Z = 1, so sum_i Z_i = number of groups -- *exactly*, for the
-  population, not only in expectation. Z_i is decided by exploring i's group only until a
-  better-ranked member turns up: usually in N(i) itself (one row); otherwise the neighbours'
-  neighbours are computed in further rounds (each round one GEMM of the rows to expand), and
-  when the whole group has been seen without a better member, i is the master (Z_i = 1).
+* ``with_duplicate``: images with at least one other image >= t.
+* ``retained``: what ``dedup`` would keep in components grouping = the number of groups,
+  singletons included, plus reviewer-kept copies. Components cannot be counted from a sample
+  directly (retained = sum_i 1/|C(i)| needs every sampled image's group size, i.e. the whole
+  group). Instead each image gets the indicator Z_i = "i is its group's master": the best-ranked
+  member under the master policy (a total order, so ties are impossible). Exactly one member of
+  every group has Z = 1, so sum_i Z_i = number of groups -- *exactly*, for the population, not
+  only in expectation. Z_i = 0 as soon as a better-ranked member of i's group turns up.
+
+One streaming pass (:func:`neardup.similarity.rankscan.scan_better`) compares every sampled row
+with the catalog until a better-ranked neighbour appears (the row then leaves the product), which
+decides most rows and tells each row whether it has a neighbour at all. The rest (local masters:
+every neighbour ranks worse) are explored through their neighbours in a few more rounds, until a
+better-ranked member turns up or the whole group has been seen (Z_i = 1). Models whose default
+grouping is bounded split components, so they retain at least as many: :func:`estimate` says so
+and gives the lower bound that still holds for them.
 
 Both are then counts of "successes" in a finite population of n, observed in a uniform sample
 of s without replacement: a hypergeometric count. The interval inverts the exact
@@ -73,20 +77,12 @@ def hypergeom_interval(k: int, s: int, n: int, conf: float = 0.95) -> tuple[int,
     return int(low), int(high)
 
 
-def _neighbours(rows: RowSource, nodes: np.ndarray, t: float) -> dict[int, np.ndarray]:
-    """Every node's neighbours (>= t, itself excluded), one GEMM of those rows against all rows."""
-    from .match import match_matrix
-
-    Q = rows.take_rows(nodes)
-    keys = np.arange(rows.n, dtype=np.int64)
-    q, c, _, _, _ = match_matrix(Q, rows, keys, t)
-    node_of_q = nodes[q]
-    keep = c != node_of_q
-    q, c = q[keep], c[keep]
-    order = np.argsort(q, kind="stable")
-    q, c = q[order], c[order]
-    bounds = np.searchsorted(q, np.arange(len(nodes) + 1))
-    return {int(nodes[i]): c[bounds[i]:bounds[i + 1]] for i in range(len(nodes))}
+def _group(g: np.ndarray, c: np.ndarray, m: int) -> list[np.ndarray]:
+    """Hits (row g, column c) as one column array per row 0..m-1."""
+    order = np.argsort(g, kind="stable")
+    g, c = g[order], c[order]
+    bounds = np.searchsorted(g, np.arange(m + 1))
+    return [c[bounds[i]:bounds[i + 1]] for i in range(m)]
 
 
 def estimate_vectors(X: np.ndarray, rank: np.ndarray, threshold: float, *, sample: int | None = None,
@@ -95,8 +91,10 @@ def estimate_vectors(X: np.ndarray, rank: np.ndarray, threshold: float, *, sampl
     """Estimate with_duplicate and retained for unit-norm rows ``X`` (ranked by ``rank``, 0 = best).
 
     ``kept``: images a reviewer keeps (never suppressed: each counts as retained). ``max_rows``
-    bounds the rows computed beyond the sample (default: 2 x the sample).
+    bounds the rows explored beyond the sample (default: 2 x the sample).
     """
+    from .similarity.rankscan import scan_better
+
     t0 = time.perf_counter()
     rows = X if isinstance(X, RowSource) else RowSource(X)
     n = rows.n
@@ -106,63 +104,65 @@ def estimate_vectors(X: np.ndarray, rank: np.ndarray, threshold: float, *, sampl
     rank = np.asarray(rank, dtype=np.int64)
     kept = np.zeros(n, bool) if kept is None else np.asarray(kept, bool)
     budget = 2 * s if max_rows is None else int(max_rows)
-    cache = _neighbours(rows, S, threshold) if s else {}
-    computed = s
-    has_dup = np.array([len(cache[int(i)]) > 0 for i in S], dtype=bool)
+    big = np.iinfo(np.int64).max
+    # one streaming pass: each sampled row stops at its first better-ranked neighbour (a kept image
+    # at its first neighbour: it is retained whatever its group, only "has a duplicate" is asked)
+    has, done, g, c, products = scan_better(rows, S, np.where(kept[S], big, rank[S]), rank, threshold,
+                                            progress=progress)
     # Z: the sampled image is its group's master (or kept by a reviewer: retained either way)
     z = np.full(s, -1, dtype=np.int8)          # -1 undecided, 0 no, 1 yes
+    z[~kept[S] & done] = 0                     # a neighbour ranks better
+    z[kept[S] | ~has] = 1                      # kept, or no neighbour at all: a group of one
     seen: list[set[int]] = [set() for _ in range(s)]
     frontier: list[list[int]] = [[] for _ in range(s)]
-    for k, i in enumerate(S.tolist()):
-        nb = cache[i]
-        if kept[i] or len(nb) == 0:
-            z[k] = 1
-        elif (rank[nb] < rank[i]).any():
-            z[k] = 0
-        else:
-            seen[k] = set(nb.tolist()) | {i}
-            frontier[k] = rng.permutation(nb).tolist()
-    rounds = 0
+    nbs = _group(g, c, s)
+    for k in np.flatnonzero(z < 0).tolist():   # every neighbour ranks worse: explore the group
+        nb = nbs[k]
+        seen[k] = set(nb.tolist()) | {int(S[k])}
+        frontier[k] = rng.permutation(nb).tolist()
+    computed, rounds = s, 0
     while (z < 0).any() and computed < s + budget:
-        want: list[int] = []
-        picks: dict[int, list[int]] = {}
-        per = batch_per_sample << min(2 * rounds, 10)  # few rounds: each one reads every row once
+        per = batch_per_sample << min(2 * rounds, 10)  # few rounds: each one streams every row once
+        pk: list[int] = []
+        pv: list[int] = []
+        room = s + budget - computed
         for k in np.flatnonzero(z < 0).tolist():
-            take = frontier[k][:per]
-            frontier[k] = frontier[k][per:]
-            picks[k] = take
-            want += [v for v in take if v not in cache]
-        want = sorted(set(want))[: max(0, s + budget - computed)]
-        if want:
-            cache.update(_neighbours(rows, np.asarray(want, np.int64), threshold))
-            computed += len(want)
+            take = frontier[k][:min(per, room - len(pv))]
+            frontier[k] = frontier[k][len(take):]
+            pk += [k] * len(take)
+            pv += take
+            if len(pv) >= room:
+                break
+        if not pv:
+            break
+        pk_a, pv_a = np.asarray(pk, np.int64), np.asarray(pv, np.int64)
+        _, done2, g2, c2, more = scan_better(rows, pv_a, rank[S[pk_a]], rank, threshold)
+        computed += len(pv)
+        products += more
         rounds += 1
-        for k, take in picks.items():
-            i = int(S[k])
-            for v in take:
-                if v not in cache:          # out of budget: put it back
-                    frontier[k].insert(0, v)
-                    continue
-                new = [u for u in cache[v].tolist() if u not in seen[k]]
-                if any(rank[u] < rank[i] for u in new):
-                    z[k] = 0
-                    break
+        z[np.unique(pk_a[done2])] = 0           # a neighbour's neighbour ranks better
+        for p, nb in enumerate(_group(g2, c2, len(pv))):
+            k = pk[p]
+            if z[k] < 0 and len(nb):
+                new = [u for u in nb.tolist() if u not in seen[k]]
                 seen[k].update(new)
                 frontier[k] += new
-            if z[k] < 0 and not frontier[k]:
+        for k in np.flatnonzero(z < 0).tolist():
+            if not frontier[k]:
                 z[k] = 1                     # the whole group seen, no better-ranked member
         if progress is not None:
             progress(int((z >= 0).sum()), s)
     undecided = int((z < 0).sum())
     ones = int((z == 1).sum())
-    w = int(has_dup.sum())
+    w = int(has.sum())
     w_lo, w_hi = hypergeom_interval(w, s, n) if s else (0, 0)
     r_lo, _ = hypergeom_interval(ones, s, n) if s else (0, 0)
     _, r_hi = hypergeom_interval(ones + undecided, s, n) if s else (0, 0)
     return dict(images=n, sample=s, threshold=float(threshold), with_duplicate=w / s if s else 0.0,
                 with_duplicate_low=w_lo / n if n else 0.0, with_duplicate_high=w_hi / n if n else 0.0,
                 retained=int(round(n * (ones + undecided / 2) / s)) if s else 0, retained_low=r_lo, retained_high=r_hi,
-                undecided=undecided, rows_computed=computed, rounds=rounds, confidence=0.95,
+                undecided=undecided, rows_computed=computed, rounds=rounds,
+                products_share=products / (s * n) if s and n else 0.0, grouping="components", confidence=0.95,
                 seconds=round(time.perf_counter() - t0, 3))
 
 
@@ -177,11 +177,15 @@ def estimate(catalog: Any, threshold: float, *, model: str | None = None, sample
 
     Same scope and ranking as :func:`neardup.dedup.dedup` in components mode: vanished images are
     left out, "not a duplicate" images are singletons, reviewer masters rank first, kept copies
-    count as retained. Reads the catalog only.
+    count as retained. ``retained`` is for components grouping whatever the model's default;
+    where that default is another mode (bounded for the SSCD models), the result says so and
+    gives the lower bound that still holds for it (``retained_default_grouping_at_least``: those
+    modes split components, so they retain at least as many). Reads the catalog only.
     """
     import pyarrow as pa
 
     from .dedup import check_threshold, load_scope
+    from .grouping import default_grouping
     from .policy import DEFAULT_POLICY, parse_policy, policy_columns, priority_rank
 
     t = check_threshold(threshold)
@@ -210,6 +214,14 @@ def estimate(catalog: Any, threshold: float, *, model: str | None = None, sample
                with_duplicate_high=out["with_duplicate_high"] * scale,
                retained=out["retained"] + extra, retained_low=out["retained_low"] + extra,
                retained_high=out["retained_high"] + extra)
+    mode, bound = default_grouping(scope.model)
+    out["default_grouping"] = mode if bound is None else f"{mode} (bound {bound})"
+    if mode != "components":
+        # bounded and leader groups each split a component, never join two: at least as many groups
+        out["retained_default_grouping_at_least"] = out["retained_low"]
+        out["note"] = (f"retained counts groups as transitive components (the seed's rule); model {scope.model}'s "
+                       f"default grouping is {out['default_grouping']}, which splits components into more groups, so "
+                       f"a dedup with it retains at least {out['retained_low']:,} (95%); that count is not estimated")
     return out
 
 

@@ -141,7 +141,9 @@ def estimate(
     (singletons included): each sampled image is tested for being its group's master, exploring
     its group only until a better-ranked member appears, so the count of masters in the
     population is exactly the number of groups and the interval is an exact hypergeometric one.
-    Components mode; reviewer decisions are counted as dedup counts them.
+    Retained is for components grouping (the seed's rule); where the model's default grouping is
+    bounded (SSCD), the output says so and gives the lower bound that holds for it. Reviewer
+    decisions are counted as dedup counts them.
     """
     from ..estimate import estimate as run_estimate
     from ..thresholds import default_threshold
@@ -159,8 +161,10 @@ def estimate(
                   f"({res['seconds']:.1f} s); 95% intervals:")
     console.print(f"  with a near-duplicate: {res['with_duplicate']:.1%}  "
                   f"[{res['with_duplicate_low']:.1%}, {res['with_duplicate_high']:.1%}]")
-    console.print(f"  retained by dedup:     {res['retained']:,}  [{res['retained_low']:,}, {res['retained_high']:,}]  "
+    console.print(f"  retained (components): {res['retained']:,}  [{res['retained_low']:,}, {res['retained_high']:,}]  "
                   f"(~{res['retained'] / max(n, 1):.1%} of the images)")
+    if res.get("note"):
+        err_console.print(f"note: {res['note']}")
     if res.get("undecided"):
         err_console.print(f"{res['undecided']} sampled images could not be decided within the row budget; "
                           "the retained interval counts them both ways")
