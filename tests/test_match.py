@@ -257,6 +257,14 @@ def test_cli_match_ann_prints_recall_and_refuses_a_bad_index(db, tmp_path):
     r = subprocess.run([*neardup, "--index", "ann", "--json"], capture_output=True, text=True)
     s = json.loads(r.stdout)
     assert s["index"] == "ann" and s["exact"] is False and 0.0 <= s["recall"]["hit_recall"] <= 1.0
+    # leakage through the CLI: the same table as the library's (which is checked against brute force)
+    r = subprocess.run([sys.executable, "-m", "neardup", "match", "--leakage", "--against", str(db), "--threshold",
+                        "0.95", "--out", str(tmp_path / "leak.parquet"), "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["mode"] == "leakage" and (s["query_split"], s["reference_split"]) == ("test", "train")
+    with Catalog(db, read_only=True) as cat:
+        assert pq.read_table(tmp_path / "leak.parquet").equals(leakage(cat, 0.95).table)
     r = subprocess.run([*neardup, "--index", "fast"], capture_output=True, text=True)
     assert r.returncode == 2 and "index 'fast'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert db.read_bytes() == before
