@@ -224,18 +224,37 @@ def _threads() -> int:
     return max(1, int(nb.get_num_threads()))
 
 
+INT8_MIN_ROWS = 4096  # below this the int8 pass's set-up (order, codes) outweighs its gain
+
+
+def choose_kernel(n: int, kernel: str | None = None) -> str:
+    """The kernel path a pass over ``n`` rows uses: ``kernel`` or ``NEARDUP_KERNEL`` when given,
+    else :func:`neardup.similarity.quantized.kernel_path` (float32 below ``INT8_MIN_ROWS`` rows)."""
+    import os
+
+    from .quantized import KERNEL_ENV, kernel_path
+
+    forced = kernel or os.environ.get(KERNEL_ENV) or None
+    if forced is not None:
+        return kernel_path(forced)
+    return kernel_path() if n >= INT8_MIN_ROWS else "float32"
+
+
 def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, col_chunk: int = 8192,
-                 progress: ProgressFn | None = None) -> SimilarityForest:
+                 progress: ProgressFn | None = None, kernel: str | None = None) -> SimilarityForest:
     """The exact maximum spanning forest of all pairs with cosine >= ``floor``, and their histogram.
 
     ``vectors`` are unit-norm rows, rounded to canonical vectors here unless they already are
     (the catalog stores them canonical; a memory map is fine: blocks are read as needed).
-    ``progress(done_pairs, total_pairs)`` is called after every row block.
+    ``progress(done_pairs, total_pairs)`` is called after every row block. ``kernel`` forces a
+    kernel path (``int8-vnni``, ``int8-7bit``, ``float32``; see :func:`choose_kernel`): every
+    path gives the same histogram, forest weights and components.
     """
     if not (0.0 < floor <= 1.0):
         raise ValueError(f"floor {floor} is outside (0, 1]")
     X = canonical_vectors(vectors)
     n = int(X.shape[0])
+    path = choose_kernel(n, kernel)
     levels = filter_levels(floor)
     lob = level_of_bin(floor, levels)
     nlev = len(levels)
@@ -248,17 +267,38 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
     out = (np.empty((T, cap), np.int64), np.empty((T, cap), np.int64), np.empty((T, cap), np.float32))
     total = n * (n - 1) // 2
     done = 0
-    uf = flat[None]
-    kept: list[tuple[np.ndarray, ...]] = []
-    for a, c0, S in upper_triangle_blocks(X, block_rows, col_chunk):
-        rb, cc = S.shape
-        if c0 == a:  # a new row block: per-thread union-finds start from the forest so far
-            uf = np.repeat(flat[None], T, axis=0)
-            kept = []
-        kept += scan_kept_edges(S, a, c0, c0 == a, floor, levels, lob, flat, uf, hist, out,
-                                thread_row_bounds(rb, cc, c0 == a, T))
-        if c0 + cc < n:
-            continue
+    meta: dict = {"engine": "exact", "block_rows": block_rows, "kernel": path}
+    order = None
+    if path == "float32":
+        blocks = None
+    else:
+        from .locality import locality_order
+        from .prepass import Int8Blocks
+        from .quantized import LEVELS, Quantized
+
+        Q = Quantized(X, LEVELS[path])
+        order = locality_order(Q.u8, Q.scale)
+        X = np.ascontiguousarray(np.take(X, order, axis=0), dtype=np.float32)
+        blocks = Int8Blocks(X, Q.take(order), floor, T, min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)))
+    buf = np.empty(min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)), dtype=np.float32) if blocks is None else None
+    for a in range(0, n, block_rows):
+        b = min(n, a + block_rows)
+        rb = b - a
+        uf = np.repeat(flat[None], T, axis=0)  # per-thread union-finds start from the forest so far
+        kept: list[tuple[np.ndarray, ...]] = []
+        Xr = np.ascontiguousarray(X[a:b], dtype=np.float32) if blocks is None else None
+        for c0 in range(a, n, col_chunk):
+            c1 = min(n, c0 + col_chunk)
+            if blocks is None:
+                S = buf[: rb * (c1 - c0)].reshape(rb, c1 - c0)
+                np.matmul(Xr, np.asarray(X[c0:c1], dtype=np.float32).T, out=S)
+                kept += scan_kept_edges(S, a, c0, c0 == a, floor, levels, lob, flat, uf, hist, out,
+                                        thread_row_bounds(rb, c1 - c0, c0 == a, T))
+            else:
+                from .prepass import scan_runs
+
+                E, runs = blocks.block(a, b, c0, c1)
+                kept += scan_runs(E, runs, a, c0, floor, levels, lob, flat, uf, hist, out)
         # end of a row block: merge its kept edges into the forest, refresh the level labels
         forest = merge_kept_edges(n, forest, kept)
         _refresh_labels(n, forest[0], forest[1], forest[2].astype(np.float64), levels, flat, a + rb)
@@ -266,8 +306,10 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
         if progress is not None:
             progress(done, total)
     f_src, f_dst, f_w = forest
-    return SimilarityForest(n, f_src, f_dst, f_w, float(floor), hist.sum(axis=0),
-                            {"engine": "exact", "block_rows": block_rows})
+    if order is not None:
+        f_src, f_dst = order[f_src], order[f_dst]
+        meta["exact_fraction"] = round(blocks.pairs_exact / max(blocks.pairs_total, 1), 4)
+    return SimilarityForest(n, f_src, f_dst, f_w, float(floor), hist.sum(axis=0), meta)
 
 
-__all__ = ["exact_forest", "filter_levels", "merge_kept_edges", "scan_kept_edges", "thread_row_bounds", "upper_triangle_blocks"]
+__all__ = ["choose_kernel", "exact_forest", "filter_levels", "merge_kept_edges", "scan_kept_edges", "thread_row_bounds", "upper_triangle_blocks"]

@@ -1,0 +1,199 @@
+"""An int8 pre-pass with a proven error bound: which pairs can reach the floor at all.
+
+Stored vectors are canonical (multiples of 2**-11, :mod:`.canonical`), so ``K = 2048 x`` is an
+integer vector. Each row gets its own scale ``s = max|K| / L`` (L = 127, or 63 where the CPU's
+int8 kernel could saturate) and ``q = round(K / s)`` in [-L, L]; ``x^ = s q / 2048`` and
+``e = x - x^``. For any two rows, exactly (real numbers, Cauchy-Schwarz):
+
+    x.y = x^.y^ + x^.e_y + e_x.y^ + e_x.e_y
+    |x.y - x^.y^| <= |x^| |e_y| + |e_x| |y^| + |e_x| |e_y|  =: B(x, y)
+
+``x^.y^ = s_x s_y (q_x.q_y) / 2048**2`` and ``q_x.q_y`` is an exact integer (512 * 127 * 127 <
+2**31; onnxruntime's ``MatMulInteger`` accumulates in int32). So a pair with
+``x^.y^ + B(x, y) < floor`` is surely below the floor and needs no exact value; every other pair
+(a *candidate*) gets its exact float32 dot product. The norms are computed in float64 and
+rounded up; the float32 arithmetic of the test is covered by a margin (:data:`MARGIN`) far
+above its rounding error, so the test never drops a pair >= floor.
+
+Kernel paths (:func:`kernel_path`), chosen once per process, all with identical results:
+
+* ``int8-vnni`` -- L = 127: CPUs whose int8 dot instruction accumulates u8 x s8 products
+  straight into int32 (AVX-512 VNNI, AVX-VNNI, AMX; ARM's dot product instructions);
+* ``int8-7bit`` -- L = 63: x86 CPUs without VNNI, whose ``vpmaddubsw`` adds two u8 x s8
+  products in saturating int16 (2 * 255 * 63 < 2**15 keeps it exact);
+* ``float32`` -- no int8 pre-pass (the plain blocked float32 GEMM).
+
+Either int8 path must also pass a self-test on first use (products at the extremes of the
+range, compared with numpy's int64 product), else the next path down is taken. The environment
+variable ``NEARDUP_KERNEL`` (``int8-vnni``, ``int8-7bit``, ``float32``) forces a path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+from pathlib import Path
+
+import numba as nb
+import numpy as np
+
+from .ortgemm import int8_gemm
+
+KERNEL_ENV = "NEARDUP_KERNEL"
+PATHS = ("int8-vnni", "int8-7bit", "float32")
+LEVELS = {"int8-vnni": 127, "int8-7bit": 63}
+#: Added to every bound: covers the float32 rounding of the classification test (a few ulps of
+#: values below 2, i.e. < 1e-6) with a wide safety factor.
+MARGIN = 2.0**-16
+
+
+# ---------------------------------------------------------------------------------------------
+# dispatch
+# ---------------------------------------------------------------------------------------------
+def _cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _self_test(level: int) -> bool:
+    """The int8 GEMM equals numpy's int64 product at the extremes of the range (saturation shows here)."""
+    try:
+        rng = np.random.default_rng(12345)
+        k = 512
+        q_a = rng.integers(-level, level + 1, (64, k))
+        q_b = rng.integers(-level, level + 1, (48, k))
+        q_a[:8] = level            # all-maximum rows and columns: the largest int16 pair sums
+        q_a[8:16] = -level
+        q_b[:8] = level
+        q_b[8:16] = -level
+        q_a[16:24] = np.where(np.arange(k) % 2, level, -level)
+        q_b[16:24] = np.where(np.arange(k) % 2, -level, level)
+        a_u8 = (q_a + 128).astype(np.uint8)
+        b_s8 = np.ascontiguousarray(q_b.T.astype(np.int8))
+        got = int8_gemm(a_u8, b_s8, threads=1)
+        return bool(np.array_equal(got.astype(np.int64), q_a @ q_b.T))
+    except Exception:  # no onnxruntime, an unsupported op, anything: the int8 path is not available
+        return False
+
+
+def _auto_path() -> str:
+    flags = _cpu_flags()
+    vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+    for path in (("int8-vnni", "int8-7bit") if vnni else ("int8-7bit",)):
+        if _self_test(LEVELS[path]):
+            return path
+    return "float32"
+
+
+@functools.lru_cache(maxsize=None)
+def _resolved(forced: str | None) -> str:
+    if forced is None:
+        return _auto_path()
+    if forced not in PATHS:
+        raise ValueError(f"{KERNEL_ENV}={forced!r}: use one of {', '.join(PATHS)}")
+    if forced != "float32" and not _self_test(LEVELS[forced]):
+        raise RuntimeError(f"{KERNEL_ENV}={forced}: the int8 GEMM failed its self-test on this CPU")
+    return forced
+
+
+def kernel_path(forced: str | None = None) -> str:
+    """The exact pass's kernel path on this machine: ``int8-vnni``, ``int8-7bit`` or ``float32``.
+
+    ``forced`` (else the environment variable ``NEARDUP_KERNEL``) picks one; results are
+    identical on every path, only speed differs.
+    """
+    return _resolved(forced or os.environ.get(KERNEL_ENV) or None)
+
+
+def describe_kernel(path: str | None = None) -> str:
+    """One line for ``neardup models`` / ``--verbose``: the kernel path and why."""
+    p = kernel_path(path)
+    why = {"int8-vnni": "int8 pre-pass with 8-bit codes (VNNI dot products), exact float32 on candidates",
+           "int8-7bit": "int8 pre-pass with 7-bit codes (no VNNI: saturation-safe), exact float32 on candidates",
+           "float32": "blocked float32 GEMM over every pair"}[p]
+    return f"similarity kernel: {p} ({why})"
+
+
+# ---------------------------------------------------------------------------------------------
+# quantisation and the bound
+# ---------------------------------------------------------------------------------------------
+@nb.njit(cache=True, parallel=True)
+def _quantize(X, level, u8, scale, nh, ne):  # type: ignore[no-untyped-def]
+    """Codes and norms of each row (float64 arithmetic; see :class:`Quantized`)."""
+    n, d = X.shape
+    up = 1.0 + 2.0**-30
+    for i in nb.prange(n):
+        m = 1.0
+        for k in range(d):
+            m = max(m, abs(np.float64(X[i, k]) * 2048.0))
+        s = m / level
+        inv = level / m
+        h2 = 0.0
+        e2 = 0.0
+        for k in range(d):
+            K = np.float64(X[i, k]) * 2048.0          # an exact integer (canonical vectors)
+            q = min(max(np.rint(K * inv), -level), level)
+            u8[i, k] = np.uint8(q + 128.0)
+            xh = q * s                                 # 2048 x^
+            h2 += xh * xh
+            e2 += (K - xh) * (K - xh)
+        scale[i] = s / 2048.0
+        nh[i] = np.sqrt(h2) / 2048.0 * up + 2.0**-40
+        ne[i] = np.sqrt(e2) / 2048.0 * up + 2.0**-40
+
+
+class Quantized:
+    """Per-row int8 codes of canonical vectors and what the bound needs.
+
+    ``u8`` = q + 128 (uint8; ``u8 ^ 128`` viewed as int8 is q); ``scale`` = s / 2048 (float32,
+    so that x^.y^ = scale_x scale_y (q_x.q_y) up to float32 rounding); ``nh`` = |x^| and
+    ``ne`` = |e|, computed in float64 and rounded up (float64 rounding is ~1e-13 relative, the
+    round-up 1e-9); ``nhe`` = nh + ne, so that B(x, y) = nh_x ne_y + ne_x nhe_y. The float32
+    roundings of scale, nh, ne, nhe and of the test itself stay below 1e-6, inside MARGIN.
+    Any codes q with |q| <= L give a valid bound; rounding to nearest makes it small.
+    """
+
+    def __init__(self, X: np.ndarray, level: int) -> None:
+        n, d = X.shape
+        self.level = int(level)
+        self.u8 = np.empty((n, d), np.uint8)
+        scale, nh, ne = np.empty(n), np.empty(n), np.empty(n)
+        if n:
+            _quantize(np.ascontiguousarray(X, dtype=np.float32), float(level), self.u8, scale, nh, ne)
+        self.scale = scale.astype(np.float32)
+        self.nh = nh.astype(np.float32)
+        self.ne = ne.astype(np.float32)
+        self.nhe = (nh + ne).astype(np.float32)
+
+    def take(self, order: np.ndarray) -> "Quantized":
+        """The same codes in another row order."""
+        out = Quantized.__new__(Quantized)
+        out.level = self.level
+        out.u8 = self.u8[order]
+        for name in ("scale", "nh", "ne", "nhe"):
+            setattr(out, name, getattr(self, name)[order])
+        return out
+
+    def codes(self) -> np.ndarray:
+        """q as int8 (rows)."""
+        return (self.u8 ^ np.uint8(128)).view(np.int8)
+
+    def bound(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """B(x_i, x_j) for index arrays (float64): the proven |x.y - x^.y^| bound, before MARGIN."""
+        nh, ne = self.nh.astype(np.float64), self.ne.astype(np.float64)
+        return nh[i] * ne[j] + ne[i] * nh[j] + ne[i] * ne[j]
+
+    def approx(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """x^_i . x^_j (float64) from the exact integer dot products of the codes."""
+        q = self.codes()
+        dots = np.einsum("ij,ij->i", q[i].astype(np.int64), q[j].astype(np.int64))
+        return dots * (self.scale[i].astype(np.float64) * self.scale[j])
+
+
+__all__ = ["KERNEL_ENV", "LEVELS", "MARGIN", "PATHS", "Quantized", "describe_kernel", "kernel_path"]
