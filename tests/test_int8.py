@@ -25,7 +25,8 @@ from neardup.similarity.canonical import canonical_vectors
 from neardup.similarity.exact import exact_forest
 from neardup.similarity.locality import locality_order
 from neardup.similarity.ortgemm import gemm_nt, int8_gemm
-from neardup.similarity.quantized import KERNEL_ENV, LEVELS, MARGIN, PATHS, Quantized, describe_kernel, kernel_path
+from neardup.similarity.quantized import (KERNEL_ENV, LEVELS, MARGIN, PATHS, Quantized, describe_kernel, kernel_path,
+                                         planned_kernel_path)
 from neardup.synthetic import seed_shaped
 
 INT8_PATHS = ("int8-vnni", "int8-7bit")
@@ -329,6 +330,19 @@ def test_kernel_path_is_named_and_can_be_forced(monkeypatch):
     monkeypatch.setenv(KERNEL_ENV, "fast")
     with pytest.raises(ValueError, match="NEARDUP_KERNEL"):
         kernel_path()
+
+
+def test_neardup_models_names_the_kernel_path():
+    env = {k: v for k, v in os.environ.items() if k != KERNEL_ENV}
+    r = subprocess.run([sys.executable, "-m", "neardup", "models"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert f"similarity kernel: {planned_kernel_path()} (" in text
+    if kernel_path() != "float32":  # here the prediction from the CPU flags is what the pass uses
+        assert planned_kernel_path() == kernel_path()
+    r = subprocess.run([sys.executable, "-m", "neardup", "models"], capture_output=True, text=True,
+                       env=dict(env, **{KERNEL_ENV: "float32"}), timeout=300)
+    assert "similarity kernel: float32 (" in " ".join(r.stdout.split())
 
 
 def test_codes_respect_the_saturation_safe_range():

@@ -46,6 +46,8 @@ LEVELS = {"int8-vnni": 127, "int8-7bit": 63}
 #: Added to every bound: covers the float32 rounding of the classification test (a few ulps of
 #: values below 2, i.e. < 1e-6) with a wide safety factor.
 MARGIN = 2.0**-16
+#: /proc/cpuinfo flags of an int8 dot product that accumulates u8 x s8 products in int32 (no int16 step)
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,8 +85,7 @@ def _self_test(level: int) -> bool:
 
 
 def _auto_path() -> str:
-    flags = _cpu_flags()
-    vnni = bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
+    vnni = bool(_cpu_flags() & VNNI_FLAGS)
     for path in (("int8-vnni", "int8-7bit") if vnni else ("int8-7bit",)):
         if _self_test(LEVELS[path]):
             return path
@@ -111,13 +112,31 @@ def kernel_path(forced: str | None = None) -> str:
     return _resolved(forced or os.environ.get(KERNEL_ENV) or None)
 
 
-def describe_kernel(path: str | None = None) -> str:
-    """One line for ``neardup models`` / ``--verbose``: the kernel path and why."""
-    p = kernel_path(path)
-    why = {"int8-vnni": "int8 pre-pass with 8-bit codes (VNNI dot products), exact float32 on candidates",
-           "int8-7bit": "int8 pre-pass with 7-bit codes (no VNNI: saturation-safe), exact float32 on candidates",
-           "float32": "blocked float32 GEMM over every pair"}[p]
-    return f"similarity kernel: {p} ({why})"
+def planned_kernel_path() -> str:
+    """The path :func:`kernel_path` will take, from the CPU's flags alone (no onnxruntime import,
+    no self-test: cheap enough for ``neardup models``); the self-test at first use may still fall back."""
+    forced = os.environ.get(KERNEL_ENV) or None
+    if forced is not None:
+        return forced if forced in PATHS else "float32"
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "float32"
+    return "int8-vnni" if _cpu_flags() & VNNI_FLAGS else "int8-7bit"
+
+
+def describe_kernel(path: str | None = None, *, checked: bool = True) -> str:
+    """One line naming the exact pass's kernel path and what it does (``neardup models``).
+
+    ``checked=False`` names ``path`` as given (e.g. :func:`planned_kernel_path`) without running
+    the int8 self-test, and says that the test runs at first use.
+    """
+    p = kernel_path(path) if checked else (path or planned_kernel_path())
+    why = {"int8-vnni": "8-bit codes, then exact float32 where a pair can reach the floor",
+           "int8-7bit": "7-bit codes (no VNNI), then exact float32 where a pair can reach the floor",
+           "float32": "float32 GEMM over every pair"}[p]
+    note = "" if checked or p == "float32" else "; self-tested at first use"
+    return f"similarity kernel: {p} ({why}{note}). Same results on every path; {KERNEL_ENV} forces one."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,4 +215,4 @@ class Quantized:
         return dots * (self.scale[i].astype(np.float64) * self.scale[j])
 
 
-__all__ = ["KERNEL_ENV", "LEVELS", "MARGIN", "PATHS", "Quantized", "describe_kernel", "kernel_path"]
+__all__ = ["KERNEL_ENV", "LEVELS", "MARGIN", "PATHS", "Quantized", "describe_kernel", "kernel_path", "planned_kernel_path"]
