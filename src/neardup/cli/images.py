@@ -98,7 +98,7 @@ def models_cmd() -> None:
                   style="dim", highlight=False)
     for m in list_models():
         console.print(f"{m.name}: {m.description}", highlight=False, soft_wrap=False)
-    from ..similarity.quantized import describe_kernel, planned_kernel_path
+    from ..cpu import describe_kernel, planned_kernel_path
 
     console.print(describe_kernel(planned_kernel_path(), checked=False), highlight=False, soft_wrap=False)
 

@@ -32,37 +32,23 @@ from __future__ import annotations
 
 import functools
 import os
-import struct
-from pathlib import Path
 
 import numba as nb
 import numpy as np
 
+from ..cpu import KERNEL_ENV, PATHS, VNNI_FLAGS, cpu_flags, planned_kernel_path
+from ..cpu import describe_kernel as _describe
 from .ortgemm import int8_gemm
 
-KERNEL_ENV = "NEARDUP_KERNEL"
-PATHS = ("int8-vnni", "int8-7bit", "float32")
 LEVELS = {"int8-vnni": 127, "int8-7bit": 63}
 #: Added to every bound: covers the float32 rounding of the classification test (a few ulps of
 #: values below 2, i.e. < 1e-6) with a wide safety factor.
 MARGIN = 2.0**-16
-#: /proc/cpuinfo flags of an int8 dot product that accumulates u8 x s8 products in int32 (no int16 step)
-VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"})
 
 
 # ---------------------------------------------------------------------------------------------
 # dispatch
 # ---------------------------------------------------------------------------------------------
-def _cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def _self_test(level: int) -> bool:
     """The int8 GEMM equals numpy's int64 product at the extremes of the range (saturation shows here)."""
     try:
@@ -85,7 +71,7 @@ def _self_test(level: int) -> bool:
 
 
 def _auto_path() -> str:
-    vnni = bool(_cpu_flags() & VNNI_FLAGS)
+    vnni = bool(cpu_flags() & VNNI_FLAGS)
     for path in (("int8-vnni", "int8-7bit") if vnni else ("int8-7bit",)):
         if _self_test(LEVELS[path]):
             return path
@@ -112,31 +98,9 @@ def kernel_path(forced: str | None = None) -> str:
     return _resolved(forced or os.environ.get(KERNEL_ENV) or None)
 
 
-def planned_kernel_path() -> str:
-    """The path :func:`kernel_path` will take, from the CPU's flags alone (no onnxruntime import,
-    no self-test: cheap enough for ``neardup models``); the self-test at first use may still fall back."""
-    forced = os.environ.get(KERNEL_ENV) or None
-    if forced is not None:
-        return forced if forced in PATHS else "float32"
-    import importlib.util
-
-    if importlib.util.find_spec("onnxruntime") is None:
-        return "float32"
-    return "int8-vnni" if _cpu_flags() & VNNI_FLAGS else "int8-7bit"
-
-
-def describe_kernel(path: str | None = None, *, checked: bool = True) -> str:
-    """One line naming the exact pass's kernel path and what it does (``neardup models``).
-
-    ``checked=False`` names ``path`` as given (e.g. :func:`planned_kernel_path`) without running
-    the int8 self-test, and says that the test runs at first use.
-    """
-    p = kernel_path(path) if checked else (path or planned_kernel_path())
-    why = {"int8-vnni": "8-bit codes, then exact float32 where a pair can reach the floor",
-           "int8-7bit": "7-bit codes (no VNNI), then exact float32 where a pair can reach the floor",
-           "float32": "float32 GEMM over every pair"}[p]
-    note = "" if checked or p == "float32" else "; self-tested at first use"
-    return f"similarity kernel: {p} ({why}{note}). Same results on every path; {KERNEL_ENV} forces one."
+def describe_kernel(path: str | None = None) -> str:
+    """One line naming the kernel path this process uses (after the self-test) and what it does."""
+    return _describe(kernel_path(path))
 
 
 # ---------------------------------------------------------------------------------------------
