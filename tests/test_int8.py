@@ -160,16 +160,16 @@ def test_the_tile_test_keeps_a_pair_exactly_at_the_bound(level):
         C = np.zeros((64 * m, P.shape[1]), np.float32)
         C[::64] = cols                                # pair p: row p, column 64 p; zero columns elsewhere
         Qr, Qc = Quantized(rows, level), Quantized(C, level)
-        Y = int8_gemm(Qr.u8, np.ascontiguousarray(Qc.codes().T))
+        Yt = int8_gemm(Qc.u8, np.ascontiguousarray(Qr.codes().T))   # [column, row], as the pass computes it
         for p in range(m):
-            approx = Y[p, 64 * p] * float(Qr.scale[p]) * float(Qc.scale[64 * p])
+            approx = Yt[64 * p, p] * float(Qr.scale[p]) * float(Qc.scale[64 * p])
             bound = float(Qr.nh[p] * Qc.ne[64 * p] + Qr.ne[p] * Qc.nhe[64 * p])
             if level == 127:
                 assert abs(exact[p] - (approx + bound)) < 1e-6       # at the bound
         for floor, want in ((exact, 1), (exact + 4 * MARGIN + 2 * float(Qc.ne.max() + Qr.ne.max()), 0)):
             for p in range(m):
                 flags = np.zeros((m, len(C) // 64), np.uint8)
-                prepass._flag_tiles(Y, Qr.scale, Qr.nh, Qr.ne, Qc.scale, Qc.ne, Qc.nhe,
+                prepass._flag_tiles(Yt, Qr.scale, Qr.nh, Qr.ne, Qc.scale, Qc.ne, Qc.nhe,
                                     np.float32(floor[p] - MARGIN), -(m + len(C)), 1, flags)
                 assert flags[p, p] == want, (p, want)
                 assert flags.sum() == (flags.diagonal() > 0).sum()   # zero columns never mark a tile
@@ -186,9 +186,9 @@ def test_flagged_tiles_cover_every_pair_above_the_floor():
         for floor in (0.9, 0.95, 0.98):
             a, c0 = 0, 512
             R, C = 512, 900
-            Y = int8_gemm(Q.u8[a:a + R], np.ascontiguousarray(Q.codes()[c0:c0 + C].T))
+            Yt = int8_gemm(Q.u8[c0:c0 + C], np.ascontiguousarray(Q.codes()[a:a + R].T))
             flags = np.zeros((-(-R // 128), -(-C // 64)), np.uint8)
-            prepass._flag_tiles(Y, Q.scale[a:a + R], Q.nh[a:a + R], Q.ne[a:a + R], Q.scale[c0:c0 + C],
+            prepass._flag_tiles(Yt, Q.scale[a:a + R], Q.nh[a:a + R], Q.ne[a:a + R], Q.scale[c0:c0 + C],
                                 Q.ne[c0:c0 + C], Q.nhe[c0:c0 + C], np.float32(floor - MARGIN), -(R + C), 128, flags)
             hit_r, hit_c = np.nonzero(S[a:a + R, c0:c0 + C] >= floor)
             assert flags[hit_r // 128, hit_c // 64].all()
@@ -286,7 +286,8 @@ def test_scan_resumes_when_its_output_buffer_fills():
     T = 2
     uf = np.repeat(flat[None], T, axis=0)
     hist = np.zeros((T, hist_bins(floor)), np.int64)
-    cap = int(runs[:, 3].max())  # just one row of the widest run fits
+    starts = np.flatnonzero(np.r_[True, runs[1:, 0] != runs[:-1, 0]])
+    cap = int(np.add.reduceat(runs[:, 3], starts).max())  # just one row of the widest tile row fits
     out = (np.empty((T, cap), np.int64), np.empty((T, cap), np.int64), np.empty((T, cap), np.float32))
     kept = prepass.scan_runs(E, runs, 0, 0, floor, levels, lob, flat, uf, hist, out)
     assert len(kept) > T  # it had to resume

@@ -95,6 +95,38 @@ def _merge_kruskal(n: int, f_src: np.ndarray, f_dst: np.ndarray, f_w: np.ndarray
     return o_src[:m], o_dst[:m], o_w[:m]
 
 
+@nb.njit(cache=True)
+def _grid_order_desc(w: np.ndarray) -> np.ndarray:
+    """Indices sorting ``w`` heaviest first by a counting sort on the 2**-22 grid (similarities of
+    canonical vectors lie on it); empty when some weight is off the grid or the range is too wide."""
+    m = w.shape[0]
+    if m == 0:
+        return np.zeros(0, np.int64)
+    kmin = np.int64(1) << 40
+    kmax = -kmin
+    for e in range(m):
+        k = np.float64(w[e]) * 4194304.0
+        if k != np.floor(k) or abs(k) > 2.0**30:
+            return np.zeros(0, np.int64)
+        ki = np.int64(k)
+        kmin = min(kmin, ki)
+        kmax = max(kmax, ki)
+    width = kmax - kmin + 1
+    if width > 4 * m + 4096:  # sparse keys: a comparison sort is cheaper
+        return np.zeros(0, np.int64)
+    start = np.zeros(width + 1, np.int64)
+    for e in range(m):
+        start[kmax - np.int64(np.float64(w[e]) * 4194304.0) + 1] += 1
+    for b in range(width):
+        start[b + 1] += start[b]
+    order = np.empty(m, np.int64)
+    for e in range(m):
+        b = kmax - np.int64(np.float64(w[e]) * 4194304.0)
+        order[start[b]] = e
+        start[b] += 1
+    return order
+
+
 def merge_kept_edges(n: int, forest: tuple[np.ndarray, np.ndarray, np.ndarray],
                      kept: list[tuple[np.ndarray, ...]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The forest (src, dst, w; heaviest first) updated with a scan's kept edges, heaviest first."""
@@ -103,7 +135,10 @@ def merge_kept_edges(n: int, forest: tuple[np.ndarray, np.ndarray, np.ndarray],
     src = np.concatenate([e[0] for e in kept])
     dst = np.concatenate([e[1] for e in kept])
     w = np.concatenate([e[2] for e in kept])
-    order = np.argsort(-w)  # ties may land in any order: any maximum spanning forest will do
+    # ties may land in any order: any maximum spanning forest will do
+    order = _grid_order_desc(w) if len(w) > 1 else np.arange(len(w))
+    if len(order) != len(w):
+        order = np.argsort(-w)
     return _merge_kruskal(n, *forest, src[order], dst[order], w[order])
 
 
@@ -195,7 +230,9 @@ def upper_triangle_blocks(X: np.ndarray, block_rows: int = 2048,
     """
     n = int(X.shape[0])
     buf = np.empty(min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)), dtype=np.float32)
-    for a in range(0, n, block_rows):
+    # the int8 path walks row blocks from the last (see prepass._scan_runs: rows in a locality order)
+    starts = range(0, n, block_rows)
+    for a in (starts if blocks is None else reversed(starts)):
         b = min(n, a + block_rows)
         Xr = np.ascontiguousarray(X[a:b], dtype=np.float32)
         for c0 in range(a, n, col_chunk):
@@ -267,24 +304,27 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
     out = (np.empty((T, cap), np.int64), np.empty((T, cap), np.int64), np.empty((T, cap), np.float32))
     total = n * (n - 1) // 2
     done = 0
+    uf = np.empty((T, nlev, n), dtype=np.int32)
     meta: dict = {"engine": "exact", "block_rows": block_rows, "kernel": path}
     order = None
     if path == "float32":
         blocks = None
     else:
-        from .locality import locality_order
+        from .locality import locality_order, take_rows
         from .prepass import Int8Blocks
         from .quantized import LEVELS, Quantized
 
         Q = Quantized(X, LEVELS[path])
         order = locality_order(Q.u8, Q.scale)
-        X = np.ascontiguousarray(np.take(X, order, axis=0), dtype=np.float32)
+        X = take_rows(np.asarray(X, dtype=np.float32), order)
         blocks = Int8Blocks(X, Q.take(order), floor, T, min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)))
     buf = np.empty(min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)), dtype=np.float32) if blocks is None else None
-    for a in range(0, n, block_rows):
+    # the int8 path walks row blocks from the last (see prepass._scan_runs: rows in a locality order)
+    starts = range(0, n, block_rows)
+    for a in (starts if blocks is None else reversed(starts)):
         b = min(n, a + block_rows)
         rb = b - a
-        uf = np.repeat(flat[None], T, axis=0)  # per-thread union-finds start from the forest so far
+        uf[:] = flat[None]  # per-thread union-finds start from the forest so far (one buffer: no page faults)
         kept: list[tuple[np.ndarray, ...]] = []
         Xr = np.ascontiguousarray(X[a:b], dtype=np.float32) if blocks is None else None
         for c0 in range(a, n, col_chunk):
@@ -301,7 +341,9 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
                 kept += scan_runs(E, runs, a, c0, floor, levels, lob, flat, uf, hist, out)
         # end of a row block: merge its kept edges into the forest, refresh the level labels
         forest = merge_kept_edges(n, forest, kept)
-        _refresh_labels(n, forest[0], forest[1], forest[2].astype(np.float64), levels, flat, a + rb)
+        # the next block reads labels from its first row on: a + rb going up, a - block_rows going down
+        _refresh_labels(n, forest[0], forest[1], forest[2].astype(np.float64), levels, flat,
+                        a + rb if blocks is None else max(0, a - block_rows))
         done += rb * (n - a) - rb * (rb + 1) // 2
         if progress is not None:
             progress(done, total)

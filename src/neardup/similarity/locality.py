@@ -95,6 +95,20 @@ def _split_level(U, scale, order, lo_arr, hi_arr, sample, iters):  # type: ignor
                 a += 1
 
 
+@nb.njit(cache=True, parallel=True)
+def _take_rows(X, order, out):  # type: ignore[no-untyped-def]
+    for t in nb.prange(order.shape[0]):
+        out[t] = X[order[t]]
+
+
+def take_rows(X: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """``X[order]`` as a new C-contiguous array, gathered by all threads (a memory map is read once)."""
+    out = np.empty((len(order),) + X.shape[1:], dtype=X.dtype)
+    if len(order):
+        _take_rows(np.ascontiguousarray(X), np.ascontiguousarray(order, dtype=np.int64), out)
+    return out
+
+
 def locality_order(codes_u8: np.ndarray, scale: np.ndarray, *, leaf: int = 32, sample: int = 256,
                    iters: int = 3) -> np.ndarray:
     """A permutation of the rows with near vectors adjacent, from int8 codes (``q + 128``) and row scales."""
@@ -113,4 +127,4 @@ def locality_order(codes_u8: np.ndarray, scale: np.ndarray, *, leaf: int = 32, s
     return order
 
 
-__all__ = ["locality_order"]
+__all__ = ["locality_order", "take_rows"]

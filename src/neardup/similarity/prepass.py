@@ -34,114 +34,127 @@ GAP = 1          # adjacent runs of marked tiles closer than this many tiles bec
 
 
 @nb.njit(cache=True, parallel=True, fastmath=True)
-def _flag_tiles(Y, rs, rnh, rne, cs, cne, cnhe, thr, d, mr, flags):  # type: ignore[no-untyped-def]
-    """flags[tr, tc] = 1 where tile (tr, tc) of the int32 block ``Y`` holds a candidate pair.
+def _flag_tiles(Yt, rs, rnh, rne, cs, cne, cnhe, thr, d, mr, flags):  # type: ignore[no-untyped-def]
+    """flags[tr, tc] = 1 where tile (tr, tc) of a block holds a candidate pair.
 
-    Pair (r, c) of the block is in the upper triangle iff ``c - r > d``; a tile that straddles
-    the diagonal is marked without a test, one entirely below it stays 0.
-    Candidate: ``rs_r cs_c Y[r, c] + rnh_r cne_c + rne_r cnhe_c >= thr`` (float32; the bound's
-    rounding is covered by MARGIN in ``thr``).
+    ``Yt[c, r]`` is the int32 product of column c's and row r's codes (the block transposed:
+    the GEMM's left side is the column chunk, a plain slice of the codes). Pair (r, c) is in the
+    upper triangle iff ``c - r > d``; a tile that straddles the diagonal is marked without a
+    test, one entirely below it stays 0. Candidate (x = row r, y = column c):
+    ``rs_r cs_c Yt[c, r] + rnh_r cne_c + rne_r cnhe_c >= thr``, i.e. x^.y^ + B(x, y) >= thr, in
+    float32 (its rounding is covered by MARGIN in ``thr``).
     """
-    R, C = Y.shape
+    C, R = Yt.shape
     ntr = flags.shape[0]
     ntc = flags.shape[1]
-    for tr in nb.prange(ntr):
-        r0 = tr * mr
-        r1 = min(R, r0 + mr)
-        state = np.zeros(ntc, np.uint8)  # 0 test, 1 marked, 2 no pair here
-        for tc in range(ntc):
-            c_lo = tc * 64
-            c_hi = min(C, c_lo + 64)
+    for tc in nb.prange(ntc):
+        c_lo = tc * 64
+        c_hi = min(C, c_lo + 64)
+        state = np.zeros(ntr, np.uint8)  # 0 test, 1 marked, 2 no pair here
+        for tr in range(ntr):
+            r0 = tr * mr
+            r1 = min(R, r0 + mr)
             if c_hi - 1 - r0 <= d:
-                state[tc] = 2
+                state[tr] = 2
             elif c_lo - (r1 - 1) <= d:
-                state[tc] = 1
-        for r in range(r0, r1):
-            a_ = rs[r]
-            b_ = rnh[r]
-            e_ = rne[r]
-            Yr = Y[r]
-            for tc in range(ntc):
-                if state[tc] != 0:
+                state[tr] = 1
+        for c in range(c_lo, c_hi):
+            a_ = cs[c]
+            b_ = cne[c]
+            e_ = cnhe[c]
+            Yc = Yt[c]
+            for tr in range(ntr):
+                if state[tr] != 0:
                     continue
-                c_lo = tc * 64
-                c_hi = min(C, c_lo + 64)
+                r0 = tr * mr
+                r1 = min(R, r0 + mr)
                 # slices indexed from 0 (no negative-index wraparound): plain vector loads
-                y_, s_, n_, h_ = Yr[c_lo:c_hi], cs[c_lo:c_hi], cne[c_lo:c_hi], cnhe[c_lo:c_hi]
-                hit = np.int32(0)
-                for c in range(y_.shape[0]):  # an OR reduction: vectorises (a max reduction did not)
-                    v = a_ * s_[c] * np.float32(y_[c]) + b_ * n_[c] + e_ * h_[c]
-                    hit |= np.int32(v >= thr)
+                y_, s_, n_, h_ = Yc[r0:r1], rs[r0:r1], rnh[r0:r1], rne[r0:r1]
+                hit = False
+                for r in range(y_.shape[0]):  # a boolean OR reduction: vector compares into mask registers
+                    hit |= a_ * s_[r] * np.float32(y_[r]) + n_[r] * b_ + h_[r] * e_ >= thr
                 if hit:
-                    state[tc] = 1
-        for tc in range(ntc):
-            flags[tr, tc] = 1 if state[tc] == 1 else 0
+                    state[tr] = 1
+        for tr in range(ntr):
+            flags[tr, tc] = 1 if state[tr] == 1 else 0
 
 
 @nb.njit(cache=True, parallel=True)
-def _scan_runs(E, run_r, run_nr, run_c, run_len, run_off, row0, col0, f32floor, edges, levels, lev_of_bin,
-               flat, uf, hist, out_src, out_dst, out_w, out_n, t_run, t_row, t_end):  # type: ignore[no-untyped-def]
+def _scan_runs(E, run_r, run_nr, run_c, run_len, run_off, g_start, row0, col0, f32floor, edges, levels, lev_of_bin,
+               flat, uf, hist, out_src, out_dst, out_w, out_n, t_grp, t_row, t_end):  # type: ignore[no-untyped-def]
     """Histogram and forest filter over the exact values of marked runs (the float32 scan's logic).
 
-    Run k: block rows [run_r[k], +run_nr[k]) x block columns [run_c[k], +run_len[k]), its
-    exact values at ``E[run_off[k]:]`` (row-major). Thread t owns runs [t_run[t], t_end[t]) and
-    resumes at row t_row[t]; it stops early when its output buffer might overflow. Only pairs
-    with global column > global row count (the upper triangle).
+    Run k: block rows [run_r[k], +run_nr[k]) x block columns [run_c[k], +run_len[k]), its exact
+    values at ``E[run_off[k]:]`` (row-major). Runs of one tile row form a group (runs
+    g_start[g] .. g_start[g+1]-1, ascending columns). Thread t owns groups [t_end[t], t_grp[t]]
+    and walks them *downwards*: groups from t_grp[t] down to t_end[t], in a group its rows from
+    the last (t_row[t] rows left) to the first, in a row the runs left to right. Rows are in a
+    locality order, so for a pair (i, j) the rows k between them are scanned before i, and
+    with the edges (i, k) seen just before (i, j) the filter finds the path i-k-j (in an
+    ascending scan of a chain-like group almost every pair was kept). It stops early when its
+    output buffer might overflow. Only pairs with global column > global row count.
     """
-    T = t_run.shape[0]
+    T = t_grp.shape[0]
     nlev = levels.shape[0]
     cap = out_src.shape[1]
     for t in nb.prange(T):
         cnt = out_n[t]
-        k = t_run[t]
-        rr = t_row[t]
+        g = t_grp[t]
+        left = t_row[t]
         full = False
-        while k < t_end[t]:
-            nr = run_nr[k]
-            L = run_len[k]
-            off = run_off[k]
-            S = E[off:off + nr * L].reshape((nr, L))
-            cbase = col0 + run_c[k]
-            while rr < nr:
-                if cnt + L > cap:
+        while g >= t_end[t]:
+            k0 = g_start[g]
+            k1 = g_start[g + 1]
+            width = 0
+            for k in range(k0, k1):
+                width += run_len[k]
+            while left > 0:
+                if cnt + width > cap:
                     full = True
                     break
-                i = row0 + run_r[k] + rr
-                for c_lo in range(0, L, 64):
-                    mask = row_mask(S, rr, c_lo, L, f32floor)
-                    lim = i - (cbase + c_lo)  # bits 0..lim are columns j <= i
-                    if lim >= 63:
-                        mask = np.uint64(0)
-                    elif lim >= 0:
-                        mask &= ~((np.uint64(1) << np.uint64(lim + 1)) - np.uint64(1))
-                    while mask:
-                        c = c_lo + lowest_bit(mask)
-                        mask &= mask - np.uint64(1)
-                        s = S[rr, c]
-                        b, sd = _hist_bin(s, edges)
-                        hist[t, b] += 1
-                        la = lev_of_bin[b]
-                        j = cbase + c
-                        if flat[la, i] == flat[la, j]:
-                            continue
-                        if _find(uf[t, la], i) == _find(uf[t, la], j):
-                            continue
-                        out_src[t, cnt] = i
-                        out_dst[t, cnt] = j
-                        out_w[t, cnt] = sd
-                        cnt += 1
-                        lv = la
-                        while lv < nlev and levels[lv] > sd:
-                            lv += 1
-                        while lv < nlev and _union(uf[t, lv], i, j):
-                            lv += 1
-                rr += 1
+                rr = left - 1
+                i = row0 + run_r[k0] + rr
+                for k in range(k0, k1):
+                    L = run_len[k]
+                    off = run_off[k]
+                    S = E[off:off + run_nr[k] * L].reshape((run_nr[k], L))
+                    cbase = col0 + run_c[k]
+                    for c_lo in range(0, L, 64):
+                        mask = row_mask(S, rr, c_lo, L, f32floor)
+                        lim = i - (cbase + c_lo)  # bits 0..lim are columns j <= i
+                        if lim >= 63:
+                            mask = np.uint64(0)
+                        elif lim >= 0:
+                            mask &= ~((np.uint64(1) << np.uint64(lim + 1)) - np.uint64(1))
+                        while mask:
+                            c = c_lo + lowest_bit(mask)
+                            mask &= mask - np.uint64(1)
+                            s = S[rr, c]
+                            b, sd = _hist_bin(s, edges)
+                            hist[t, b] += 1
+                            la = lev_of_bin[b]
+                            j = cbase + c
+                            if flat[la, i] == flat[la, j]:
+                                continue
+                            if _find(uf[t, la], i) == _find(uf[t, la], j):
+                                continue
+                            out_src[t, cnt] = i
+                            out_dst[t, cnt] = j
+                            out_w[t, cnt] = sd
+                            cnt += 1
+                            lv = la
+                            while lv < nlev and levels[lv] > sd:
+                                lv += 1
+                            while lv < nlev and _union(uf[t, lv], i, j):
+                                lv += 1
+                left -= 1
             if full:
                 break
-            k += 1
-            rr = 0
-        t_run[t] = k
-        t_row[t] = rr
+            g -= 1
+            if g >= t_end[t]:
+                left = run_nr[g_start[g]]
+        t_grp[t] = g
+        t_row[t] = left
         out_n[t] = cnt
 
 
@@ -176,7 +189,8 @@ class Int8Blocks:
         self.Q = Q
         self.thr = np.float32(float(floor) - MARGIN)
         self.threads = threads
-        self.qT = np.ascontiguousarray(Q.codes().T)  # the GEMM's right side, columns sliced per block
+        self.codes = Q.codes()
+        self._bq: tuple[int, np.ndarray] | None = None  # the GEMM's right side: this row block's codes, transposed
         self.E = np.empty(max_block, np.float32)
         self.Y = np.empty(max_block, np.int32)
         self.pairs_total = 0     # pairs in the blocks
@@ -185,12 +199,13 @@ class Int8Blocks:
     def block(self, a: int, b: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
         Q, Xp = self.Q, self.Xp
         R, C = b - a, c1 - c0
-        Y = int8_gemm(Q.u8[a:b], np.ascontiguousarray(self.qT[:, c0:c1]), self.threads,
-                      out=self.Y[:R * C].reshape(R, C))
+        if self._bq is None or self._bq[0] != a or self._bq[1].shape[1] != R:
+            self._bq = (a, np.ascontiguousarray(self.codes[a:b].T))
+        Yt = int8_gemm(Q.u8[c0:c1], self._bq[1], self.threads, out=self.Y[:C * R].reshape(C, R))
         ntr = -(-R // TILE_ROWS)
         flags = np.zeros((ntr, -(-C // TILE_COLS)), np.uint8)
         d = a - c0 if c0 <= a else -(R + C)
-        _flag_tiles(Y, Q.scale[a:b], Q.nh[a:b], Q.ne[a:b], Q.scale[c0:c1], Q.ne[c0:c1], Q.nhe[c0:c1],
+        _flag_tiles(Yt, Q.scale[a:b], Q.nh[a:b], Q.ne[a:b], Q.scale[c0:c1], Q.ne[c0:c1], Q.nhe[c0:c1],
                     self.thr, d, TILE_ROWS, flags)
         Xr = Xp[a:b]
         if flags.mean() >= DENSE:
@@ -214,18 +229,28 @@ class Int8Blocks:
 def scan_runs(E: np.ndarray, runs: np.ndarray, row0: int, col0: int, floor: float, levels: np.ndarray,
               lev_of_bin: np.ndarray, flat: np.ndarray, uf: np.ndarray, hist: np.ndarray,
               out: tuple[np.ndarray, np.ndarray, np.ndarray]) -> list[tuple[np.ndarray, ...]]:
-    """Run :func:`_scan_runs` over one block's runs until done; the kept edges as ``(src, dst, w)`` copies."""
+    """Run :func:`_scan_runs` over one block's runs until done; the kept edges as ``(src, dst, w)`` copies.
+
+    ``runs`` rows are (row0, nrows, col0, ncols, offset), grouped by tile row (as :func:`_runs` and
+    the dense path make them: ascending rows, then columns).
+    """
     out_src, out_dst, out_w = out
     T = out_src.shape[0]
     if len(runs) == 0:
         return []
-    work = np.cumsum(runs[:, 1] * runs[:, 3])
-    cuts = np.searchsorted(work, np.linspace(0, work[-1], T + 1)[1:-1], side="right")
-    bounds = np.r_[0, cuts, len(runs)].astype(np.int64)
-    bounds = np.maximum.accumulate(bounds)
-    t_run, t_end = bounds[:-1].copy(), bounds[1:].copy()
-    t_row = np.zeros(T, np.int64)
     run_r = np.ascontiguousarray(runs[:, 0])
+    new_group = np.r_[True, run_r[1:] != run_r[:-1]]
+    g_start = np.r_[np.flatnonzero(new_group), len(runs)].astype(np.int64)
+    G = len(g_start) - 1
+    if int(np.add.reduceat(runs[:, 3], g_start[:-1]).max()) > out_src.shape[1]:
+        raise ValueError("output buffers narrower than a tile row's runs")
+    work = np.add.reduceat(runs[:, 1] * runs[:, 3], g_start[:-1])
+    cum = np.cumsum(work)
+    cuts = np.searchsorted(cum, np.linspace(0, cum[-1], T + 1)[1:-1], side="left")
+    bounds = np.maximum.accumulate(np.r_[0, cuts, G].astype(np.int64))   # thread t: groups [bounds[t], bounds[t+1])
+    t_end = bounds[:-1].copy()
+    t_grp = bounds[1:] - 1
+    t_row = np.array([runs[g_start[g], 1] if g >= 0 else 0 for g in t_grp.tolist()], dtype=np.int64)
     run_nr = np.ascontiguousarray(runs[:, 1])
     run_c = np.ascontiguousarray(runs[:, 2])
     run_len = np.ascontiguousarray(runs[:, 3])
@@ -235,13 +260,13 @@ def scan_runs(E: np.ndarray, runs: np.ndarray, row0: int, col0: int, floor: floa
     f32floor = ceil_f32(floor)
     while True:
         out_n = np.zeros(T, np.int64)
-        _scan_runs(E, run_r, run_nr, run_c, run_len, run_off, row0, col0, f32floor, edges, levels, lev_of_bin,
-                   flat, uf, hist, out_src, out_dst, out_w, out_n, t_run, t_row, t_end)
+        _scan_runs(E, run_r, run_nr, run_c, run_len, run_off, g_start, row0, col0, f32floor, edges, levels,
+                   lev_of_bin, flat, uf, hist, out_src, out_dst, out_w, out_n, t_grp, t_row, t_end)
         for t in range(T):
             k = int(out_n[t])
             if k:
                 kept.append((out_src[t, :k].copy(), out_dst[t, :k].copy(), out_w[t, :k].copy()))
-        if np.all(t_run >= t_end):
+        if np.all(t_grp < t_end):
             return kept
 
 

@@ -158,7 +158,9 @@ class Quantized:
         """The same codes in another row order."""
         out = Quantized.__new__(Quantized)
         out.level = self.level
-        out.u8 = self.u8[order]
+        from .locality import take_rows
+
+        out.u8 = take_rows(self.u8, order)
         for name in ("scale", "nh", "ne", "nhe"):
             setattr(out, name, getattr(self, name)[order])
         return out
