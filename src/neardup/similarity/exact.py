@@ -230,9 +230,7 @@ def upper_triangle_blocks(X: np.ndarray, block_rows: int = 2048,
     """
     n = int(X.shape[0])
     buf = np.empty(min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)), dtype=np.float32)
-    # the int8 path walks row blocks from the last (see prepass._scan_runs: rows in a locality order)
-    starts = range(0, n, block_rows)
-    for a in (starts if blocks is None else reversed(starts)):
+    for a in range(0, n, block_rows):
         b = min(n, a + block_rows)
         Xr = np.ascontiguousarray(X[a:b], dtype=np.float32)
         for c0 in range(a, n, col_chunk):
