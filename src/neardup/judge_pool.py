@@ -27,7 +27,7 @@ import numba as nb
 import numpy as np
 
 from .catalog import Catalog
-from .pairs import _key, _sift_down, _sift_up
+from .pairs import _key, _offer
 from .similarity.canonical import canonical_vectors
 from .similarity.exact import thread_row_bounds, upper_triangle_blocks
 
@@ -62,20 +62,8 @@ def _scan_bins(S: np.ndarray, row0: int, col0: int, diagonal: bool, lo: float, i
                     bb = B - 1
                 counts[t, bb] += 1
                 key = _key(gi, col0 + c, seed)
-                m = hn[t, bb]
-                if m < k:
-                    hkey[t, bb, m] = key
-                    hi_[t, bb, m] = gi
-                    hj[t, bb, m] = col0 + c
-                    hs[t, bb, m] = s
-                    _sift_up(hkey[t, bb], hi_[t, bb], hj[t, bb], hs[t, bb], m)
-                    hn[t, bb] = m + 1
-                elif key < hkey[t, bb, 0]:
-                    hkey[t, bb, 0] = key
-                    hi_[t, bb, 0] = gi
-                    hj[t, bb, 0] = col0 + c
-                    hs[t, bb, 0] = s
-                    _sift_down(hkey[t, bb], hi_[t, bb], hj[t, bb], hs[t, bb], m)
+                hn[t, bb] = _offer(hkey[t, bb], hi_[t, bb], hj[t, bb], hs[t, bb], hn[t, bb], k,
+                                   key, gi, col0 + c, s)
 
 
 def pool_pairs(vectors: np.ndarray, lo: float, bins: int = BINS, per_bin: int = PER_BIN, *, seed: int = 0,

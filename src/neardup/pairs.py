@@ -112,6 +112,26 @@ def _sift_up(key: np.ndarray, hi_: np.ndarray, hj: np.ndarray, hs: np.ndarray, c
         c = p
 
 
+@nb.njit(cache=True, inline="always")
+def _offer(key: np.ndarray, hi_: np.ndarray, hj: np.ndarray, hs: np.ndarray, m: int, k: int,
+           pair_key: np.uint64, i: int, j: int, s: float) -> int:
+    """Offer pair (i, j) to a bottom-k heap holding m entries (largest key at 0); returns its new size."""
+    if m < k:
+        key[m] = pair_key
+        hi_[m] = i
+        hj[m] = j
+        hs[m] = s
+        _sift_up(key, hi_, hj, hs, m)
+        return m + 1
+    if pair_key < key[0]:
+        key[0] = pair_key
+        hi_[0] = i
+        hj[0] = j
+        hs[0] = s
+        _sift_down(key, hi_, hj, hs, m)
+    return m
+
+
 @nb.njit(cache=True, parallel=True)
 def _scan_bands(S: np.ndarray, row0: int, col0: int, diagonal: bool, los: np.ndarray, his: np.ndarray,
                 seed: np.uint64, k: int, hkey: np.ndarray, hi_: np.ndarray, hj: np.ndarray, hs: np.ndarray,
@@ -135,20 +155,8 @@ def _scan_bands(S: np.ndarray, row0: int, col0: int, diagonal: bool, los: np.nda
                         counts[t, bb] += 1
                         if k == 0:
                             continue
-                        m = hn[t, bb]
-                        if m < k:
-                            hkey[t, bb, m] = key
-                            hi_[t, bb, m] = gi
-                            hj[t, bb, m] = col0 + c
-                            hs[t, bb, m] = s
-                            _sift_up(hkey[t, bb], hi_[t, bb], hj[t, bb], hs[t, bb], m)
-                            hn[t, bb] = m + 1
-                        elif key < hkey[t, bb, 0]:
-                            hkey[t, bb, 0] = key
-                            hi_[t, bb, 0] = gi
-                            hj[t, bb, 0] = col0 + c
-                            hs[t, bb, 0] = s
-                            _sift_down(hkey[t, bb], hi_[t, bb], hj[t, bb], hs[t, bb], m)
+                        hn[t, bb] = _offer(hkey[t, bb], hi_[t, bb], hj[t, bb], hs[t, bb], hn[t, bb], k,
+                                           key, gi, col0 + c, s)
 
 
 BandResult = tuple[int, np.ndarray, np.ndarray, np.ndarray]
