@@ -63,7 +63,14 @@ def _absent_help_is_false(option: Any) -> Any:
 
 
 class _Command(TyperCommand):
-    """A command whose absent ``--help`` costs nothing (see :func:`_absent_help_is_false`)."""
+    """A command whose absent ``--help`` costs nothing (see :func:`_absent_help_is_false`) and whose
+    option values are converted without pydantic (:mod:`neardup.cli.coerce`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        from .coerce import install
+
+        install(self.params)
 
     def get_help_option(self, ctx: Any) -> Any:
         return _absent_help_is_false(super().get_help_option(ctx))
