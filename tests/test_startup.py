@@ -101,6 +101,8 @@ def test_dedup_loads_only_what_it_uses(catalog: Path, tmp_path: Path) -> None:
     assert not tops(mods) & {"pandas", "pydantic", *IMAGES_AND_SERVING}, sorted(
         tops(mods) & {"pandas", "pydantic", *IMAGES_AND_SERVING})
     assert "rich.table" not in mods and "rich.progress" not in mods  # no table printed, no terminal for a bar
+    # numba's first dispatch imports scipy.linalg to look for a BLAS (~0.25 s): neardup.jit spares it
+    assert "scipy.linalg" not in mods and "numba.np.arraymath" in mods
     assert not {m for m in mods if m.startswith(("neardup.review", "neardup.sources", "neardup.find", "neardup.plots",
                                                  "neardup.cli.images", "neardup.cli.review"))}
 

@@ -28,10 +28,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba as nb
 import numpy as np
 
 from .errors import InputError
+from .jit import nb
 from .policy import select_masters
 from .similarity.forest import SimilarityForest, _find, ceil_f32
 

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-import numba as nb
 import numpy as np
 
+from .jit import nb
 from .similarity.forest import SimilarityForest
 from .similarity.incremental import RowSource, extend_forest, remove_nodes
 

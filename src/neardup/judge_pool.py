@@ -23,10 +23,10 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import numba as nb
 import numpy as np
 
 from .catalog import Catalog
+from .jit import nb
 from .pairs import _key, _offer
 from .similarity.canonical import canonical_vectors
 from .similarity.exact import thread_row_bounds, upper_triangle_blocks

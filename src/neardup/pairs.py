@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numba as nb
 import numpy as np
 
 from .catalog import Catalog
 from .errors import InputError
+from .jit import nb
 from .similarity.canonical import canonical_vectors
 from .similarity.exact import thread_row_bounds, upper_triangle_blocks
 from .similarity.forest import ceil_f32

@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numba as nb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -31,6 +30,7 @@ import pyarrow.compute as pc
 from .arrow_numpy import from_numpy, to_float64
 from .defaults import DEFAULT_POLICY, QUALITY_POLICY  # noqa: F401  (defined there: the CLI reads them without numba)
 from .errors import InputError
+from .jit import nb
 
 Values = Callable[[pa.Table], np.ndarray]
 

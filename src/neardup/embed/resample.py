@@ -60,7 +60,7 @@ def _rows_pass() -> Any:
     """The compiled kernel: ``out[o] = clip8((Σ_k kk[o, k] · src[first(o) + k] + ½) >> 22)`` on rows."""
     global _ROWS_PASS
     if _ROWS_PASS is None:
-        import numba
+        from ..jit import nb as numba
 
         @numba.njit(nogil=True, cache=True)
         def rows_pass(src: np.ndarray, bounds: np.ndarray, kk: np.ndarray, out: np.ndarray) -> None:

@@ -27,10 +27,10 @@ import logging
 import time
 from typing import Callable
 
-import numba as nb
 import numpy as np
 
 from ..distributed.tiles import TileScanner
+from ..jit import nb
 from .canonical import canonical_vectors
 from .forest import HIST_STEP, SimilarityForest, _hist_bin, ceil_f32, hist_bins, hist_edges
 

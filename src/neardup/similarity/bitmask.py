@@ -11,12 +11,13 @@ loop it replaced.
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ..jit import nb
 
 
 @intrinsic

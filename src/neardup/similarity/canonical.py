@@ -18,8 +18,9 @@ what any threshold resolves.
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
+
+from ..jit import nb
 
 GRID_BITS = 11
 SCALE = np.float32(2.0**GRID_BITS)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-import numba as nb
 import numpy as np
 
+from ..jit import nb
 from .bitmask import lowest_bit, row_mask
 from .canonical import canonical_vectors
 from .forest import SimilarityForest, _find, _hist_bin, _union, ceil_f32, hist_bins, hist_edges

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numba as nb
 import numpy as np
+
+from ..jit import nb
 
 HIST_STEP = 1e-5  # histogram bin width: pair counts are exact at thresholds on this grid
 

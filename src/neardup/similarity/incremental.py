@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-import numba as nb
 import numpy as np
 
+from ..jit import nb
 from .exact import (_refresh_labels, filter_levels, level_of_bin, merge_kept_edges, scan_kept_edges,
                     thread_row_bounds)
 from .forest import _hist_bin, _labels, ceil_f32, hist_bins, hist_edges

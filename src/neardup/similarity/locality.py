@@ -14,8 +14,9 @@ direction (power iterations on a strided sample of the segment), level by level,
 
 from __future__ import annotations
 
-import numba as nb
 import numpy as np
+
+from ..jit import nb
 
 
 @nb.njit(cache=True, parallel=True, fastmath=True)

@@ -23,9 +23,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Callable, Sequence
 
-import numba as nb
 import numpy as np
 
+from ..jit import nb
 from .bitmask import lowest_bit, row_mask
 from .blas import single_threaded_blas
 from .forest import ceil_f32

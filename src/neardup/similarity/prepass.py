@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numba as nb
 import numpy as np
 
+from ..jit import nb
 from .bitmask import lowest_bit, row_mask
 from .forest import _find, _hist_bin, _union, ceil_f32, hist_edges
 from .ortgemm import gemm_nt, int8_gemm

@@ -33,11 +33,11 @@ from __future__ import annotations
 import functools
 import os
 
-import numba as nb
 import numpy as np
 
 from ..cpu import KERNEL_ENV, PATHS, VNNI_FLAGS, cpu_flags, planned_kernel_path
 from ..cpu import describe_kernel as _describe
+from ..jit import nb
 from .ortgemm import int8_gemm
 
 LEVELS = {"int8-vnni": 127, "int8-7bit": 63}

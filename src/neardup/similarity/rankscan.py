@@ -21,9 +21,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-import numba as nb
 import numpy as np
 
+from ..jit import nb
 from .bitmask import lowest_bit, row_mask
 from .blas import single_threaded_blas
 from .forest import ceil_f32
