@@ -135,3 +135,11 @@ def test_command_table_matches_the_modules() -> None:
     registered = {(info.name or get_command_name(info.callback.__name__)): info.callback.__module__.rsplit(".", 1)[1]
                   for info in app.registered_commands}
     assert registered == COMMAND_MODULES
+
+
+def test_typo_still_suggests_the_command(tmp_path: Path) -> None:
+    # resolving a command builds only that one; an unknown name builds them all, so click can suggest
+    from clirun import assert_one_line_usage_error, neardup
+
+    res = neardup("rns", cwd=tmp_path)
+    assert_one_line_usage_error(res, "No such command 'rns'", "Did you mean 'runs'?")

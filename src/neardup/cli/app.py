@@ -89,11 +89,13 @@ class _Group(TyperGroup):
     suggestions) imports them all. Its command list shows each command's whole first paragraph,
     wrapped (click's plain help would cut it at ~45 characters)."""
 
-    def _add_registered(self) -> None:
-        """Add the commands registered on the Typer since this group was built (by modules loaded since)."""
+    def _add_registered(self, only: str | None = None) -> None:
+        """Add the commands registered on the Typer since this group was built (by modules loaded since):
+        all of them, or only the one named ``only`` (building a command reads its function's signature:
+        ``neardup runs`` need not build the five other commands of its module)."""
         for info in _typer_app.registered_commands:
             name = info.name or get_command_name(info.callback.__name__ if info.callback else "")
-            if name not in self.commands:
+            if name not in self.commands and only in (None, name):
                 self.add_command(get_command_from_info(info, pretty_exceptions_short=_typer_app.pretty_exceptions_short,
                                                        rich_markup_mode=_typer_app.rich_markup_mode), name)
 
@@ -103,7 +105,8 @@ class _Group(TyperGroup):
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name not in self.commands:
             load_commands(cmd_name)
-            self._add_registered()
+            # an unknown name (a typo) builds them all: click suggests the closest
+            self._add_registered(cmd_name if cmd_name in COMMAND_MODULES else None)
         return super().get_command(ctx, cmd_name)
 
     def list_commands(self, ctx: Any) -> list[str]:
