@@ -1,7 +1,5 @@
 """``neardup calibrate``: pairs to judge, judgments in, a threshold with a 95% interval out."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated, Optional

@@ -1,7 +1,5 @@
 """Cluster commands: cluster (k-means), clusters (before/after per cluster), pairs (examples per band)."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated, Optional

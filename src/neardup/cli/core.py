@@ -1,7 +1,5 @@
 """Core commands: import-embeddings, sweep, dedup, runs, restore, export."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated, Any, Optional

@@ -1,7 +1,5 @@
 """Images-in commands: scan, embed, models, skipped, find, demo."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Optional
 

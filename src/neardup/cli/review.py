@@ -1,7 +1,5 @@
 """``neardup review`` (the local web app) and ``neardup report`` (the one-file static report)."""
 
-from __future__ import annotations
-
 import ipaddress
 import socket
 import threading

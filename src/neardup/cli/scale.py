@@ -1,7 +1,5 @@
 """Commands for a source that keeps adding: match (new images against a catalog) and estimate."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -12,13 +10,14 @@ from ..errors import InputError
 
 if TYPE_CHECKING:
     import numpy as np
+
 from .app import DEFAULT_DB_PATH, app, console, err_console, open_catalog, progress_callback
 
 _VECTOR_SUFFIXES = (".npy", ".parquet", ".pq")
 
 
 def _query_vectors(queries: Path, ids: Optional[Path], model: str, id_column: str,
-                   vector_column: Optional[str]) -> tuple[np.ndarray, np.ndarray]:
+                   vector_column: Optional[str]) -> "tuple[np.ndarray, np.ndarray]":
     """Query ids and vectors: read from .npy/.parquet, or embedded from photos with the catalog's model."""
     import numpy as np
 
