@@ -154,3 +154,46 @@ def test_a_catalog_without_a_usable_version_is_refused(tmp_path, value) -> None:
     con.close()
     with pytest.raises(CatalogError, match="no valid schema version"):
         Catalog(db)
+
+
+def test_neardup_runs_migrates_a_version_1_catalog_without_duckdbs_python_package(tmp_path) -> None:
+    """`neardup runs` opens the catalog with DuckDB's extension alone (sql_only): the migration is SQL
+    only, so it runs there as in a full open, and the catalog then reads as migrated."""
+    import json
+    import subprocess
+    import sys
+
+    db = tmp_path / "v1.duckdb"
+    make_v1(db)
+    code = ("import json, sys; sys.argv = ['neardup', 'runs', '--json', '--db', sys.argv[1]]\n"
+            "from neardup.cli import main\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'duckdb')))")
+    res = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    runs_json, loaded = res.stdout.strip().splitlines()[-2:]
+    assert [r["status"] for r in json.loads(runs_json)] == ["applied"]
+    assert json.loads(loaded) == []  # the package never loaded
+    with Catalog(db, read_only=True) as cat:
+        assert cat.scalar("SELECT value FROM meta WHERE key = 'schema_version'") == str(SCHEMA_VERSION)
+        assert {"scope_key", "replaced_by"} <= columns(cat.con, "runs")
+        assert cat.con.execute("SELECT id, group_size FROM visible ORDER BY id").fetchall() == [
+            ("a0", 1), ("a1", 1), ("a2", 1)]
+
+
+def test_a_sql_only_catalog_loads_duckdbs_package_when_arrow_is_asked_for(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    db = tmp_path / "v1.duckdb"
+    make_v1(db)
+    code = ("import json, sys\nfrom neardup.catalog import Catalog\n"
+            "with Catalog(sys.argv[1], sql_only=True) as cat:\n"
+            "    rows = cat.rows('SELECT id FROM images ORDER BY id')\n"
+            "    before = 'duckdb' in sys.modules\n"
+            "    t = cat.sql('SELECT id, score FROM images ORDER BY id')\n"
+            "print(json.dumps([before, [r['id'] for r in rows], t.column('score').to_pylist(), 'duckdb' in sys.modules]))")
+    res = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == [False, ["a0", "a1", "a2", "a3"], [1.0, 2.0, 3.0, 4.0], True]

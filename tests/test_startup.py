@@ -8,6 +8,7 @@ fresh interpreter.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -93,7 +94,10 @@ def test_read_only_commands_load_no_numeric_or_image_library(cmd: str, catalog: 
     assert {m for m in mods if m.startswith("neardup.cli.")} == {"neardup.cli.app", "neardup.cli.coerce", "neardup.cli." + (
         "images" if cmd in ("skipped", "models") else "core")}
     if cmd == "models":
-        assert "duckdb" not in tops(mods)
+        assert "duckdb" not in tops(mods) and "_duckdb" not in tops(mods)
+    elif importlib.util.find_spec("_duckdb") is not None:
+        # runs/skipped read plain rows: DuckDB's extension alone, not its Python package (~0.1 s)
+        assert "duckdb" not in tops(mods) and "_duckdb" in tops(mods), sorted(m for m in mods if "duckdb" in m)
 
 
 def test_dedup_loads_only_what_it_uses(catalog: Path, tmp_path: Path) -> None:

@@ -45,10 +45,12 @@ class Catalog(Decisions, Schema):
     """
 
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_DB, *, read_only: bool = False,
-                 wait: float | None = None, on_wait: Any = None) -> None:
+                 wait: float | None = None, on_wait: Any = None, sql_only: bool = False) -> None:
         """Open (or create) the catalog; while another process holds it, retry for ``wait`` seconds
-        (default :func:`lock_wait_default`), calling ``on_wait(message)`` once when waiting starts."""
-        super().__init__(path, read_only=read_only, wait=wait, on_wait=on_wait)
+        (default :func:`lock_wait_default`), calling ``on_wait(message)`` once when waiting starts.
+        ``sql_only``: only SQL with plain rows will be run (``rows``/``one``/``scalar``), so DuckDB's
+        Python package need not load (:func:`~neardup.catalog.connection.duckdb_engine`)."""
+        super().__init__(path, read_only=read_only, wait=wait, on_wait=on_wait, sql_only=sql_only)
         if self._init_schema() and not read_only:
             self.collect_garbage()  # version files a crash or an earlier update left unreferenced
 

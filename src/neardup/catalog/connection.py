@@ -8,18 +8,18 @@ import contextlib
 import datetime as dt
 import os
 import re
+import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-import duckdb
-
 from .. import interrupts
 from ..errors import CatalogError
 
 if TYPE_CHECKING:  # Arrow loads with the first Arrow result (DuckDB imports it): `neardup runs` needs none
+    import duckdb
     import pyarrow as pa
 
 #: Seconds to wait for another process to release the catalog (``NEARDUP_LOCK_WAIT`` overrides).
@@ -40,6 +40,25 @@ def _lock_holder(msg: str) -> str:
     return f" (PID {m.group(1)})" if m else ""
 
 
+def duckdb_engine(sql_only: bool = False) -> Any:
+    """The DuckDB module a connection is opened with: the Python package (relations, Arrow results and
+    scans), or where only SQL with plain rows is run (``neardup runs``, ``skipped``) the C++ extension
+    alone (``_duckdb``, whose classes the package re-exports): duckdb 2's own Python modules cost
+    ~0.1 s of CPU to import. A connection opened either way is the same object; importing the
+    package later (:meth:`Connection.sql` does) gives it the relation API."""
+    if not sql_only or "duckdb" in sys.modules:
+        import duckdb
+
+        return duckdb
+    try:
+        import _duckdb
+    except ImportError:  # a duckdb whose extension is not a top-level module
+        import duckdb
+
+        return duckdb
+    return _duckdb
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
@@ -48,10 +67,12 @@ class Connection:
     """An open catalog file: the connection, its in-process lock, and transactions on it."""
 
     def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False,
-                 wait: float | None = None, on_wait: Any = None) -> None:
+                 wait: float | None = None, on_wait: Any = None, sql_only: bool = False) -> None:
         """Connect; while another process holds the file, retry for ``wait`` seconds
-        (default :func:`lock_wait_default`), calling ``on_wait(message)`` once when waiting starts."""
+        (default :func:`lock_wait_default`), calling ``on_wait(message)`` once when waiting starts.
+        ``sql_only``: the caller runs SQL and reads plain rows only (see :func:`duckdb_engine`)."""
         self.path = Path(path)
+        self._duckdb = duckdb_engine(sql_only)
         self.read_only = read_only
         self._lock = threading.RLock()
         self._txn: list[tuple[str, int]] | None = None
@@ -67,8 +88,8 @@ class Connection:
         told = False
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=self.read_only)
-            except duckdb.IOException as exc:  # another process holds the write lock, or not a DuckDB file
+                return self._duckdb.connect(str(self.path), read_only=self.read_only)
+            except self._duckdb.IOException as exc:  # another process holds the write lock, or not a DuckDB file
                 msg = str(exc).splitlines()[0]
                 if "lock" not in msg.lower():
                     raise CatalogError(f"{self.path}: cannot open catalog ({msg})") from None
@@ -82,7 +103,7 @@ class Connection:
                             f"(up to {wait:.0f} s)")
                 time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(0.25, pause * 1.5)
-            except duckdb.Error as exc:
+            except self._duckdb.Error as exc:
                 raise CatalogError(f"{self.path}: cannot open catalog ({str(exc).splitlines()[0]})") from None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -188,6 +209,8 @@ class Connection:
     @contextlib.contextmanager
     def registered(self, name: str, table: Any) -> Iterator[None]:
         """``table`` visible to SQL as ``name`` for the block; unregistering never hides the block's own error."""
+        import duckdb  # noqa: F401  (Arrow scans need DuckDB's Python package: loaded if this connection was opened without)
+
         self.con.register(name, table)
         try:
             yield
@@ -217,6 +240,8 @@ class Connection:
 
     def sql(self, query: str, params: Sequence[Any] | None = None) -> pa.Table:
         """Run a read query and return an Arrow table."""
+        import duckdb  # noqa: F401  (the relation API is DuckDB's Python package: loaded if this connection was opened without)
+
         with self._lock:
             return self.con.sql(query, params=list(params) if params else None).to_arrow_table()
 

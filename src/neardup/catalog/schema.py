@@ -117,7 +117,7 @@ class Schema(Connection):
     def _init_schema(self) -> bool:
         """Create the tables of a new catalog, or check an existing one's version and bring it up to
         date (read-write opens). True if the catalog existed."""
-        tables = {r[0] for r in self.con.sql("SELECT table_name FROM information_schema.tables").fetchall()}
+        tables = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if "meta" in tables:
             found = self._found_version()
             if found > SCHEMA_VERSION:

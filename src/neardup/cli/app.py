@@ -174,8 +174,9 @@ DbOption = Annotated[Path, typer.Option("--db", help="Catalog file (DuckDB). Cre
 DEFAULT_DB_PATH = Path(DEFAULT_DB)
 
 
-def open_catalog(db: Path, *, must_exist: bool = True, read_only: bool = False) -> Catalog:
-    """Open the catalog, with a clear error when it is missing and must not be created."""
+def open_catalog(db: Path, *, must_exist: bool = True, read_only: bool = False, sql_only: bool = False) -> Catalog:
+    """Open the catalog, with a clear error when it is missing and must not be created; ``sql_only``
+    for a command that reads plain rows only (DuckDB's Python package need not load)."""
     from ..errors import CatalogError
 
     if must_exist and not Path(db).exists():
@@ -183,7 +184,8 @@ def open_catalog(db: Path, *, must_exist: bool = True, read_only: bool = False) 
     from ..catalog import Catalog
 
     # another neardup (a command, `neardup review`) may hold the file: wait for it, saying so once
-    return Catalog(db, read_only=read_only, on_wait=lambda msg: err_console.print(msg, highlight=False, markup=False))
+    return Catalog(db, read_only=read_only, sql_only=sql_only,
+                   on_wait=lambda msg: err_console.print(msg, highlight=False, markup=False))
 
 
 def compact_table(title: str | None = None) -> Any:

@@ -201,7 +201,7 @@ def runs(
     db: DbOption = DEFAULT_DB_PATH,
 ) -> None:
     """List dedup runs: threshold, mode, counts, and whether each is applied, restored or replaced (by which run)."""
-    with open_catalog(db, read_only=False) as cat:
+    with open_catalog(db, read_only=False, sql_only=True) as cat:
         rows = cat.runs()
         total = cat.count_images()
         visible = int(cat.scalar("SELECT count(*) FROM visible"))

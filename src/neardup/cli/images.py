@@ -105,7 +105,7 @@ def models_cmd() -> None:
 def skipped_cmd(db: DbOption = DEFAULT_DB_PATH,
                 limit: Annotated[int, typer.Option("--limit", min=0, help="Show at most this many (0: all).")] = 0) -> None:
     """List the files a scan or embed could not use, with the reason for each."""
-    with open_catalog(db, must_exist=True) as cat:
+    with open_catalog(db, must_exist=True, sql_only=True) as cat:
         rows = cat.rows("SELECT path, reason, seen_at FROM skipped ORDER BY path")
     if not rows:
         console.print("no skipped files")
