@@ -14,6 +14,7 @@ Every neardup module that defines kernels imports numba from here (``from .jit i
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
@@ -24,13 +25,14 @@ _BLAS = "scipy.linalg.cython_blas"
 
 
 def _scipy_has_blas() -> bool:
-    """Whether ``import scipy.linalg.cython_blas`` would succeed, by its file (no scipy.linalg import)."""
+    """Whether ``import scipy.linalg.cython_blas`` would succeed, by its extension file (no scipy.linalg import)."""
     try:
         spec = importlib.util.find_spec("scipy")
     except (ImportError, ValueError):
         return False
-    return spec is not None and any(any((Path(p) / "linalg").glob("cython_blas.*"))
-                                    for p in (spec.submodule_search_locations or ()))
+    return spec is not None and any((Path(p) / "linalg" / f"cython_blas{suffix}").is_file()
+                                    for p in (spec.submodule_search_locations or ())
+                                    for suffix in importlib.machinery.EXTENSION_SUFFIXES)
 
 
 def prepare() -> None:
