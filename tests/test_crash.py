@@ -166,6 +166,64 @@ def test_a_swallowed_ctrl_c_still_stops_the_command_before_its_commit(vec_db: Pa
     assert ck.same_state(ck.state(vec_db), before)
 
 
+def _stale_decision(db: Path) -> None:
+    """A reviewer's keep on i1, then i1's vector changes: the next dedup sets that decision aside."""
+    with Catalog(db) as cat:
+        cat.add_override("i1", "keep")
+        import_embeddings(cat, ck.make_vectors(8, DIM, 7)[:1], ["i1"], model="m")
+
+
+def test_ctrl_c_during_a_dedup_that_sets_decisions_aside_leaves_them_in_place(vec_db: Path, monkeypatch, capsys) -> None:
+    """Outdated reviewer decisions are set aside in the run's own transaction: a Ctrl-C during the
+    similarity pass leaves them where they were, so "nothing was changed" is true."""
+    import neardup.dedup as dedup_mod
+
+    _stale_decision(vec_db)
+    before = ck.state(vec_db)
+    real = dedup_mod.similarity_forest
+
+    def pass_with_ctrl_c(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C during the similarity pass
+        time.sleep(0.5)
+        return real(*a, **k)
+
+    monkeypatch.setattr(dedup_mod, "similarity_forest", pass_with_ctrl_c)
+    with pytest.raises(SystemExit) as exc:
+        main(["dedup", "-t", "0.96", "--db", str(vec_db)])
+    monkeypatch.undo()
+    assert exc.value.code == 130
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == ["interrupted: nothing was changed (the catalog is as it was before this command)"]
+    assert ck.same_state(ck.state(vec_db), before)
+    with Catalog(vec_db, read_only=True) as cat:
+        assert cat.scalar("SELECT count(*) FROM overrides_invalidated") == 0
+
+
+def test_ctrl_c_at_the_commit_of_such_a_dedup_names_the_decisions_set_aside(vec_db: Path, monkeypatch, capsys) -> None:
+    """The same dedup interrupted at its commit: the run and the setting aside landed together, and the line says both."""
+    _stale_decision(vec_db)
+    real = Catalog._commit
+
+    def commit_with_ctrl_c(self: Catalog) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        real(self)
+
+    monkeypatch.setattr(Catalog, "_commit", commit_with_ctrl_c)
+    with pytest.raises(SystemExit) as exc:
+        main(["dedup", "-t", "0.96", "--db", str(vec_db)])
+    monkeypatch.undo()
+    assert exc.value.code == 130
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == ["interrupted: committed before the stop and kept: set aside 1 outdated reviewer decision(s); "
+                   "applied dedup run 2 (undo with `neardup restore 2`); run 1 replaced; nothing else was written"]
+    with Catalog(vec_db, read_only=True) as cat:
+        assert cat.con.execute("SELECT image_id, kind, reason FROM overrides_invalidated").fetchall() == \
+            [("i1", "keep", "changed")]
+        assert cat.scalar("SELECT count(*) FROM overrides") == 0
+        assert [(r["id"], r["status"]) for r in cat.runs()] == [(1, "replaced"), (2, "applied")]
+    assert ck.integrity(vec_db) == []
+
+
 def test_ctrl_c_inside_an_import_is_delivered_after_it() -> None:
     """A SIGINT landing inside an import is held until the import is done, then raised (not lost)."""
     import importlib

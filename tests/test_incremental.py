@@ -279,3 +279,26 @@ def test_decisions_survive_except_on_changed_or_vanished_images(db):
         rows = {r["image_id"]: r for r in res.members.to_pylist()}
         assert "d004" not in rows and res.summary["overrides_respected"]["not_duplicate"] == 0
         assert "decisions_invalidated" not in dedup(cat, 0.97, dry_run=True).summary
+
+
+def test_a_run_that_only_sets_decisions_aside_says_so(db):
+    """The run in force already has the result, but a decision on a changed image is set aside: the
+    summary does not say "nothing changed" (the setting aside was written, with the run's check)."""
+    from neardup.report import format_summary
+
+    rng = np.random.default_rng(5)
+    X = canon(rng.standard_normal((8, 24)))
+    X[1] = X[0]                                            # one pair; the rest far apart
+    ids = [f"s{i}" for i in range(8)]
+    with Catalog(db) as cat:
+        cat.put_embeddings("m", ids, X)
+        cat.add_override("s5", "keep")                     # a singleton: keeping it changes nothing
+        first = dedup(cat, 0.97)
+        cat.put_embeddings("m", ["s5"], canon(rng.standard_normal((1, 24))))   # still a singleton
+        again = dedup(cat, 0.97)
+        assert again.unchanged and again.run_id == first.run_id
+        assert again.summary["decisions_invalidated"] == {"changed": 1, "vanished": 0}
+        assert cat.con.execute("SELECT image_id, reason FROM overrides_invalidated").fetchall() == [("s5", "changed")]
+    head = format_summary(again.summary).splitlines()[0]
+    assert head.startswith(f"run {first.run_id} stays in force with exactly this result (only reviewer decisions "
+                           "were set aside)") and "nothing changed" not in head

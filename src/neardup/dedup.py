@@ -354,19 +354,17 @@ def capture_seconds(catalog: Catalog, ids: np.ndarray) -> np.ndarray:
 
 def plan_run(catalog: Catalog, *, model: str | None = None, ids: Sequence[str] | None = None,
              mode: str | None = None, bound: float | None = None, window: float | None = None,
-             window_link: float | None = None, prefer: str | Sequence[str] | None = DEFAULT_POLICY,
-             invalidate: bool = False) -> RunPlan:
-    """What a run on ``model`` (and ``ids``) decides from; ``invalidate`` sets stale decisions aside (dedup, not dry)."""
+             window_link: float | None = None, prefer: str | Sequence[str] | None = DEFAULT_POLICY) -> RunPlan:
+    """What a run on ``model`` (and ``ids``) decides from. Writes nothing: decisions that no longer apply
+    (``stale``) are left out here and set aside by ``dedup`` in the transaction that records its run."""
     check_options(mode=mode, bound=bound, window=window, window_link=window_link)
     policy = parse_policy(prefer)
     overrides = catalog.overrides()
     # decisions on images whose vector changed or whose file vanished since no longer apply
-    from .incremental import invalidate_decisions, stale_decisions
+    from .incremental import stale_decisions
 
     stale = stale_decisions(catalog, model or catalog.default_model())
     if stale:
-        if invalidate:
-            invalidate_decisions(catalog, stale)
         overrides = {k: v - set(stale) for k, v in overrides.items()}
     base = load_scope(catalog, model, ids)
     not_dup = overrides["not_duplicate"] & set(base.ids.tolist())
@@ -441,7 +439,7 @@ def _dedup(catalog: Catalog, threshold: float, *, model: str | None, mode: str |
     if group_score not in GROUP_SCORES:
         raise InputError(f"group score {group_score!r}: use one of {', '.join(GROUP_SCORES)}")
     plan = plan_run(catalog, model=model, ids=ids, mode=mode, bound=bound, window=window, window_link=window_link,
-                    prefer=prefer, invalidate=not dry_run)
+                    prefer=prefer)
     policy, scope, base, not_dup, stale = plan.policy, plan.scope, plan.base, plan.not_dup, plan.stale
     mode, bound = plan.mode, plan.bound
     policy_text = _policy_text(policy)
@@ -562,6 +560,10 @@ def _dedup(catalog: Catalog, threshold: float, *, model: str | None, mode: str |
                     what = ", ".join(k for k in inputs if inputs[k] != now[k])
                     raise InputsChanged(f"{catalog.path}: the catalog changed during the similarity pass ({what}); "
                                         "computed again with the catalog held")
+            if stale:  # set aside in the run's own transaction: an interrupted dedup leaves them in place
+                from .incremental import invalidate_decisions
+
+                invalidate_decisions(catalog, stale)
             rec = catalog.record_run(info, members, replace=not keep_previous)  # completes the summary
         result.run_id, result.replaced, result.unchanged = rec.run_id, rec.replaced, rec.unchanged
     return result

@@ -299,6 +299,7 @@ def invalidate_decisions(catalog: "Catalog", stale: dict[str, str]) -> int:
         finally:
             con.unregister("_stale")
         catalog._recompute_suppression()
+        catalog.describe("set aside {n} outdated reviewer decision(s)", int(n))
     return int(n)
 
 

@@ -32,6 +32,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     s = summary
     if s.get("run_id") is None:
         head = "dry run (nothing written)"
+    elif s.get("unchanged") and any((s.get("decisions_invalidated") or {}).values()):
+        head = f"run {s['run_id']} stays in force with exactly this result (only reviewer decisions were set aside)"
     elif s.get("unchanged"):
         head = f"nothing changed: run {s['run_id']} is already in force with exactly this result"
     else:
