@@ -197,3 +197,106 @@ def test_a_sql_only_catalog_loads_duckdbs_package_when_arrow_is_asked_for(tmp_pa
     res = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [False, ["a0", "a1", "a2", "a3"], [1.0, 2.0, 3.0, 4.0], True]
+def make_v1_with_vectors(path) -> None:
+    """:func:`make_v1` plus model ``m``'s vectors (a version file in the sidecar, as version 1 kept them):
+    a2 and a3 are near-duplicates."""
+    make_v1(path)
+    side = path.with_name(path.name + ".d") / "embeddings"
+    side.mkdir(parents=True)
+    X = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    X[3] = X[2] + 0.001
+    np.save(side / "m.v1.npy", X / np.linalg.norm(X, axis=1, keepdims=True))
+    con = duckdb.connect(str(path))
+    con.execute("INSERT INTO embedding_sets VALUES ('m', 8, 'm.v1.npy', 4, 1, '2025-01-01')")
+    con.execute("INSERT INTO embedding_rows VALUES ('m', 0, 'a0'), ('m', 1, 'a1'), ('m', 2, 'a2'), ('m', 3, 'a3')")
+    con.close()
+
+
+def _file_digest(path) -> str:
+    import hashlib
+
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def test_a_read_only_open_of_a_version_1_catalog_serves_every_read(tmp_path) -> None:
+    """Not migrated (nothing may be written), yet what reads the tables added since (decision basis,
+    calibrations, ...) finds them empty rather than missing: runs, export, a dry run, a sweep. A dedup
+    that would record a run is refused in one line. The file is byte for byte as it was."""
+    from neardup.dedup import export_table
+    from neardup.sweep import sweep_plan
+
+    db = tmp_path / "v1.duckdb"
+    make_v1_with_vectors(db)
+    before = _file_digest(db)
+    with Catalog(db, read_only=True) as cat:
+        assert [(r["id"], r["status"]) for r in cat.runs()] == [(1, "applied")]
+        assert export_table(cat, 1).num_rows == 4
+        dry = dedup(cat, 0.9, model="m", dry_run=True)
+        assert dry.summary["groups"] == 1 and dry.summary["overrides_respected"]["keep"] == 0
+        plan, _ = sweep_plan(cat, [0.9], model="m")
+        assert sorted(plan.scope.ids.tolist()) == ["a0", "a1", "a2", "a3"]
+        with pytest.raises(CatalogError) as exc:
+            dedup(cat, 0.9, model="m")
+        assert str(db) in str(exc.value) and "read-only" in str(exc.value) and "\n" not in str(exc.value)
+        with pytest.raises(CatalogError, match="opened read-only; this change needs a read-write open"):
+            cat.restore(1)
+        with pytest.raises(CatalogError, match="opened read-only"):
+            cat.add_override("a0", "keep")
+        assert cat.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+    assert _file_digest(db) == before
+
+
+@pytest.mark.parametrize("args", [
+    ["clusters"], ["pairs", "--band", "0.5:1"], ["estimate", "-t", "0.9"], ["match", "{q}", "--ids", "{qids}", "--against", "{db}", "--out", "{out}"],
+], ids=lambda a: a[0])
+def test_read_only_commands_on_a_version_1_catalog_leave_it_untouched(tmp_path, capsys, args) -> None:
+    """The commands that open the catalog read-only answer on a version-1 catalog (or say in one
+    line what to run first) and leave the file as it was."""
+    from test_cli_core import run
+
+    db = tmp_path / "v1.duckdb"
+    make_v1_with_vectors(db)
+    np.save(tmp_path / "q.npy", np.random.default_rng(1).standard_normal((3, 8)).astype(np.float32))
+    (tmp_path / "q.txt").write_text("q0\nq1\nq2\n")
+    fill = dict(q=str(tmp_path / "q.npy"), qids=str(tmp_path / "q.txt"), db=str(db), out=str(tmp_path / "m.csv"))
+    argv = [a.format(**fill) for a in args] + ([] if args[0] == "match" else ["--db", str(db)])
+    before = _file_digest(db)
+    code, out, err = run(capsys, *argv)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    if args[0] == "clusters":     # no clustering yet: one line saying what to run
+        assert code == 2 and lines == [f"error: {db}: no clusters yet (run `neardup cluster --k 25` first)"]
+    else:
+        assert code == 0, err
+        assert "Traceback" not in err
+    assert _file_digest(db) == before
+
+
+@pytest.mark.parametrize("args", [["runs"], ["export", "--out", "{out}"]], ids=lambda a: a[0])
+def test_runs_and_export_on_a_version_1_catalog_migrate_it_and_answer(tmp_path, capsys, args) -> None:
+    from test_cli_core import run
+
+    db = tmp_path / "v1.duckdb"
+    make_v1_with_vectors(db)
+    code, out, err = run(capsys, *[a.format(out=tmp_path / "g.csv") for a in args], "--db", str(db))
+    assert code == 0 and err.strip() == "", err
+    if args[0] == "runs":
+        assert " applied " in out
+    else:
+        assert (tmp_path / "g.csv").read_text().count("\n") == 5
+    with Catalog(db, read_only=True) as cat:
+        assert cat.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+
+
+def test_the_review_pages_open_a_version_1_catalog(tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from neardup.review import create_app
+
+    db = tmp_path / "v1.duckdb"
+    make_v1_with_vectors(db)
+    app = create_app(db)
+    with TestClient(app, base_url="http://127.0.0.1:8765") as c:
+        r = c.get("/runs")
+        assert r.status_code == 200 and "/runs/1/" in r.text
+        assert c.get("/groups?run=1").status_code == 200
+    app.state.holder.close()

@@ -436,6 +436,9 @@ def _dedup(catalog: Catalog, threshold: float, *, model: str | None, mode: str |
     when the catalog changed while its file was released."""
     t = check_threshold(threshold)
     check_options(mode=mode, bound=bound, window=window, window_link=window_link)
+    if not dry_run and catalog.read_only:
+        raise CatalogError(f"{catalog.path}: the catalog was opened read-only; a dedup that records its run "
+                           "needs a read-write open (or dry_run=True)")
     if group_score not in GROUP_SCORES:
         raise InputError(f"group score {group_score!r}: use one of {', '.join(GROUP_SCORES)}")
     plan = plan_run(catalog, model=model, ids=ids, mode=mode, bound=bound, window=window, window_link=window_link,

@@ -144,7 +144,7 @@ class Connection:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """All-or-nothing: an exception (or Ctrl-C) inside rolls everything back.
+        """All-or-nothing: an exception (or Ctrl-C) inside rolls everything back. Refused on a read-only open.
 
         A transaction opened inside another joins it (one commit at the end of the outer one).
         ``COMMIT`` runs with Ctrl-C deferred; if it raises anyway, the transaction's marker row
@@ -156,6 +156,9 @@ class Connection:
                 yield self.con
                 return
             interrupts.checkpoint()
+            if self.read_only:  # every transaction writes: refused before any statement, in one line
+                raise CatalogError(f"{self.path}: the catalog was opened read-only; this change needs a "
+                                   "read-write open (the catalog is unchanged)")
             token = uuid.uuid4().hex
             self._txn = notes = []
             try:
@@ -163,8 +166,7 @@ class Connection:
                 try:
                     yield self.con
                     interrupts.checkpoint()  # a Ctrl-C that something swallowed: do not commit after it
-                    if not self.read_only:
-                        self.con.execute("INSERT INTO txn_log VALUES (?, ?)", [token, _now()])
+                    self.con.execute("INSERT INTO txn_log VALUES (?, ?)", [token, _now()])
                 except BaseException as exc:
                     with interrupts.critical():
                         with contextlib.suppress(Exception):

@@ -128,6 +128,8 @@ class Schema(Connection):
                     for version in range(found, SCHEMA_VERSION):
                         _MIGRATIONS[version](self)
                     self._add_later_additions()
+            elif self.read_only:
+                self._stand_in_for_later_tables(tables)
             return True
         if tables:
             raise CatalogError(f"{self.path}: this DuckDB file is not a neardup catalog (tables: {', '.join(sorted(tables))})")
@@ -172,6 +174,17 @@ class Schema(Connection):
         want = {(stmt.split()[2], stmt.split()[-2]) for stmt in (*_QUALITY_COLUMNS, *_RUN_COLUMNS, *_ADDED_COLUMNS)}
         view = self.one("SELECT sql FROM duckdb_views() WHERE view_name = 'visible'")
         return not want <= have or not view or "group_score" not in str(view[0])
+
+    def _stand_in_for_later_tables(self, tables: set[str]) -> None:
+        """A read-only open of an older catalog (not migrated: nothing may be written): each table added
+        since that it lacks is stood in for by an empty temporary one, so readers see no decisions,
+        judgments or calibrations there rather than a missing table. The file is not touched."""
+        later = [stmt for stmt in _LATER_SCHEMA.split(";") if stmt.strip()]
+        later.append("CREATE TABLE IF NOT EXISTS txn_log(token VARCHAR, committed_at TIMESTAMP)")
+        for stmt in later:
+            name = stmt.split()[5].split("(")[0]   # CREATE TABLE IF NOT EXISTS <name>(
+            if name not in tables:
+                self.con.execute(stmt.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
 
     def _add_later_additions(self) -> None:
         """Add what the current schema has beyond an older catalog's (each statement is idempotent)."""
