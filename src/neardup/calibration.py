@@ -418,16 +418,16 @@ def judgments(cat: Catalog, model: str | None = None) -> pa.Table:
 
 def export_judgments(cat: Catalog, out: str | Path, model: str | None = None) -> int:
     """Write the judgments that count to CSV (a, b, similarity, same as 1/0, source, model, created_at)."""
+    from .paths import atomic_output, check_output_file
+
+    check_output_file(out)  # a bad place is one line before the query
     t = judgments(cat, model)
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_output(out) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:  # whole or not at all
         w = csv.writer(f)
         w.writerow(["a", "b", "similarity", "same", "source", "model", "created_at"])
         for r in t.to_pylist():
             w.writerow([r["a"], r["b"], f"{r['similarity']:.6f}", int(r["same"]), r["source"], r["model"],
                         r["created_at"].isoformat(sep=" ", timespec="seconds") if r["created_at"] else ""])
-    tmp.replace(out)
     return t.num_rows
 
 
@@ -604,14 +604,13 @@ def _draw(pool: Any, bands: Sequence[tuple[float, float]], n: int, seen: set[tup
 
 def write_pairs_csv(pairs: Sequence[dict[str, Any]], out: str | Path) -> None:
     """The file a person fills in: a, b, similarity, same (empty: write 1 for the same image, 0 if not)."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    from .paths import atomic_output
+
+    with atomic_output(out) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:  # whole or not at all
         w = csv.writer(f)
         w.writerow(["a", "b", "similarity", "same"])
         for p in pairs:
             w.writerow([p["a"], p["b"], f"{p['similarity']:.6f}", ""])
-    tmp.replace(out)
 
 
 _TRUE = {"1", "true", "yes", "y", "same"}

@@ -189,6 +189,10 @@ def estimate(catalog: Any, threshold: float, *, model: str | None = None, sample
     from .policy import DEFAULT_POLICY, parse_policy, policy_columns, priority_rank
 
     t = check_threshold(threshold)
+    if sample is not None and sample < 1:
+        from .errors import InputError
+
+        raise InputError(f"sample {sample}: give at least 1 row (default: ~1% of the catalog)")
     policy = parse_policy(prefer if prefer is not None else DEFAULT_POLICY)
     overrides = catalog.overrides()
     base = load_scope(catalog, model)

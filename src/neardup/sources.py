@@ -213,6 +213,16 @@ def _table_file(path: Path, check_meta: MetaCheck | None = None) -> list[SourceF
     return out
 
 
+def check_sources(sources: Sequence[str | os.PathLike[str]]) -> None:
+    """Refuse at once, in one line, a source that does not exist or is neither a folder nor a regular file."""
+    for src in sources:
+        p = Path(src).expanduser()
+        if not p.exists():
+            raise InputError(f"{shown(src)}: no such file or folder")
+        if not p.is_dir():
+            require_regular_file(p, "list" if p.suffix.lower() in LIST_EXTENSIONS | TABLE_EXTENSIONS else "file")
+
+
 def collect(sources: Sequence[str | os.PathLike[str]], exclude: Sequence[str | os.PathLike[str]] = (),
             check_meta: MetaCheck | None = None) -> tuple[list[SourceFile], list[str]]:
     """Expand sources into files. Returns ``(files, folders walked)`` (absolute folder paths).
@@ -226,12 +236,9 @@ def collect(sources: Sequence[str | os.PathLike[str]], exclude: Sequence[str | o
     files: list[SourceFile] = []
     roots: list[str] = []
     skip_dirs = frozenset(str(Path(e).resolve()) for e in exclude)
+    check_sources(sources)
     for src in sources:
         p = Path(src).expanduser()
-        if not p.exists():
-            raise InputError(f"{shown(src)}: no such file or folder")
-        if not p.is_dir():
-            require_regular_file(p, "list" if p.suffix.lower() in LIST_EXTENSIONS | TABLE_EXTENSIONS else "file")
         if p.is_dir():
             root = p.resolve()
             roots.append(str(root))

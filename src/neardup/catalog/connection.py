@@ -92,7 +92,7 @@ class Connection:
             except self._duckdb.IOException as exc:  # another process holds the write lock, or not a DuckDB file
                 msg = str(exc).splitlines()[0]
                 if "lock" not in msg.lower():
-                    raise CatalogError(f"{self.path}: cannot open catalog ({msg})") from None
+                    raise CatalogError(f"{self.path}: cannot open catalog ({_why_not(self.path, msg)})") from None
                 if time.monotonic() >= deadline:
                     waited = f" (waited {wait:.0f} s; NEARDUP_LOCK_WAIT sets how long)" if wait > 0 else ""
                     raise CatalogError(f"{self.path}: the catalog is in use by another neardup process"
@@ -246,6 +246,19 @@ class Connection:
 
         with self._lock:
             return self.con.sql(query, params=list(params) if params else None).to_arrow_table()
+
+
+def _why_not(path: Path, msg: str) -> str:
+    """Why DuckDB could not open ``path``, in a user's words where the cause is plain (else DuckDB's line)."""
+    if path.is_dir():
+        return "it is a folder; give the catalog file"
+    if "not a valid DuckDB database file" in msg:
+        return "not a DuckDB database file"
+    if path.parent.exists() and not path.parent.is_dir():
+        return f"{path.parent} is not a folder"
+    if not path.parent.exists():
+        return f"folder {path.parent} does not exist; create it first"
+    return msg
 
 
 class _Released:

@@ -183,9 +183,33 @@ def open_catalog(db: Path, *, must_exist: bool = True, read_only: bool = False, 
         raise CatalogError(f"{db}: no catalog here (create one with `neardup import-embeddings` or `neardup scan`)")
     from ..catalog import Catalog
 
+    if not Path(db).exists():  # made by this command: removed again if the command ends having committed nothing
+        side = Path(db).with_name(Path(db).name + ".d")
+        _CREATED.append((Path(db), None if side.exists() else side))
+
     # another neardup (a command, `neardup review`) may hold the file: wait for it, saying so once
     return Catalog(db, read_only=read_only, sql_only=sql_only,
                    on_wait=lambda msg: err_console.print(msg, highlight=False, markup=False))
+
+
+#: catalogs (and sidecar folders) this command created, for :func:`_remove_unused_new_catalogs`
+_CREATED: list[tuple[Path, Path | None]] = []
+
+
+def _remove_unused_new_catalogs() -> None:
+    """A command that failed or was interrupted before committing anything leaves no catalog it made
+    (a typo in an input path must not leave an empty catalog behind)."""
+    made, _CREATED[:] = list(_CREATED), []
+    if interrupts.committed():
+        return
+    import shutil
+
+    for db, side in made:
+        for p in (db, db.with_name(db.name + ".wal")):
+            with contextlib.suppress(OSError):
+                p.unlink()
+        if side is not None:
+            shutil.rmtree(side, ignore_errors=True)
 
 
 def compact_table(title: str | None = None) -> Any:
@@ -258,6 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     on_main = threading.current_thread() is threading.main_thread()
     if on_main:
         interrupts.install()
+    _CREATED.clear()
     try:
         interrupts.checkpoint()  # Ctrl-C while the command was starting
         rv = _dispatch(argv)
@@ -280,6 +305,7 @@ def main(argv: list[str] | None = None) -> None:
 def _interrupted() -> None:
     """Report an interrupted command in one true line and exit 130."""
     interrupts.stop_listening()
+    _remove_unused_new_catalogs()
     with contextlib.suppress(Exception):
         err_console.print(interrupts.outcome_line(), highlight=False, markup=False, soft_wrap=True)
     sys.exit(130)
@@ -293,6 +319,7 @@ def _dispatch(argv: list[str] | None) -> Any:
     except NeardupError as exc:
         if interrupts.requested():  # an error caused by Ctrl-C: main() reports the interrupt instead
             raise
+        _remove_unused_new_catalogs()
         from rich.markup import escape
 
         err_console.print(f"[bold red]error:[/] {escape(_one_line(exc))}", highlight=False, soft_wrap=True)

@@ -43,6 +43,11 @@ def calibrate_cmd(
         raise InputError(f"--objective {objective!r}: use precision or f1")
     if not 0.5 <= target < 1:
         raise InputError(f"--target-precision {target}: give a value in [0.5, 1)")
+    from ..paths import check_output_file
+
+    for path in (out, export):  # before judgments are stored: a bad place changes nothing
+        if path is not None:
+            check_output_file(path)
     with open_catalog(db) as cat:
         name = resolve_model(cat, model)
         if judgments_csv is not None:

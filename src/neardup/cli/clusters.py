@@ -118,9 +118,9 @@ def pairs_cmd(
         raise InputError("give --cluster or --ids, not both")
     ids = None
     if ids_file is not None:
-        from ..ingest import read_ids
+        from .core import _read_id_file  # an empty file is refused
 
-        ids = [str(i) for i in read_ids(ids_file)]
+        ids = _read_id_file(ids_file)
     with open_catalog(db, read_only=True) as cat:
         if bands is None:
             bands = default_bands(cat, model)

@@ -69,9 +69,13 @@ def import_embeddings_cmd(
 
 
 def _read_id_file(path: Path) -> list[str]:
+    """The ids of an ``--ids`` file; an empty file is refused (it would make a scope of nothing)."""
     from ..ingest import read_ids
 
-    return [str(i) for i in read_ids(path)]
+    ids = [str(i) for i in read_ids(path)]
+    if not ids:
+        raise InputError(f"{path}: no ids in the file (one id per line)")
+    return ids
 
 
 @app.command()
@@ -100,6 +104,10 @@ def sweep(
     from ..thresholds import choose_threshold
 
     ts = parse_thresholds(thresholds) if thresholds is not None else None
+    if chosen is not None:
+        from ..dedup import check_threshold
+
+        chosen = check_threshold(chosen)
     if cluster is not None and ids_file is not None:
         raise InputError("give --cluster or --ids, not both")
     with open_catalog(db) as cat:

@@ -38,8 +38,9 @@ def scan_cmd(
     """Add images to the catalog: hash, size, brightness, EXIF capture time, quality measures (sharpness, JPEG quality, borders, colourfulness, clipped pixels: what the default --prefer policy of dedup reads) and a thumbnail for each.
 
     Re-running is incremental: unchanged files are not read again, changed files are re-hashed (and re-embedded by the next `embed`), vanished files are marked missing. Unreadable files (corrupt, truncated, empty, unsupported, decompression bombs, pipes, names that are not UTF-8) are listed by `neardup skipped`; a table whose extra columns clash with the catalog is refused before anything is written. Your images are only read, never modified, moved or deleted."""
-    from ..sources import scan
+    from ..sources import check_sources, scan
 
+    check_sources([str(s) for s in sources])  # before the catalog is opened (or made)
     interrupts.hint("run the same scan again to continue; unchanged files are not read twice")
     with open_catalog(db, must_exist=False) as cat:
         with progress_callback("scanning") as prog:
@@ -157,7 +158,11 @@ def find_cmd(
     t = m.default_threshold if threshold is None else threshold
     if not 0 < t <= 1:
         raise InputError(f"threshold {t}: must be in (0, 1]")
-    from ..dedup import dedup
+    from ..dedup import check_options, dedup
+    from ..sources import check_sources
+
+    check_options(mode=mode)  # a bad --mode or source is refused before the catalog is opened
+    check_sources([str(s) for s in sources])
 
     with open_catalog(db, must_exist=False) as cat:
         with progress_callback(f"scanning + embedding ({m.name})") as prog:
@@ -192,6 +197,8 @@ def demo_cmd(
     m.check_usable()
     folder = Path(folder)
     photos = folder / "photos"
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: is a file, not a folder; pick an empty or new folder")
     if folder.exists() and any(folder.iterdir()) and not (photos / "labels.csv").exists():
         raise InputError(f"{folder}: exists and is not a neardup demo folder; pick an empty or new folder")
     with progress_callback("building the sample collection") as prog:

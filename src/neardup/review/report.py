@@ -71,9 +71,9 @@ def write_report(cat: Catalog, out_html: str | os.PathLike[str], *, max_groups: 
     groups: list[dict[str, Any]] = []
     n_groups = 0
     if run is not None:
-        gl = D.group_list(cat, run["id"], 1, per_page=max_groups, strip=0)
+        gl = D.group_list(cat, run["id"], 1, per_page=max(1, max_groups), strip=0)
         n_groups = gl["total"]
-        for g in gl["groups"]:
+        for g in gl["groups"][:max(0, max_groups)]:
             detail = D.group_detail(cat, run["id"], g["group_id"], 1, per_page=members_per_group, sort="sim_asc")
             if detail is None:
                 continue
