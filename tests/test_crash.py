@@ -400,9 +400,11 @@ VEC_TRIALS = [
     ("import-embeddings", signal.SIGINT, "t", 1.2),
     ("import-embeddings", signal.SIGINT, "wal", 0.0),      # at the commit
     ("import-embeddings", signal.SIGKILL, "npy", 0.001),   # new version file written, commit not yet done
+    ("dedup", signal.SIGINT, "t", 1.0),         # while it starts or during the similarity pass
     ("dedup", signal.SIGINT, "wal", 0.0),
     ("dedup", signal.SIGKILL, "wal", 0.0),
     ("restore", signal.SIGINT, "wal", 0.0),
+    ("restore", signal.SIGINT, "t", 0.8),
 ]
 
 
@@ -442,7 +444,33 @@ def img_base(tmp_path_factory) -> dict:
 IMG_TRIALS = [
     ("scan", signal.SIGINT, "t", 1.5),
     ("embed", signal.SIGKILL, "npy", 0.002),
+    ("embed", signal.SIGINT, "npy", 0.3),     # after the first chunk's commit
+    ("find", signal.SIGINT, "npy", 0.0),      # scanned and one chunk of vectors stored, no run yet
+    ("find", signal.SIGINT, "npy", 0.5),
 ]
+
+
+def test_ctrl_c_before_anything_is_committed_leaves_no_catalog_it_made(img_base: dict, tmp_path: Path,
+                                                                        monkeypatch, capsys) -> None:
+    """`scan` into a new catalog, interrupted before its first commit: the catalog it made is removed,
+    so "nothing was changed" holds for the folder too."""
+    import neardup.sources as sources
+
+    real = sources.scan
+
+    def scan_with_ctrl_c(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+        return real(*a, **k)
+
+    monkeypatch.setattr(sources, "scan", scan_with_ctrl_c)
+    db = tmp_path / "new.duckdb"
+    with pytest.raises(SystemExit) as exc:
+        main(["scan", str(img_base["photos"]), "--db", str(db)])
+    assert exc.value.code == 130
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert err == ["interrupted: nothing was changed (the catalog is as it was before this command)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("command,sig,moment,delay", IMG_TRIALS,
@@ -452,10 +480,25 @@ def test_interrupt_or_kill_scan_and_embed(img_base: dict, tmp_path: Path, comman
     if command == "scan":
         db = ck.copy_catalog(img_base["empty"], tmp_path / "trial")
         args = ["scan", photos, "--workers", "1", "--db", str(db)]
+    elif command == "find":
+        db = ck.copy_catalog(img_base["empty"], tmp_path / "trial")
+        args = ["find", photos, "--model", ck.EMBED_MODEL, "--db", str(db)]
     else:
         db = ck.copy_catalog(img_base["scanned"], tmp_path / "trial")
         args = ["embed", "--model", ck.EMBED_MODEL, "--chunk-size", "4", "--batch-size", "4", "--db", str(db)]
     before = ck.state(db)
     trial = ck.run_trial(ck.Trial(command, args, sig, moment, delay, multi_commit=True), db)
-    probs = ck.check_trial(trial, db, before, img_base[f"after_{command}"], rerun=args)
+    probs = ck.check_trial(trial, db, before, img_base.get(f"after_{command}"),
+                           rerun=args if command != "find" else None)
     assert probs == [], (trial.label, trial.rc, trial.stderr[-500:])
+    if trial.rc == 130:   # what the line says was kept is there
+        import re
+
+        said = trial.stderr.strip().splitlines()[-1]
+        with Catalog(db, read_only=True) as cat:
+            runs = {r["id"]: r["status"] for r in cat.runs()}
+            vectors = {m["model"]: m["count"] for m in cat.embedding_models()}
+        for run_id in re.findall(r"applied dedup run (\d+)", said):
+            assert runs.get(int(run_id)) == "applied", (said, runs)
+        if "stored" not in said:
+            assert ck.EMBED_MODEL not in vectors, (said, vectors)
