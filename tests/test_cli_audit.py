@@ -130,6 +130,13 @@ CASES: list[tuple[list[str], list[str]]] = [
     (["dedup", "-t", "0.9", "--mode", "bounded", "--bound", "2"], ["bound 2.0"]),
     (["dedup", "-t", "0.9", "--mode", "bounded", "--window", "-1"], ["--window -1.0"]),
     (["dedup", "-t", "0.9", "--mode", "bounded", "--window-link", "0"], ["--window-link 0.0"]),
+    (["dedup", "-t", "0.9", "--bound", "0.5"], ["--bound", "components", "--mode bounded"]),  # not ignored
+    (["dedup", "-t", "0.9", "--window", "2"], ["--window", "--mode bounded"]),
+    (["dedup", "-t", "0.9", "--prefer", ""], ["--prefer is empty"]),      # was: policy "id" alone, silently
+    (["dedup", "-t", "0.9", "--prefer", "score:up"], ["'score:up'"]),
+    (["estimate", "-t", "0.9", "--seed", "-1"], ["--seed"]),              # was: numpy's ValueError traceback
+    (["cluster", "--k", "2", "--seed", "-1"], ["--seed"]),
+    (["calibrate", "--sample", "3", "--out", "s.csv", "--seed", "-1"], ["--seed"]),
     (["dedup", "-t", "0.9", "--group-score", "median"], ["'median'"]),
     (["dedup", "-t", "0.9", "--engine", "spark"], ["'spark'"]),
     (["sweep", "--thresholds", "0.9,abc"], ["'0.9,abc'"]),

@@ -95,6 +95,8 @@ def check_options(*, mode: str | None = "components", prefer: str | Sequence[str
     """Refuse a bad mode, bound, window, policy, index or engine at once (before any note or any work): one line."""
     if mode is not None and mode not in MODES:
         raise InputError(f"mode {mode!r}: use one of {', '.join(MODES)}")
+    if isinstance(prefer, str) and not prefer.strip():
+        raise InputError("--prefer is empty: give policy keys, e.g. score,brightness (or leave it out for the default)")
     if bound is not None:
         check_bound(bound)
         if mode not in (None, "bounded"):
@@ -370,7 +372,11 @@ def plan_run(catalog: Catalog, *, model: str | None = None, ids: Sequence[str] |
     not_dup = overrides["not_duplicate"] & set(base.ids.tolist())
     scope = load_scope(catalog, base.model, base.ids.tolist() if ids is not None else None, exclude=sorted(not_dup)) \
         if not_dup else base
+    given_bound, given_window = bound, bool(window) or window_link is not None
     mode, bound = default_grouping(scope.model, mode, bound)
+    if mode != "bounded" and (given_bound is not None or given_window):  # not silently ignored
+        raise InputError(f"--bound/--window/--window-link apply to mode bounded; model {scope.model!r} groups by "
+                         f"{mode} by default (add --mode bounded)")
     window_s, link = default_window(scope.model, mode, window, window_link)
 
     cols = policy_columns(policy)

@@ -19,7 +19,7 @@ def calibrate_cmd(
     objective: Annotated[str, typer.Option("--objective", help="precision (reach --target-precision with the highest recall) or f1 (maximum F1).")] = "precision",
     export: Annotated[Optional[Path], typer.Option("--export", help="Write the catalog's judgments (the latest per pair) to this CSV.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", help="Embedding model (default: the most recently updated one).")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the sample and the bootstrap.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed for the sample and the bootstrap.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: threshold, low, high, precision, recall, judgments, counts...")] = False,
     db: DbOption = DEFAULT_DB_PATH,
 ) -> None:

@@ -15,7 +15,7 @@ _ModelOption = Annotated[Optional[str], typer.Option("--model", help="Embedding 
 @app.command("cluster")
 def cluster_cmd(
     k: Annotated[int, typer.Option("--k", help="Number of clusters.", min=1)] = 25,
-    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed on the same embeddings gives the same clusters.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Random seed: the same seed on the same embeddings gives the same clusters.")] = 0,
     niter: Annotated[int, typer.Option("--niter", help="k-means iterations.", min=1)] = 20,
     sample_per_centroid: Annotated[int, typer.Option("--sample-per-centroid", help="Train on at most k x this many sampled vectors, then assign all (faiss' default 256).", min=1)] = 256,
     redo: Annotated[int, typer.Option("--redo", help="k-means++ starts on the training sample; the tightest is kept (more = better clusters, slower training).", min=1)] = 3,

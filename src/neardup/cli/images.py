@@ -183,7 +183,7 @@ def find_cmd(
 def demo_cmd(
     folder: Annotated[Path, typer.Argument(help="Where to build the sample collection and its catalog.")] = Path("neardup-demo"),
     model: ModelOpt = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the edits (same seed, same files).")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed for the edits (same seed, same files).")] = 0,
 ) -> None:
     """Build a sample collection (scikit-image's bundled photos + edited copies + burst frames) and run the whole job.
 

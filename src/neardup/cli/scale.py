@@ -127,7 +127,7 @@ def match(
 def estimate(
     threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Cosine threshold (default: the model's).")] = None,
     sample: Annotated[Optional[int], typer.Option("--sample", help="Rows sampled (default: ~1% of the catalog, 1,000 to 5,000). More rows, narrower intervals.")] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the sample.")] = 0,
     model: Annotated[Optional[str], typer.Option("--model", help="Embedding model (default: the most recently updated).")] = None,
     prefer: Annotated[str, typer.Option("--prefer", help="Master policy, as for dedup (decides which member is the master).")] = "score,brightness",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON: with_duplicate[_low,_high], retained[_low,_high], sample, ...")] = False,
