@@ -249,3 +249,12 @@ def test_a_report_with_no_group_pages(folder: Path, capsys: pytest.CaptureFixtur
     code, out, err = run_cli(capsys, ["report", "--out", "r.html", "--groups", "0", "--db", "c.duckdb"])
     assert code == 0 and err == [] and "wrote r.html" in out
     assert "<html" in (folder / "r.html").read_text()[:2000].lower()
+
+
+def test_a_refused_command_keeps_a_symlink_given_as_the_catalog(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--db names a symlink whose target does not exist yet: the refused command leaves the link alone
+    (only a catalog file the command itself made is removed)."""
+    (folder / "link.duckdb").symlink_to(folder / "target.duckdb")
+    code, _, err = run_cli(capsys, ["import-embeddings", "missing.npy", "--ids", "ids.txt", "--db", "link.duckdb"])
+    assert code == 2 and len(err) == 1 and "missing.npy" in err[0]
+    assert (folder / "link.duckdb").is_symlink()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import sys
 import threading
 from pathlib import Path
@@ -183,9 +184,9 @@ def open_catalog(db: Path, *, must_exist: bool = True, read_only: bool = False, 
         raise CatalogError(f"{db}: no catalog here (create one with `neardup import-embeddings` or `neardup scan`)")
     from ..catalog import Catalog
 
-    if not Path(db).exists():  # made by this command: removed again if the command ends having committed nothing
+    if not os.path.lexists(db):  # made by this command: removed again if the command ends having committed nothing
         side = Path(db).with_name(Path(db).name + ".d")
-        _CREATED.append((Path(db), None if side.exists() else side))
+        _CREATED.append((Path(db), None if os.path.lexists(side) else side))
 
     # another neardup (a command, `neardup review`) may hold the file: wait for it, saying so once
     return Catalog(db, read_only=read_only, sql_only=sql_only,
