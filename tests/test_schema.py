@@ -197,6 +197,8 @@ def test_a_sql_only_catalog_loads_duckdbs_package_when_arrow_is_asked_for(tmp_pa
     res = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads(res.stdout.strip().splitlines()[-1]) == [False, ["a0", "a1", "a2", "a3"], [1.0, 2.0, 3.0, 4.0], True]
+
+
 def make_v1_with_vectors(path) -> None:
     """:func:`make_v1` plus model ``m``'s vectors (a version file in the sidecar, as version 1 kept them):
     a2 and a3 are near-duplicates."""
