@@ -147,7 +147,7 @@ def test_a_swallowed_ctrl_c_still_stops_the_command_before_its_commit(vec_db: Pa
 
     before = ck.state(vec_db)
     ids, v2 = _write_v2(vec_db)
-    real = ingest.validate_and_normalise
+    real = ingest.normalise_rows
 
     def swallowing(*a, **k):
         try:
@@ -157,7 +157,7 @@ def test_a_swallowed_ctrl_c_still_stops_the_command_before_its_commit(vec_db: Pa
             pass                                          # swallowed
         return real(*a, **k)
 
-    monkeypatch.setattr(ingest, "validate_and_normalise", swallowing)
+    monkeypatch.setattr(ingest, "normalise_rows", swallowing)
     with pytest.raises(SystemExit) as exc:
         main(["import-embeddings", str(v2), "--ids", str(ids), "--model", "m", "--db", str(vec_db)])
     assert exc.value.code == 130

@@ -10,7 +10,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ..errors import CatalogError, InputError
 from .connection import _now
@@ -27,6 +27,42 @@ _VERSION_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\.v[0-9]+\.npy(\.tm
 #: Writing a version file and switching to it, or collecting old ones: one at a time in a process
 #: (other processes are kept out by DuckDB's file lock).
 _EMBEDDINGS_LOCK = threading.RLock()
+
+
+def _chunk_rows(dim: int) -> int:
+    """Rows per chunk when vectors stream through memory: ~16 MB of float64 at a time."""
+    return max(1, (1 << 21) // max(int(dim), 1))
+
+
+def _string_array(ids: Any) -> pa.Array:
+    """Ids as one Arrow string array (from a list, a numpy array or Arrow)."""
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if isinstance(ids, pa.Array):
+        return ids if ids.type == pa.string() else ids.cast(pa.string())
+    if isinstance(ids, np.ndarray):
+        ids = ids.astype(object, copy=False)
+    return pa.array(ids if isinstance(ids, np.ndarray) else list(ids), pa.string())
+
+
+def _canonical(model: str, block: np.ndarray, first_row: int) -> np.ndarray:
+    """Rows of unit vectors rounded to canonical float32 (:func:`canonical_vectors`), a bad row named
+    by its row in the whole input."""
+    import numpy as np
+
+    from ..similarity.canonical import canonical_vectors  # numba: only where vectors are written
+
+    try:
+        return np.ascontiguousarray(canonical_vectors(np.asarray(block, dtype=np.float32)))
+    except ValueError as exc:
+        text = str(exc)
+        if text.startswith("row "):
+            k, rest = text[4:].split(":", 1)
+            text = f"row {first_row + int(k)}:{rest}"
+        raise InputError(f"vectors for model {model!r}: {text}") from None
 
 
 def _fsync(path: Path) -> None:
@@ -149,76 +185,127 @@ class EmbeddingStore(ImageTable):
         The vectors go to a new version file, switched to in the transaction; the previous
         version stays on disk until it is unreferenced (see :meth:`collect_garbage`), so a crash
         or Ctrl-C at any point leaves either the old or the new version in force, never a
-        reference to a missing file.
+        reference to a missing file. See :meth:`put_embedding_chunks` for the streaming form.
+        """
+        import numpy as np
+
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2:
+            raise InputError(f"{len(ids)} ids for {vectors.shape[0] if vectors.ndim else 0} vectors")
+        step = _chunk_rows(vectors.shape[1])
+        chunks = ((s, vectors[s:s + step]) for s in range(0, vectors.shape[0], step))
+        return self.put_embedding_chunks(model, ids, vectors.shape[1], chunks, rows=vectors.shape[0],
+                                         images=images, also=also)
+
+    def put_embedding_chunks(self, model: str, ids: Sequence[str] | np.ndarray | pa.Array, dim: int,
+                             chunks: Iterable[tuple[int, np.ndarray]], *, rows: int | None = None,
+                             images: pa.Table | None = None,
+                             also: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+                             before_commit: Callable[[], pa.Table | None] | None = None) -> tuple[int, int]:
+        """:meth:`put_embeddings` from a stream: ``chunks`` yields ``(first_row, vectors)`` for
+        consecutive row ranges of ``ids`` (unit-norm rows, any float dtype), in order.
+
+        Memory stays at one chunk whatever the store's size: the new version file is written with
+        plain file writes (the old version copied over chunk by chunk, updated rows written in
+        place, new rows appended), never held in memory or mapped. Anything raised while the
+        chunks are produced (a bad row found by the caller's validation, Ctrl-C) deletes the
+        unfinished file and leaves the catalog exactly as it was. ``before_commit()``, called
+        once every chunk is written and before the catalog changes, may return the ``images``
+        table (e.g. metadata checked only now) or raise to write nothing.
         """
         if not _MODEL_NAME.match(model):
             raise InputError(f"model name {model!r}: use letters, digits, '.', '_' or '-'")
         import numpy as np
         import pyarrow as pa
 
-        from ..similarity.canonical import canonical_vectors  # numba: only where vectors are written
+        from .. import interrupts
+        from ..npyfile import NpyRowReader, NpyRowWriter, npy_layout
 
-        try:  # stored vectors are canonical: their float32 dot products are exact in any order
-            vectors = np.ascontiguousarray(canonical_vectors(np.asarray(vectors, dtype=np.float32)))
-        except ValueError as exc:
-            raise InputError(f"vectors for model {model!r}: {exc}") from None
-        ids = np.asarray(ids, dtype=object)
-        if vectors.ndim != 2 or len(ids) != vectors.shape[0]:
-            raise InputError(f"{len(ids)} ids for {vectors.shape[0] if vectors.ndim else 0} vectors")
+        id_arr = _string_array(ids)
+        n = len(id_arr)
+        if rows is not None and rows != n:
+            raise InputError(f"{n} ids for {rows} vectors")
         self.require_sidecar()  # never start a new sidecar beside vectors that are elsewhere
         emb_dir = self.sidecar / "embeddings"
         with _EMBEDDINGS_LOCK, self._lock:
             emb_dir.mkdir(parents=True, exist_ok=True)
             cur = self.one("SELECT file, count, dim, version FROM embedding_sets WHERE model = ?", [model])
-            if cur is not None and cur[2] != vectors.shape[1]:
-                raise InputError(f"model {model!r} has dimension {cur[2]} in this catalog; these vectors have {vectors.shape[1]}")
-            if cur is None:
-                old_ids = np.empty(0, dtype=object)
-                old_vecs = np.empty((0, vectors.shape[1]), dtype=np.float32)
-                version = 1
-            else:
-                old = self.load_embeddings(model)
-                old_ids, old_vecs, version = old.ids, old.vectors, old.version + 1
-            pos = {k: i for i, k in enumerate(old_ids.tolist())}
-            upd_rows = np.fromiter((pos.get(k, -1) for k in ids.tolist()), dtype=np.int64, count=len(ids))
-            is_new = upd_rows < 0
+            if cur is not None and cur[2] != dim:
+                raise InputError(f"model {model!r} has dimension {cur[2]} in this catalog; these vectors have {dim}")
+            n_old = 0 if cur is None else int(cur[1])
+            version = 1 if cur is None else int(cur[3]) + 1
+            old_row = self._rows_of(model, id_arr) if cur is not None else np.full(n, -1, dtype=np.int64)
+            is_new = old_row < 0
             n_new = int(is_new.sum())
-            total = len(old_ids) + n_new
+            dest = old_row.copy()
+            dest[is_new] = n_old + np.arange(n_new, dtype=np.int64)
+            del old_row
+            total = n_old + n_new
             file = f"{model}.v{version}.npy"
             tmp = emb_dir / (file + ".tmp")
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(total, vectors.shape[1]))
-            step = 1 << 16
-            for s in range(0, len(old_ids), step):
-                e = min(s + step, len(old_ids))
-                out[s:e] = canonical_vectors(old_vecs[s:e])  # a catalog from before canonical vectors
-            if (~is_new).any():
-                out[upd_rows[~is_new]] = vectors[~is_new]
-            out[len(old_ids):] = vectors[is_new]
-            out.flush()
-            del out
-            _fsync(tmp)
-            os.replace(tmp, emb_dir / file)  # not referenced yet: a crash from here on leaves it unreferenced
+            out = NpyRowWriter(tmp, (total, dim), np.float32)
+            try:
+                if cur is not None:  # the current version, copied over (canonical: a catalog from before them)
+                    layout = npy_layout(self._embeddings_file(cur[0]))
+                    if layout.shape != (n_old, dim):
+                        raise CatalogError(f"{self.path}: embeddings file {cur[0]} has shape {layout.shape}, "
+                                           f"catalog says {(n_old, dim)}")
+                    with NpyRowReader(layout) as old:
+                        for s, block in old.chunks(_chunk_rows(dim)):
+                            out.write(s, _canonical(model, block, s))
+                expect = 0
+                for s, block in chunks:
+                    block = np.asarray(block)
+                    if s != expect or block.ndim != 2 or block.shape[1] != dim or s + len(block) > n:
+                        raise ValueError(f"chunk at row {s} of shape {block.shape} does not continue "
+                                         f"rows 0..{expect} of {n} x {dim}")
+                    out.write_at(dest[s:s + len(block)], _canonical(model, block, s))
+                    expect = s + len(block)
+                if expect != n:
+                    raise InputError(f"{n} ids for {expect} vectors")
+                if before_commit is not None:
+                    images = before_commit()
+                interrupts.checkpoint()  # a Ctrl-C that something swallowed: do not put the file in place
+                out.finish()
+                os.replace(tmp, emb_dir / file)  # not referenced yet: a crash from here on leaves it unreferenced
+            except BaseException:
+                out.abort()
+                raise
             _fsync(emb_dir)
-            rows_table = pa.table({"model": pa.array([model] * n_new, pa.string()),
-                                   "row": pa.array(np.arange(len(old_ids), total), pa.int64()),
-                                   "image_id": pa.array(ids[is_new].tolist(), pa.string())})
-            missing = pa.table({"id": pa.array(ids[is_new].tolist(), pa.string())})
+            del dest
+            new_ids = id_arr.filter(pa.array(is_new))
+            rows_table = pa.table({"row": pa.array(np.arange(n_old, total, dtype=np.int64)), "image_id": new_ids})
+            missing = pa.table({"id": new_ids})
             # No clean-up on failure: if COMMIT raised after landing, the catalog points to this file.
             with self.transaction():
                 if images is not None:
                     self.upsert_images(images, _in_transaction=True)
                 with self.registered("_new_ids", missing), self.registered("_rows", rows_table):
                     self.con.execute("INSERT INTO images (id, added_at) SELECT id, ? FROM _new_ids ANTI JOIN images USING (id)", [_now()])
-                    self.con.execute("INSERT INTO embedding_rows SELECT * FROM _rows")
+                    self.con.execute("INSERT INTO embedding_rows (model, row, image_id) SELECT ?, row, image_id FROM _rows",
+                                     [model])
                 self.con.execute("DELETE FROM embedding_sets WHERE model = ?", [model])
                 self.con.execute("INSERT INTO embedding_sets VALUES (?, ?, ?, ?, ?, ?)",
-                                 [model, vectors.shape[1], file, total, version, _now()])
+                                 [model, dim, file, total, version, _now()])
                 if also is not None:
                     also(self.con)
-                self.describe(f"stored {{n}} vector(s) for model {model}", len(ids))
+                self.describe(f"stored {{n}} vector(s) for model {model}", n)
             if self._txn is None:  # committed (not part of an enclosing transaction): drop the old version
                 self.collect_garbage()
-        return n_new, len(ids) - n_new
+        return n_new, n - n_new
+
+    def _rows_of(self, model: str, ids: pa.Array) -> np.ndarray:
+        """The row of each id in the model's current vectors, -1 for ids it does not have (a join in DuckDB)."""
+        import numpy as np
+        import pyarrow as pa
+
+        out = np.full(len(ids), -1, dtype=np.int64)
+        t = pa.table({"i": pa.array(np.arange(len(ids), dtype=np.int64)), "id": ids})
+        with self._lock, self.registered("_put_ids", t):
+            got = self.con.execute("SELECT t.i, r.row FROM _put_ids t JOIN embedding_rows r "
+                                   "ON r.model = ? AND r.image_id = t.id", [model]).fetchnumpy()
+        out[np.asarray(got["i"], dtype=np.int64)] = np.asarray(got["row"], dtype=np.int64)
+        return out
 
     def collect_garbage(self) -> int:
         """Delete embedding version files no committed catalog state refers to (left by an earlier

@@ -54,6 +54,9 @@ def import_embeddings_cmd(
 
     Checks: unique non-empty ids, as many ids as vector rows, finite values, no all-zero rows, one
     dimension per model. Nothing is written unless every check passes.
+
+    The vectors stream (read, checked and written a few thousand rows at a time): memory for the
+    ids and one chunk, not for the vectors; disk for the new vector file.
     """
     from ..ingest import import_embeddings
 
