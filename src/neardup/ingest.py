@@ -166,8 +166,9 @@ def _parquet_source(p: Path, id_column: str, vector_column: str | None) -> Vecto
     def unreadable(exc: BaseException) -> InputError:
         return InputError(f"{p}: not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
 
-    try:  # read buffered: a row group's column chunk is not read into memory at once
-        pf = pq.ParquetFile(p, buffer_size=1 << 23)
+    try:  # buffered, no pre-buffering: a column chunk is not read into memory at once (with pyarrow's
+        # default pre_buffer, iterating a 2 GB file's batches held all 2 GB until the end)
+        pf = pq.ParquetFile(p, buffer_size=1 << 23, pre_buffer=False)
         schema = pf.schema_arrow
     except Exception as exc:  # pyarrow raises several kinds
         raise unreadable(exc) from None
@@ -210,7 +211,7 @@ def _parquet_source(p: Path, id_column: str, vector_column: str | None) -> Vecto
         dim = int(pc.list_value_length(first)[0].as_py())
 
     def chunks(step: int) -> Iterator[tuple[int, np.ndarray]]:
-        batches = pf.iter_batches(batch_size=step, columns=[vector_column])
+        batches = pf.iter_batches(batch_size=step, columns=[vector_column], use_threads=False)
         s = 0
         while True:
             try:
