@@ -5,10 +5,20 @@
     python bench/bench_scale.py exact --vectors /tmp/neardup_seed1m.npy --floor 0.98 --subset 200000
     python bench/bench_scale.py compare --a ann.npz --b exact.npz --floor 0.98
     python bench/bench_scale.py ray   --vectors /tmp/neardup_seed1m.npy --floor 0.98 --subset 100000
+    python bench/bench_scale.py gen   --n 10000000 --from /tmp/neardup_seed1m.npy --out /tmp/v10m.npy --ids-out /tmp/v10m.txt
+    python bench/bench_scale.py import --vectors /tmp/neardup_seed1m.npy --ids ids.txt \
+        --src before=/tmp/main-src --src after=src --runs 2 [--reimport] [--workdir /tmp/x]
 
 Each command prints one JSON line (wall seconds, peak RSS from getrusage, and what it measured)
 and can save the forest (--save) so the exact and ANN runs are compared without recomputing.
 Run each under `/usr/bin/time -v` too if you want the kernel's view of peak RSS.
+
+``import`` measures the whole ``neardup import-embeddings`` process, not a function: each run is a
+fresh child process (``python -m neardup`` with PYTHONPATH set to one source tree) importing into a
+fresh catalog; its peak RSS, user and system CPU come from ``os.wait4`` (the kernel's accounting of
+that child alone). Source trees named with ``--src`` alternate run by run (A B A B), so a before/after
+ratio is measured side by side under the same load. ``--reimport`` imports once unmeasured and then
+measures a second import of the same file (every row an update: the old version is copied over).
 """
 
 from __future__ import annotations
@@ -54,6 +64,67 @@ def ari(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if mx == exp else (sij - exp) / (mx - exp)
 
 
+def _loadavg() -> list[str]:
+    return open("/proc/loadavg").read().split()[:3]
+
+
+def import_run(src: str, vectors: str, ids: str | None, db: str) -> dict:
+    """One ``neardup import-embeddings`` child process: wall seconds, peak RSS, CPU (os.wait4)."""
+    import os
+    import subprocess
+
+    cmd = [sys.executable, "-m", "neardup", "import-embeddings", vectors, "--db", db]
+    if ids:
+        cmd += ["--ids", ids]
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(src))
+    load0 = _loadavg()
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    out, err = proc.stdout.read().decode(), proc.stderr.read().decode()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"{cmd} failed ({proc.returncode}): {err.strip()}")
+    return {"wall_s": round(wall, 2), "peak_rss_gb": round(ru.ru_maxrss * 1024 / 1e9, 3),
+            "user_s": round(ru.ru_utime, 1), "sys_s": round(ru.ru_stime, 1), "loadavg_before": load0,
+            "loadavg_after": _loadavg(), "stdout": out.strip()}
+
+
+def import_bench(args: argparse.Namespace) -> dict:
+    """Peak RSS and wall time of whole import processes, source trees alternating (see the docstring)."""
+    import os
+    import shutil
+
+    srcs = [tuple(s.split("=", 1)) for s in (args.src or ["after=src"])]
+    X = np.load(args.vectors, mmap_mode="r")
+    out: dict = {"cmd": "import", "argv": sys.argv[1:], "date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                 "vectors": args.vectors, "shape": list(X.shape), "dtype": str(X.dtype),
+                 "vectors_gb": round(X.nbytes / 1e9, 3), "reimport": args.reimport, "runs": {n: [] for n, _ in srcs}}
+    del X
+    os.makedirs(args.workdir, exist_ok=True)
+    for r in range(args.runs):
+        for name, src in srcs:
+            db = os.path.join(args.workdir, f"{name}-{r}.duckdb")
+            for f in (db, db + ".wal", db + ".d"):
+                shutil.rmtree(f, ignore_errors=True) if os.path.isdir(f) else (os.path.exists(f) and os.remove(f))
+            if args.reimport:
+                import_run(src, args.vectors, args.ids, db)
+            res = import_run(src, args.vectors, args.ids, db)
+            res["run"] = r
+            out["runs"][name].append(res)
+            print(json.dumps({name: res}), file=sys.stderr, flush=True)
+            shutil.rmtree(db + ".d", ignore_errors=True)
+            for f in (db, db + ".wal"):
+                if os.path.exists(f):
+                    os.remove(f)
+    out["median"] = {n: {k: float(np.median([x[k] for x in rs])) for k in ("wall_s", "peak_rss_gb", "user_s", "sys_s")}
+                     for n, rs in out["runs"].items()}
+    for n in out["median"]:
+        out["median"][n]["peak_rss_over_vectors"] = round(out["median"][n]["peak_rss_gb"] / out["vectors_gb"], 3)
+    return out
+
+
 def load(path: str, subset: int | None, seed: int = 0) -> np.ndarray:
     X = np.load(path, mmap_mode="r")
     if subset and subset < len(X):
@@ -64,7 +135,7 @@ def load(path: str, subset: int | None, seed: int = 0) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("cmd", choices=["gen", "ann", "exact", "compare", "ray", "tile", "recall"])
+    p.add_argument("cmd", choices=["gen", "ann", "exact", "compare", "ray", "tile", "recall", "import"])
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--out", default="/tmp/neardup_seed1m.npy")
     p.add_argument("--vectors", default="/tmp/neardup_seed1m.npy")
@@ -79,7 +150,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split-factor", type=float, default=3.0)
     p.add_argument("--num-cpus", type=int, default=2)
     p.add_argument("--exact-seconds", type=float, default=None)
+    p.add_argument("--ids", default=None, help="import: the ids file of --vectors (.npy)")
+    p.add_argument("--src", action="append", default=None, help="import: NAME=PATH of a source tree (repeat)")
+    p.add_argument("--runs", type=int, default=2)
+    p.add_argument("--reimport", action="store_true")
+    p.add_argument("--workdir", default="/tmp/neardup_import_bench")
+    p.add_argument("--from", dest="from_", default=None,
+                   help="gen: build --n rows from copies of this .npy (each copy's coordinates permuted and "
+                        "sign-flipped, so no two rows are equal), written in chunks: no n x d array in memory")
+    p.add_argument("--ids-out", default=None, help="gen: also write ids, one per line")
     args = p.parse_args(argv)
+    if args.cmd == "import":
+        print(json.dumps(import_bench(args), default=str), flush=True)
+        return
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -94,7 +177,25 @@ def main(argv: list[str] | None = None) -> None:
     out["gemm_gflops_before"] = gemm_gflops()
     out["loadavg_before"] = open("/proc/loadavg").read().split()[:3]
     t0 = time.perf_counter()
-    if args.cmd == "gen":
+    if args.cmd == "gen" and args.from_:
+        from neardup.npyfile import NpyRowReader, NpyRowWriter, npy_layout
+
+        lay = npy_layout(args.from_)
+        m, d = lay.shape
+        rng = np.random.default_rng(2)
+        w = NpyRowWriter(args.out, (args.n, d), np.float32)
+        ids = open(args.ids_out, "w") if args.ids_out else None
+        with NpyRowReader(lay) as r:
+            for c in range(-(-args.n // m)):
+                perm, sign = rng.permutation(d), rng.choice(np.float32([-1, 1]), d)
+                for s0, block in r.chunks(65536, 0, min(m, args.n - c * m)):
+                    w.write(c * m + s0, block[:, perm] * sign)
+                    if ids:
+                        ids.write("".join(f"c{c}-{k}\n" for k in range(s0, s0 + len(block))))
+        w.finish()
+        if ids:
+            ids.close()
+    elif args.cmd == "gen":
         from neardup.synthetic import seed_shaped
 
         c = seed_shaped(args.n, 512, seed=1)
