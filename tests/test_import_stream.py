@@ -380,3 +380,12 @@ def test_put_embeddings_in_chunks_matches_the_reference_and_names_a_bad_row(tmp_
     got_ids, got = stored(tmp_path / "c.duckdb", "m")
     assert got_ids == ref_ids
     np.testing.assert_array_equal(got, ref)
+
+
+def test_progress_counts_rows_chunk_by_chunk(tmp_path: Path, chunk) -> None:
+    chunk(4)
+    seen: list[tuple[int, int]] = []
+    v, i = write_npy(tmp_path, "v", [f"r{k}" for k in range(10)], raw_vectors(np.random.default_rng(0), 10))
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        import_embeddings(cat, v, i, progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(0, 10), (4, 10), (8, 10), (10, 10)]

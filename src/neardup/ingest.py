@@ -356,15 +356,27 @@ def read_meta(path: str | Path) -> pa.Table:
     return table
 
 
+def _checked_chunks(src: VectorSource, progress: Callable[[int, int], None] | None) -> Iterator[tuple[int, np.ndarray]]:
+    """The source's rows chunk by chunk, checked and normalised (:func:`normalise_rows`)."""
+    if progress is not None:
+        progress(0, src.rows)
+    for s, block in src.chunks(_chunk_rows(src.dim)):
+        yield s, normalise_rows(block, s, src.ids, src.name)
+        if progress is not None:
+            progress(s + len(block), src.rows)
+
+
 def import_embeddings(catalog: Catalog, vectors: str | Path | np.ndarray, ids: str | Path | Sequence[str] | None = None,
                       *, meta: str | Path | pa.Table | None = None, model: str = DEFAULT_MODEL,
-                      id_column: str = "id", vector_column: str | None = None) -> ImportReport:
+                      id_column: str = "id", vector_column: str | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> ImportReport:
     """Validate and store precomputed embeddings (and optional metadata) in one transaction.
 
     Re-importing ids already present updates their vectors and metadata; nothing is duplicated.
     The vectors stream through memory in chunks into the store's new version file; the ids, the
     metadata and the dimension are checked before it is started, each row as it passes, and any
     error (or Ctrl-C) deletes the unfinished file: the catalog is changed only by the final commit.
+    ``progress(rows_done, rows)`` is called after each chunk.
     """
     src = _array_source(vectors, ids) if isinstance(vectors, np.ndarray) else \
         open_vectors(vectors, ids, id_column=id_column, vector_column=vector_column)
@@ -387,8 +399,7 @@ def import_embeddings(catalog: Catalog, vectors: str | Path | np.ndarray, ids: s
                 mask[k] = meta_ids[int(k)].as_py() in existing
             unmatched = meta_ids.filter(pa.array(~mask)).to_pylist()
             meta_table = meta_table.filter(pa.array(mask))
-        names = src.ids
-        chunks = ((s, normalise_rows(block, s, names, src.name)) for s, block in src.chunks(_chunk_rows(src.dim)))
+        chunks = _checked_chunks(src, progress)
         added, updated = catalog.put_embedding_chunks(model, src.ids, src.dim, chunks, rows=src.rows,
                                                       images=meta_table)
     finally:

@@ -60,8 +60,9 @@ def import_embeddings_cmd(
     """
     from ..ingest import import_embeddings
 
-    with open_catalog(db, must_exist=False) as cat:
-        rep = import_embeddings(cat, vectors, ids, meta=meta, model=model, id_column=id_column, vector_column=vector_column)
+    with open_catalog(db, must_exist=False) as cat, progress_callback("importing vectors") as prog:
+        rep = import_embeddings(cat, vectors, ids, meta=meta, model=model, id_column=id_column, vector_column=vector_column,
+                                progress=prog)
     console.print(f"imported {rep.added + rep.updated:,} vectors of dimension {rep.dim} as model [bold]{rep.model}[/] "
                   f"into {db}: {rep.added:,} new, {rep.updated:,} updated")
     if meta is not None:
