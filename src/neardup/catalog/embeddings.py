@@ -200,8 +200,7 @@ class EmbeddingStore(ImageTable):
     def put_embedding_chunks(self, model: str, ids: Sequence[str] | np.ndarray | pa.Array, dim: int,
                              chunks: Iterable[tuple[int, np.ndarray]], *, rows: int | None = None,
                              images: pa.Table | None = None,
-                             also: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
-                             before_commit: Callable[[], pa.Table | None] | None = None) -> tuple[int, int]:
+                             also: Callable[[duckdb.DuckDBPyConnection], None] | None = None) -> tuple[int, int]:
         """:meth:`put_embeddings` from a stream: ``chunks`` yields ``(first_row, vectors)`` for
         consecutive row ranges of ``ids`` (unit-norm rows, any float dtype), in order.
 
@@ -209,9 +208,7 @@ class EmbeddingStore(ImageTable):
         plain file writes (the old version copied over chunk by chunk, updated rows written in
         place, new rows appended), never held in memory or mapped. Anything raised while the
         chunks are produced (a bad row found by the caller's validation, Ctrl-C) deletes the
-        unfinished file and leaves the catalog exactly as it was. ``before_commit()``, called
-        once every chunk is written and before the catalog changes, may return the ``images``
-        table (e.g. metadata checked only now) or raise to write nothing.
+        unfinished file and leaves the catalog exactly as it was.
         """
         if not _MODEL_NAME.match(model):
             raise InputError(f"model name {model!r}: use letters, digits, '.', '_' or '-'")
@@ -263,8 +260,6 @@ class EmbeddingStore(ImageTable):
                     expect = s + len(block)
                 if expect != n:
                     raise InputError(f"{n} ids for {expect} vectors")
-                if before_commit is not None:
-                    images = before_commit()
                 interrupts.checkpoint()  # a Ctrl-C that something swallowed: do not put the file in place
                 out.finish()
                 os.replace(tmp, emb_dir / file)  # not referenced yet: a crash from here on leaves it unreferenced
