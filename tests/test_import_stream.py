@@ -389,3 +389,42 @@ def test_progress_counts_rows_chunk_by_chunk(tmp_path: Path, chunk) -> None:
     with Catalog(tmp_path / "c.duckdb") as cat:
         import_embeddings(cat, v, i, progress=lambda done, total: seen.append((done, total)))
     assert seen == [(0, 10), (4, 10), (8, 10), (10, 10)]
+
+
+@pytest.mark.parametrize("where", ["reserve", "write"])
+def test_a_full_disk_is_one_line_and_writes_nothing(tmp_path: Path, db: Path, chunk, monkeypatch, where: str) -> None:
+    """No space for the new version file: at once when its size is reserved, or while writing (a file
+    system without fallocate); one line, the unfinished file deleted, the catalog unchanged."""
+    import errno
+
+    import neardup.npyfile as npyfile
+    from neardup.errors import CatalogError
+
+    chunk(4)
+
+    def no_space(*a: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "reserve":
+        monkeypatch.setattr(npyfile.os, "posix_fallocate", no_space)
+    else:
+        real_pwrite = os.pwrite
+        calls = []
+
+        def pwrite(fd: int, data: Any, pos: int) -> int:
+            calls.append(1)
+            if len(calls) == 3:
+                no_space()
+            return real_pwrite(fd, data, pos)
+
+        monkeypatch.setattr(npyfile.os, "pwrite", pwrite)
+    v, i = write_npy(tmp_path, "v", [f"n{k}" for k in range(20)], raw_vectors(np.random.default_rng(1), 20))
+    before = snapshot(db)
+    with pytest.raises(CatalogError) as exc:
+        with Catalog(db) as cat:
+            import_embeddings(cat, v, i)
+    monkeypatch.undo()
+    msg = str(exc.value)
+    assert "\n" not in msg and "precomputed.v2.npy.tmp" in msg and "not enough free disk space" in msg
+    assert "catalog is unchanged" in msg
+    assert snapshot(db) == before

@@ -121,6 +121,8 @@ class NpyRowWriter:
                 os.ftruncate(self._fd, size)  # a file system without fallocate
         except BaseException:
             os.close(self._fd)
+            with contextlib.suppress(OSError):
+                self.path.unlink()
             raise
 
     def write(self, row: int, rows: np.ndarray) -> None:

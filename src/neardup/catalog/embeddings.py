@@ -65,6 +65,15 @@ def _canonical(model: str, block: np.ndarray, first_row: int) -> np.ndarray:
         raise InputError(f"vectors for model {model!r}: {text}") from None
 
 
+def _disk_error(path: Path, nbytes: int, exc: OSError) -> CatalogError:
+    """One line for a version file that could not be written (the unfinished file is already gone)."""
+    import errno
+
+    why = f"not enough free disk space for {nbytes / 1e9:.2f} GB of vectors" if exc.errno == errno.ENOSPC else \
+        (exc.strerror or str(exc))
+    return CatalogError(f"{path}: cannot write the new vector file ({why}); the catalog is unchanged")
+
+
 def _fsync(path: Path) -> None:
     """Flush a file (or a folder's entries) to disk before the catalog may point to it."""
     with contextlib.suppress(OSError):
@@ -240,7 +249,10 @@ class EmbeddingStore(ImageTable):
             total = n_old + n_new
             file = f"{model}.v{version}.npy"
             tmp = emb_dir / (file + ".tmp")
-            out = NpyRowWriter(tmp, (total, dim), np.float32)
+            try:
+                out = NpyRowWriter(tmp, (total, dim), np.float32)
+            except OSError as exc:
+                raise _disk_error(tmp, total * dim * 4, exc) from None
             try:
                 if cur is not None:  # the current version, copied over (canonical: a catalog from before them)
                     layout = npy_layout(self._embeddings_file(cur[0]))
@@ -263,6 +275,9 @@ class EmbeddingStore(ImageTable):
                 interrupts.checkpoint()  # a Ctrl-C that something swallowed: do not put the file in place
                 out.finish()
                 os.replace(tmp, emb_dir / file)  # not referenced yet: a crash from here on leaves it unreferenced
+            except OSError as exc:
+                out.abort()
+                raise _disk_error(tmp, total * dim * 4, exc) from None
             except BaseException:
                 out.abort()
                 raise
