@@ -244,6 +244,10 @@ def test_a_read_only_open_of_a_version_1_catalog_serves_every_read(tmp_path) -> 
             cat.restore(1)
         with pytest.raises(CatalogError, match="opened read-only"):
             cat.add_override("a0", "keep")
+        sidecar_before = sorted(p.name for p in db.with_name(db.name + ".d").rglob("*"))
+        with pytest.raises(CatalogError, match="opened read-only"):  # refused before a version file is written
+            cat.put_embeddings("m", ["a0"], np.eye(1, 8, dtype=np.float32))
+        assert sorted(p.name for p in db.with_name(db.name + ".d").rglob("*")) == sidecar_before
         assert cat.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
     assert _file_digest(db) == before
 

@@ -142,6 +142,12 @@ class Connection:
         """Folder beside the DuckDB file holding embeddings, thumbnails and caches."""
         return self.path.with_name(self.path.name + ".d")
 
+    def require_writable(self) -> None:
+        """Refuse a change on a read-only open in one line, before anything (a statement or a file) is written."""
+        if self.read_only:
+            raise CatalogError(f"{self.path}: the catalog was opened read-only; this change needs a "
+                               "read-write open (the catalog is unchanged)")
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """All-or-nothing: an exception (or Ctrl-C) inside rolls everything back. Refused on a read-only open.
@@ -156,9 +162,7 @@ class Connection:
                 yield self.con
                 return
             interrupts.checkpoint()
-            if self.read_only:  # every transaction writes: refused before any statement, in one line
-                raise CatalogError(f"{self.path}: the catalog was opened read-only; this change needs a "
-                                   "read-write open (the catalog is unchanged)")
+            self.require_writable()  # every transaction writes: refused before any statement
             token = uuid.uuid4().hex
             self._txn = notes = []
             try:

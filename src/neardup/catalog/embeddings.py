@@ -221,6 +221,7 @@ class EmbeddingStore(ImageTable):
         """
         if not _MODEL_NAME.match(model):
             raise InputError(f"model name {model!r}: use letters, digits, '.', '_' or '-'")
+        self.require_writable()  # before the version file is written, not at its commit
         import numpy as np
         import pyarrow as pa
 
