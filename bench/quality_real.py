@@ -28,6 +28,9 @@ images of one "loose" label are not scored, see bench/datasets.py):
   (precision and recall reported, no target: this is where transitive groups chain);
 - ``cross``: pairs between sets (all different): their false-pair count.
 
+The default includes the geometric check of untimed pairs below the window link
+(:mod:`neardup.verify`); the row "without the geometric check" is ``dedup --no-verify``.
+
 Capture times are real and go through the product path: bench/datasets.py writes each video
 frame's time (frame / frame rate) into its EXIF, ``scan`` reads it into ``images.captured_at``, and
 ``dedup`` uses it (the model's capture-time window). Rows:
@@ -35,8 +38,10 @@ frame's time (frame / frame rate) into its EXIF, ``scan`` reads it into ``images
 - **default** — ``dedup --dry-run`` with nothing but the model (threshold, bounded grouping and its
   capture-time window); **before** — the same with ``--window 0`` (the default before the window:
   plain bounded grouping), on the same catalog;
-- **window** rows — ``dedup --dry-run --window W --window-link F`` over a grid, to show how the
-  choice of the defaults behaves;
+- **without the geometric check** — the default with ``--no-verify`` (the window alone; untimed
+  pairs below the window link are not checked, :mod:`neardup.verify`);
+- **window** rows — ``dedup --dry-run --window W --window-link F --no-verify`` over a grid, to show
+  how the choice of the window's defaults behaves;
 - **stills given capture times** — the default grouping (``RunPlan``, the code dedup runs) with
   each *untimed* look-alike still given a moment of its own (a stereo pair one moment): what the
   window would do if those photos carried capture times, as photos by different people do. The
@@ -285,7 +290,8 @@ def _rel_paths(cat: Any, data: Path) -> dict[str, str]:
 
 def window_rows(model: str, windows: Sequence[float] = (0.5, 1.0, 2.0, 5.0),
                 links: Sequence[float] = (0.88, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.98), data: Path = REAL_DATA) -> list[dict[str, Any]]:
-    """``dedup --dry-run --window W --window-link F`` at the model's threshold and bound, over a grid (real times)."""
+    """``dedup --dry-run --window W --window-link F --no-verify`` at the model's threshold and bound, over a grid
+    (real times; the window alone: the geometric check only changes the untimed places, see the default rows)."""
     from neardup.catalog import Catalog
     from neardup.dedup import dedup
     from neardup.embed import get_model
@@ -298,7 +304,7 @@ def window_rows(model: str, windows: Sequence[float] = (0.5, 1.0, 2.0, 5.0),
         rel = _rel_paths(cat, data)
         for w in windows:
             for f in links:
-                res = dedup(cat, m.default_threshold, model=m.name, dry_run=True, window=w, window_link=f)
+                res = dedup(cat, m.default_threshold, model=m.name, dry_run=True, window=w, window_link=f, verify=False)
                 met = truth.metrics(_labels_of(res, paths, rel))
                 out.append({"mode": "bounded + window", "threshold": m.default_threshold, "bound": res.summary["bound"],
                             "window_s": w, "far": f, **met, "meets": meets(met)})
@@ -364,12 +370,15 @@ def default_run(model: str, data: Path = REAL_DATA, **options: Any) -> dict[str,
     V, paths, items = _aligned(model, data)
     m = get_model(model)
     with Catalog(RAW / f"{model}.duckdb", read_only=True) as cat:
+        t0 = time.perf_counter()
         res = dedup(cat, m.default_threshold, model=m.name, dry_run=True, **options)
+        seconds = time.perf_counter() - t0
         rel = _rel_paths(cat, data)
     metrics = PairTruth(items).metrics(_labels_of(res, paths, rel))
     return {"threshold": res.threshold, "mode": res.mode, "bound": res.summary.get("bound"),
             "window_s": res.summary.get("window_s"), "far": res.summary.get("window_link"),
-            "grouping": res.summary.get("grouping"), **metrics,
+            "grouping": res.summary.get("grouping"), "geometric_check": res.summary.get("geometric_check"),
+            "seconds": seconds, **metrics,
             "meets": meets(metrics), "largest_groups": res.summary.get("largest_groups")}
 
 
@@ -436,7 +445,8 @@ def run(models: Sequence[str], *, rebuild: bool = False, out: Path = RESULT, reu
         slim = [{"mode": r["mode"], "threshold": r["threshold"], "bound": r["bound"], "margin": round(r["margin"], 4),
                  **{k: [None if r[k][x] is None else round(r[k][x], 4) for x in ("precision", "recall")]
                     + [r[k]["false_pairs"], r[k]["missed_pairs"]] for k in SCORED}} for r in rows]
-        report["models"][model] = {**info, "default": default_run(model), "before": default_run(model, window=0),
+        report["models"][model] = {**info, "default": default_run(model), "no_check": default_run(model, verify=False),
+                                   "before": default_run(model, window=0),
                                    "best": best, "original_first": original_first(model),
                                    "window": window_rows(model), "stills_given_times": assigned_still_times(model),
                                    "timed": timed_counts(model),
@@ -482,9 +492,13 @@ def markdown(report: dict[str, Any], picks: Sequence[tuple[str, float, float | N
             continue
         d = m["default"]
         bf = m.get("before")
+        nc = m.get("no_check")
         lines += [f"### {model}", "", "| configuration | " + HEADER[2:], "|---|---|---|---|---|---|---|---|",
                   f"| **default**: {d.get('grouping') or d['mode']} t={d['threshold']:.2f}, capture times read by scan"
                   + f" | {row_cells(d)}"]
+        if nc:
+            lines.append(f"| the default without the geometric check (`--no-verify`): {nc.get('grouping') or nc['mode']} "
+                         f"t={nc['threshold']:.2f} | {row_cells(nc)}")
         if bf:
             lines.append(f"| before (the default without capture times): {bf.get('grouping') or bf['mode']} "
                          f"t={bf['threshold']:.2f} | {row_cells(bf)}")
@@ -506,12 +520,18 @@ def markdown(report: dict[str, Any], picks: Sequence[tuple[str, float, float | N
         for r in m.get("window", []):
             if r["window_s"] == 1.0 or r["far"] == 0.95:
                 lines.append(f"| window {r['window_s']:g} s, linked across it from {r['far']:.2f} (bound "
-                             f"{r['bound']:.2f}) | {row_cells(r)}")
+                             f"{r['bound']:.2f}; no geometric check) | {row_cells(r)}")
         if m.get("timed"):
             lines += ["", "Images with a capture time read by scan, per set: " + ", ".join(
                 f"{k} {v[0]}/{v[1]}" for k, v in sorted(m["timed"].items())) + "."]
-        if bf and d.get("by_set"):
-            lines += ["", "Per set, before → default (pair precision P, recall R; false / missed pairs):", "",
+        if d.get("geometric_check") is not None:
+            gc = d["geometric_check"]
+            lines += ["", f"Geometric check at the default: {gc['pairs_checked']} untimed pairs checked, {gc['rejected']} "
+                      f"rejected; dedup --dry-run {d['seconds']:.1f} s with it, {nc['seconds']:.1f} s without "
+                      "(shared machine: see the load where quoted)." if nc else ""]
+        if nc and d.get("by_set"):
+            bf = nc
+            lines += ["", "Per set, without the geometric check → default (pair precision P, recall R; false / missed pairs):", "",
                       "| set | P before | P default | R before | R default | false pairs | missed pairs |",
                       "|---|---|---|---|---|---|---|"]
             for name in sorted(d["by_set"]):

@@ -254,6 +254,8 @@ class RunPlan:
     kept: np.ndarray                # nodes a reviewer keeps visible
     not_dup: set[str]               # images a reviewer took out of every group (singletons)
     stale: dict[str, str]
+    checker: Any = None             # neardup.verify.PairChecker: geometric check of untimed pairs below window_link
+    check_stats: dict[str, int] = field(default_factory=dict)
     _links: dict[float, SimilarityForest] = field(default_factory=dict, repr=False)
 
     @property
@@ -261,8 +263,8 @@ class RunPlan:
         return any(k in GROUP_KEYS for k, _ in self.policy)
 
     def describe(self) -> str:
-        """The grouping in words, e.g. ``bounded (bound 0.75; capture times: links across 1 s from 0.93)``."""
-        return grouping_text(self.mode, self.bound, self.window_s, self.window_link)
+        """The grouping in words, e.g. ``bounded (bound 0.75; captured > 1 s apart: linked from 0.95; ...)``."""
+        return grouping_text(self.mode, self.bound, self.window_s, self.window_link, self.checker is not None)
 
     def links(self, forest: SimilarityForest, floor: float) -> SimilarityForest | None:
         """The time-aware link forest at ``floor`` (built once, cut at every threshold above it)."""
@@ -271,9 +273,15 @@ class RunPlan:
         for f, lf in self._links.items():
             if f <= floor + 1e-12:
                 return lf
-        from .grouping import time_link_forest
+        from .grouping import time_link_forest, verified_link_forest
 
-        lf = time_link_forest(forest, np.asarray(self.scope.vectors), self.times, floor, self.window_s, self.window_link)
+        if self.checker is not None:
+            lf, stats = verified_link_forest(forest, np.asarray(self.scope.vectors), self.times, floor, self.window_s,
+                                             self.window_link, self.checker.rejects)
+            self.check_stats = stats
+        else:
+            lf = time_link_forest(forest, np.asarray(self.scope.vectors), self.times, floor, self.window_s,
+                                  self.window_link)
         self._links[float(floor)] = lf
         return lf
 
@@ -329,13 +337,15 @@ def _canonical_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def grouping_text(mode: str, bound: float | None, window_s: float | None = None,
-                  window_link: float | None = None) -> str:
+                  window_link: float | None = None, verify: bool = False) -> str:
     """A run's grouping in words (summary, sweep header)."""
     if mode != "bounded":
         return mode
     text = f"bounded (bound {bound:.4g}"
     if window_s is not None and window_link is not None:
         text += f"; captured > {window_s:g} s apart: linked from {window_link:.4g}"
+        if verify:
+            text += f"; untimed pairs below {window_link:.4g}: geometric check"
     return text + ")"
 
 
@@ -356,9 +366,15 @@ def capture_seconds(catalog: Catalog, ids: np.ndarray) -> np.ndarray:
 
 def plan_run(catalog: Catalog, *, model: str | None = None, ids: Sequence[str] | None = None,
              mode: str | None = None, bound: float | None = None, window: float | None = None,
-             window_link: float | None = None, prefer: str | Sequence[str] | None = DEFAULT_POLICY) -> RunPlan:
+             window_link: float | None = None, prefer: str | Sequence[str] | None = DEFAULT_POLICY,
+             verify: bool | None = None) -> RunPlan:
     """What a run on ``model`` (and ``ids``) decides from. Writes nothing: decisions that no longer apply
-    (``stale``) are left out here and set aside by ``dedup`` in the transaction that records its run."""
+    (``stale``) are left out here and set aside by ``dedup`` in the transaction that records its run.
+
+    ``verify`` (default: on wherever the capture-time window is): pairs with an image that has no
+    capture time and a similarity below the window's link similarity link only if the geometric
+    check (:mod:`neardup.verify`, on the scan's thumbnails) does not find them to be different pictures.
+    """
     check_options(mode=mode, bound=bound, window=window, window_link=window_link)
     policy = parse_policy(prefer)
     overrides = catalog.overrides()
@@ -391,7 +407,32 @@ def plan_run(catalog: Catalog, *, model: str | None = None, ids: Sequence[str] |
     kept = np.fromiter((i in keep for i in scope.ids.tolist()), dtype=bool, count=len(scope)) if keep \
         else np.zeros(len(scope), bool)
     times = capture_seconds(catalog, scope.ids) if window_s is not None else None
-    return RunPlan(scope, base, policy, meta, mode, bound, window_s, link, times, boost, kept, not_dup, stale)
+    checker = thumbnail_checker(catalog, scope.ids) if verify is not False and window_s is not None else None
+    return RunPlan(scope, base, policy, meta, mode, bound, window_s, link, times, boost, kept, not_dup, stale,
+                   checker)
+
+
+def thumbnail_checker(catalog: Catalog, ids: np.ndarray) -> Any:
+    """A :class:`neardup.verify.PairChecker` over the scan's thumbnails of ``ids`` (node order); no thumbnail: no verdict."""
+    from .sources import thumbnail_path
+    from .verify import PairChecker, load_gray
+
+    t = catalog.images(["id", "sha256"])
+    sha = dict(zip(t["id"].to_pylist(), t["sha256"].to_pylist()))
+    node_sha = [sha.get(i) for i in ids.tolist()]
+    sidecar = catalog.sidecar
+
+    def image_of(node: int) -> np.ndarray | None:
+        h = node_sha[node]
+        if not h:
+            return None
+        p = thumbnail_path(sidecar, h)
+        try:
+            return load_gray(p)
+        except OSError:
+            return None
+
+    return PairChecker(image_of)
 
 
 def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode: str | None = None,
@@ -399,7 +440,8 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
           ids: Sequence[str] | None = None, index: str = "exact", engine: str = "local",
           floor: float | None = None, progress: ProgressFn | None = None, top_groups: int = 5,
           bound: float | None = None, group_score: str = "sum", keep_previous: bool = False,
-          release: bool = False, window: float | None = None, window_link: float | None = None) -> DedupResult:
+          release: bool = False, window: float | None = None, window_link: float | None = None,
+          verify: bool | None = None) -> DedupResult:
     """Group near-duplicates at ``threshold`` and (unless ``dry_run``) apply the run to the catalog.
 
     ``mode``/``bound`` default to the model's (:func:`neardup.grouping.default_grouping`), and so
@@ -424,7 +466,7 @@ def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode:
     """
     kwargs = dict(model=model, mode=mode, prefer=prefer, dry_run=dry_run, ids=ids, index=index, engine=engine,
                   floor=floor, progress=progress, top_groups=top_groups, bound=bound, group_score=group_score,
-                  keep_previous=keep_previous, window=window, window_link=window_link)
+                  keep_previous=keep_previous, window=window, window_link=window_link, verify=verify)
     if release and not catalog.read_only and not catalog.in_transaction:
         try:
             return _dedup(catalog, threshold, release=True, **kwargs)  # type: ignore[arg-type]
@@ -437,7 +479,7 @@ def _dedup(catalog: Catalog, threshold: float, *, model: str | None, mode: str |
            prefer: str | Sequence[str] | None, dry_run: bool, ids: Sequence[str] | None, index: str, engine: str,
            floor: float | None, progress: ProgressFn | None, top_groups: int, bound: float | None,
            group_score: str, keep_previous: bool, window: float | None = None, window_link: float | None = None,
-           release: bool = False, recomputed: str | None = None) -> DedupResult:
+           verify: bool | None = None, release: bool = False, recomputed: str | None = None) -> DedupResult:
     """One attempt of :func:`dedup`; with ``release``, raises :class:`InputsChanged` (nothing written)
     when the catalog changed while its file was released."""
     t = check_threshold(threshold)
@@ -448,7 +490,7 @@ def _dedup(catalog: Catalog, threshold: float, *, model: str | None, mode: str |
     if group_score not in GROUP_SCORES:
         raise InputError(f"group score {group_score!r}: use one of {', '.join(GROUP_SCORES)}")
     plan = plan_run(catalog, model=model, ids=ids, mode=mode, bound=bound, window=window, window_link=window_link,
-                    prefer=prefer)
+                    prefer=prefer, verify=verify)
     policy, scope, base, not_dup, stale = plan.policy, plan.scope, plan.base, plan.not_dup, plan.stale
     mode, bound = plan.mode, plan.bound
     policy_text = _policy_text(policy)
@@ -544,6 +586,8 @@ def _dedup(catalog: Catalog, threshold: float, *, model: str | None, mode: str |
         captured=int((~np.isnan(plan.times)).sum()) if plan.times is not None else None,
         central_passes=central_passes if plan.uses_central else None,
         central_settled=settled if plan.uses_central else None,
+        geometric_check=({"pairs_checked": plan.check_stats.get("checked", 0),
+                          "rejected": plan.check_stats.get("rejected", 0)} if plan.checker is not None else None),
         overrides_respected=dict(keep=int((would_suppress & kept_flag).sum()),
                                  master=int(plan.boost.sum()) if forced else 0,
                                  not_duplicate=len(not_dup)),

@@ -27,6 +27,7 @@ transitive component at t, so a caller can say whether a group was split out of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -277,7 +278,8 @@ class _EdgeSink:
 
 
 def time_link_forest(forest: SimilarityForest, vectors: np.ndarray, times: np.ndarray, floor: float,
-                     window_s: float, window_link: float, block: int = 256) -> SimilarityForest:
+                     window_s: float, window_link: float, block: int = 256,
+                     blocked: np.ndarray | None = None) -> SimilarityForest:
     """Maximum spanning forest of the time-aware links at ``floor``.
 
     Links: every pair >= ``floor`` whose images were captured at most ``window_s`` seconds apart
@@ -288,12 +290,16 @@ def time_link_forest(forest: SimilarityForest, vectors: np.ndarray, times: np.nd
     compared), and the pairs of each image with no capture time against the rest of its component
     at ``floor`` (none when every image has one; the plain forest when none has). Exact: same float32 dot products of
     canonical vectors as the similarity pass. Cut at any t >= ``floor`` it gives that t's links.
+
+    ``blocked``: pair keys ``min(i, j) * n + max(i, j)`` (int64) left out of the untimed pairs (the
+    pairs the geometric check rejected, :func:`verified_link_forest`); with any, the untimed pairs
+    are enumerated even when fewer than two images are timed.
     """
     n = forest.n
     floor = max(float(floor), float(forest.floor))
     times = np.asarray(times, dtype=np.float64)
     timed = ~np.isnan(times)
-    if window_link <= floor or timed.sum() < 2:
+    if window_link <= floor or (timed.sum() < 2 and (blocked is None or not len(blocked))):
         return forest  # no pair is held back: the plain links
     f32 = ceil_f32(floor)
     sink = _EdgeSink(n, floor, limit=max(4 * n, 1 << 20))
@@ -337,10 +343,53 @@ def time_link_forest(forest: SimilarityForest, vectors: np.ndarray, times: np.nd
                     # an untimed pair once (from the lower index's row), an untimed-timed pair from the untimed row
                     keep = (S >= f32) & (cols[None, :] != rows[:, None]) & (
                         timed[cols][None, :] | (cols[None, :] > rows[:, None]))
-                    sink.add(*_block_edges(S, rows, cols, keep))
+                    e_src, e_dst, e_w = _block_edges(S, rows, cols, keep)
+                    if blocked is not None and len(blocked) and len(e_src):
+                        ok = ~np.isin(np.minimum(e_src, e_dst) * n + np.maximum(e_src, e_dst), blocked)
+                        e_src, e_dst, e_w = e_src[ok], e_dst[ok], e_w[ok]
+                    sink.add(e_src, e_dst, e_w)
     src, dst, w = sink.edges()
     return SimilarityForest(n, src, dst, w, floor, forest.hist if forest.floor == floor else np.zeros(1, np.int64),
                             {"links": "time window", "window_s": window_s, "window_link": window_link})
+
+
+def verified_link_forest(forest: SimilarityForest, vectors: np.ndarray, times: np.ndarray, floor: float,
+                         window_s: float, window_link: float, reject: Callable[[int, int], bool],
+                         max_rounds: int = 64) -> tuple[SimilarityForest, dict[str, int]]:
+    """:func:`time_link_forest` where an untimed pair below ``window_link`` links only if ``reject`` does not refuse it.
+
+    A pair whose images carry no capture time (either of them) and whose similarity is in
+    [floor, window_link) is what neither time nor similarity can judge; ``reject(i, j)`` (the
+    geometric check, :class:`neardup.verify.PairChecker`) is asked about it. Only pairs that
+    would be forest edges are asked: build the forest, check its untimed band edges, block the
+    rejected ones and build again until every such edge passes (the result is the maximum spanning
+    forest of the links less every pair the check would reject). Returns the forest and
+    ``{"checked", "rejected", "rounds"}``; after ``max_rounds`` rounds that round's forest is returned as
+    it is (the pairs rejected in that round still in it: links kept, never links lost).
+    """
+    n = forest.n
+    times = np.asarray(times, dtype=np.float64)
+    untimed = np.isnan(times)
+    blocked = np.zeros(0, np.int64)
+    asked: set[int] = set()
+    rejected = rounds = 0
+    link32, floor32 = ceil_f32(window_link), ceil_f32(max(float(floor), float(forest.floor)))
+    while True:
+        rounds += 1
+        # nothing blocked yet: the plain time-aware links (no pair enumeration when no image is timed)
+        lf = time_link_forest(forest, vectors, times, floor, window_s, window_link, blocked=blocked)
+        band = (lf.weight >= floor32) & (lf.weight < link32) & (untimed[lf.src] | untimed[lf.dst])
+        keys = np.minimum(lf.src[band], lf.dst[band]) * n + np.maximum(lf.src[band], lf.dst[band])
+        new = [int(k) for k in keys if int(k) not in asked]
+        bad = []
+        for k in new:
+            asked.add(k)
+            if reject(k // n, k % n):
+                bad.append(k)
+        rejected += len(bad)
+        if not bad or rounds >= max_rounds:
+            return lf, {"checked": len(asked), "rejected": rejected, "rounds": rounds}
+        blocked = np.union1d(blocked, np.asarray(bad, dtype=np.int64))
 
 
 # --------------------------------------------------------------------------------------------

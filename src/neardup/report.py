@@ -48,9 +48,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"retained {s['retained']:,}  largest group {s['largest_group']:,}"
         + (f"  pairs >= t {s['pairs']:,}" if s.get("pairs") is not None else ""),
     ]
+    gc = s.get("geometric_check")
     if s.get("captured") is not None:
         lines.append(f"  capture times: {s['captured']:,} of {s['images']:,} images have one (EXIF DateTimeOriginal or "
-                     "imported captured_at); images without one link by similarity alone")
+                     "imported captured_at); images without one link by similarity"
+                     + (" and, below the window's link similarity, a geometric check" if gc else " alone"))
+    if gc:
+        lines.append(f"  geometric check (one similarity transform maps one image onto the other?): "
+                     f"{gc['pairs_checked']:,} untimed pairs checked, {gc['rejected']:,} found to be different pictures")
     if s.get("split_groups"):
         lines.append(f"  {s['split_groups']:,} groups were cut out of longer chains (mode bounded)")
     if s.get("visible") is not None and s["visible"] != s["retained"]:

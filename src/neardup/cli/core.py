@@ -155,6 +155,7 @@ def dedup(
     bound: Annotated[Optional[float], typer.Option("--bound", help="Mode bounded: the lowest similarity any member may have to its group's master (default: the model's).")] = None,
     window: Annotated[Optional[float], typer.Option("--window", help="Mode bounded: images captured more than this many seconds apart (EXIF DateTimeOriginal, or captured_at of imported metadata) link only from --window-link on; images with no capture time link as without a window. 0 turns it off. Default: the model's (sscd 1 s).")] = None,
     window_link: Annotated[Optional[float], typer.Option("--window-link", help="Mode bounded: the similarity from which images captured more than --window apart link (default: the model's; sscd 0.95).")] = None,
+    verify: Annotated[Optional[bool], typer.Option("--verify/--no-verify", help="With a capture-time window: a pair with an image that has no capture time and a similarity below --window-link links only if one similarity transform (crop, resize, rotation, flip) maps one image onto the other, checked on the scan's thumbnails; two camera poses of one place do not. Default: on.")] = None,
     prefer: Annotated[str, typer.Option("--prefer", help="Master policy: keys compared in order (add :asc/:desc). score, brightness, resolution, file_size, newest, oldest, path, id, and the scan's quality keys content (pixels less borders), border, central (mean similarity to the rest of the group: the source of edited copies), colour, jpeg_quality, sharpness, clipped; 'quality' stands for those in the default's order. 'score,brightness' is the seed's rule. id asc is always the last tie-break; each group records the key that decided its master (decided_by).")] = DEFAULT_POLICY,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would happen; write nothing.")] = False,
     model: ModelOption = None,
@@ -194,7 +195,8 @@ def dedup(
         with progress_callback("similarity pass") as prog:
             res = run_dedup(cat, threshold, model=model, mode=mode, bound=bound, prefer=prefer, dry_run=dry_run,
                             index=index, engine=engine, progress=prog, group_score=group_score,
-                            keep_previous=keep_previous, release=True, window=window, window_link=window_link)
+                            keep_previous=keep_previous, release=True, window=window, window_link=window_link,
+                            verify=verify)
     if res.summary.get("recomputed"):
         err_console.print(res.summary["recomputed"], highlight=False, markup=False, soft_wrap=True)
     _print_recall(res.forest, threshold)

@@ -93,7 +93,9 @@ def models_cmd() -> None:
     console.print(table)
     console.print("* the default model; threshold, grouping (mode, bound; with a time window,",
                   style="dim", highlight=False)
-    console.print("  images captured further apart link only from the similarity in brackets)",
+    console.print("  images captured further apart link only from the similarity in brackets; below it, a pair",
+                  style="dim", highlight=False)
+    console.print("  with an image that has no capture time links only if a geometric check passes: --no-verify)",
                   style="dim", highlight=False)
     for m in list_models():
         console.print(f"{m.name}: {m.description}", highlight=False, soft_wrap=False)
@@ -130,9 +132,11 @@ def _print_outcome(cat, model_name: str, threshold: float, result, thresholds: l
     s = result.summary
     ts = sorted(set(thresholds) | {threshold}, reverse=True)
     rows = sweep(cat, ts, model=model_name, mode=s["mode"], bound=s.get("bound"), window=s.get("window_s") or 0,
-                 window_link=s.get("window_link"), prefer=result.policy)  # the run's own grouping
+                 window_link=s.get("window_link"), prefer=result.policy,
+                 verify=s.get("geometric_check") is not None)  # the run's own grouping
     console.print(sweep_table(rows, chosen=threshold,
-                              grouping=grouping_text(s["mode"], s.get("bound"), s.get("window_s"), s.get("window_link"))))
+                              grouping=grouping_text(s["mode"], s.get("bound"), s.get("window_s"), s.get("window_link"),
+                                                     s.get("geometric_check") is not None)))
     console.print(format_summary(result.summary), highlight=False)
 
 

@@ -194,7 +194,8 @@ def run_grouping(run: dict[str, Any] | None) -> dict[str, Any]:
 
         s = json.loads(s) if s else {}
     return dict(mode=run.get("mode") or s.get("mode"), bound=s.get("bound"), window=s.get("window_s") or 0,
-                window_link=s.get("window_link"), prefer=run.get("policy") or None)
+                window_link=s.get("window_link"), prefer=run.get("policy") or None,
+                verify=s.get("geometric_check") is not None)
 
 
 def sweep_data(cat: Catalog, chosen: float | None, model: str | None = None, *,
