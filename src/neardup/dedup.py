@@ -263,7 +263,7 @@ class RunPlan:
         return any(k in GROUP_KEYS for k, _ in self.policy)
 
     def describe(self) -> str:
-        """The grouping in words, e.g. ``bounded (bound 0.75; captured > 1 s apart: linked from 0.95; ...)``."""
+        """The grouping in words, e.g. ``bounded (bound 0.75; captured > 1 s apart: linked from 0.95) + geometric check``."""
         return grouping_text(self.mode, self.bound, self.window_s, self.window_link, self.checker is not None)
 
     def links(self, forest: SimilarityForest, floor: float) -> SimilarityForest | None:
@@ -344,8 +344,8 @@ def grouping_text(mode: str, bound: float | None, window_s: float | None = None,
     text = f"bounded (bound {bound:.4g}"
     if window_s is not None and window_link is not None:
         text += f"; captured > {window_s:g} s apart: linked from {window_link:.4g}"
-        if verify:
-            text += f"; untimed pairs below {window_link:.4g}: geometric check"
+        if verify:  # below the window link, pairs with an untimed image: neardup.verify
+            return text + ") + geometric check"
     return text + ")"
 
 

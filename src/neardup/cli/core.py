@@ -245,7 +245,8 @@ def runs(
     for r in rows:
         s = r.get("summary") or {}
         if s.get("window_s") is not None and s.get("window_link") is not None:
-            console.print(f"run {r['id']}: {s.get('grouping') or r['mode']}", style="dim", highlight=False)
+            console.print(f"run {r['id']}: {s.get('grouping') or r['mode']}", style="dim", highlight=False,
+                          soft_wrap=False)  # wrapped to the terminal: the grouping text can be long
     for r in rows:
         if r.get("replaced_by"):
             console.print(f"run {r['id']} was replaced by run {r['replaced_by']} (restore {r['replaced_by']} to put it back)",

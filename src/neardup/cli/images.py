@@ -93,10 +93,11 @@ def models_cmd() -> None:
     console.print(table)
     console.print("* the default model; threshold, grouping (mode, bound; with a time window,",
                   style="dim", highlight=False)
-    console.print("  images captured further apart link only from the similarity in brackets; below it, a pair",
+    console.print("  images captured further apart link only from the similarity in brackets;",
                   style="dim", highlight=False)
-    console.print("  with an image that has no capture time links only if a geometric check passes: --no-verify)",
+    console.print("  below it, a pair with an untimed image links only if a geometric check",
                   style="dim", highlight=False)
+    console.print("  passes: see dedup --no-verify)", style="dim", highlight=False)
     for m in list_models():
         console.print(f"{m.name}: {m.description}", highlight=False, soft_wrap=False)
     from ..cpu import describe_kernel, planned_kernel_path
