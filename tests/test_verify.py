@@ -230,3 +230,30 @@ def test_dedup_checks_untimed_pairs_by_default(tmp_path):
 def test_pair_checker_without_an_image_keeps_the_link():
     chk = PairChecker(lambda node: None)
     assert chk.verdict(0, 1) is None and not chk.rejects(0, 1) and chk.checked == 1
+
+
+def test_verify_without_a_window_is_refused_in_one_line(tmp_path):
+    """--verify with --window 0 or another mode: one line, exit 2, catalog unchanged; --no-verify is accepted."""
+    import subprocess
+    import sys
+
+    from neardup import Catalog
+    from neardup.dedup import dedup
+    from neardup.errors import InputError
+
+    db = tmp_path / "c.duckdb"
+    V = np.eye(3, 512, dtype=np.float32)
+    with Catalog(db) as cat:
+        cat.put_embeddings("sscd", ["a", "b", "c"], V)
+        with pytest.raises(InputError, match="--verify .* needs mode bounded"):
+            dedup(cat, 0.6, model="sscd", window=0, verify=True)
+        with pytest.raises(InputError, match="--verify"):
+            dedup(cat, 0.6, model="sscd", mode="components", verify=True)
+        assert dedup(cat, 0.6, model="sscd", window=0, verify=False, dry_run=True).summary["geometric_check"] is None
+    before = db.read_bytes()
+    r = subprocess.run([sys.executable, "-m", "neardup", "dedup", "-t", "0.6", "--window", "0", "--verify",
+                        "--db", str(db)], capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "--verify" in lines[0] and "Traceback" not in r.stderr
+    assert db.read_bytes() == before

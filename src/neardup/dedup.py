@@ -407,6 +407,9 @@ def plan_run(catalog: Catalog, *, model: str | None = None, ids: Sequence[str] |
     kept = np.fromiter((i in keep for i in scope.ids.tolist()), dtype=bool, count=len(scope)) if keep \
         else np.zeros(len(scope), bool)
     times = capture_seconds(catalog, scope.ids) if window_s is not None else None
+    if verify and window_s is None:
+        raise InputError("--verify checks the untimed pairs of the capture-time window: it needs mode bounded with "
+                         "a window (not --window 0)")
     checker = thumbnail_checker(catalog, scope.ids) if verify is not False and window_s is not None else None
     return RunPlan(scope, base, policy, meta, mode, bound, window_s, link, times, boost, kept, not_dup, stale,
                    checker)
