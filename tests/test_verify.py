@@ -257,3 +257,19 @@ def test_verify_without_a_window_is_refused_in_one_line(tmp_path):
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and "--verify" in lines[0] and "Traceback" not in r.stderr
     assert db.read_bytes() == before
+
+
+def test_features_are_shared_between_checkers_by_content_key():
+    """A second checker (a dedup after a sweep) reuses the features of the same content: no image loaded again."""
+    im = _thumb(_photo("camera"))
+    loads = []
+
+    def image_of(node):
+        loads.append(node)
+        return im
+
+    a = PairChecker(image_of, key_of=lambda node: f"test-shared-{node}")
+    va = a.verdict(0, 1)
+    b = PairChecker(image_of, key_of=lambda node: f"test-shared-{node}")
+    vb = b.verdict(0, 1)
+    assert loads == [0, 1] and va == vb and va.same is True

@@ -435,7 +435,7 @@ def thumbnail_checker(catalog: Catalog, ids: np.ndarray) -> Any:
         except OSError:
             return None
 
-    return PairChecker(image_of)
+    return PairChecker(image_of, key_of=lambda node: node_sha[node] or None)
 
 
 def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode: str | None = None,

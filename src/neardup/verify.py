@@ -27,6 +27,7 @@ file.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -169,21 +170,40 @@ def check_pair(a: Features, b: Features) -> Verdict:
     return Verdict(_verdict(matches, inliers), matches, inliers, mirrored)
 
 
+#: features of recently seen images, by content key (a sweep and the dedup after it in one process share them)
+_SHARED: "OrderedDict[str, Features]" = OrderedDict()
+SHARED_MAX = 4096
+
+
 class PairChecker:
     """Verdicts for node pairs, from per-node images loaded on demand (features cached per node).
 
     ``image_of(node)`` returns a greyscale array or None (no image: every pair with it is None).
+    ``key_of(node)``, when given, names the image's content (its sha256): features are then also
+    kept in a process-wide cache of the last :data:`SHARED_MAX` images.
     """
 
-    def __init__(self, image_of: Callable[[int], np.ndarray | None]):
+    def __init__(self, image_of: Callable[[int], np.ndarray | None],
+                 key_of: Callable[[int], str | None] | None = None):
         self._image_of = image_of
+        self._key_of = key_of
         self._features: dict[int, Features | None] = {}
         self._verdicts: dict[tuple[int, int], Verdict | None] = {}
 
     def _feat(self, node: int) -> Features | None:
         if node not in self._features:
+            key = self._key_of(node) if self._key_of is not None else None
+            if key is not None and key in _SHARED:
+                _SHARED.move_to_end(key)
+                self._features[node] = _SHARED[key]
+                return _SHARED[key]
             img = self._image_of(node)
-            self._features[node] = None if img is None else features(img)
+            f = None if img is None else features(img)
+            self._features[node] = f
+            if key is not None and f is not None:
+                _SHARED[key] = f
+                while len(_SHARED) > SHARED_MAX:
+                    _SHARED.popitem(last=False)
         return self._features[node]
 
     def verdict(self, i: int, j: int) -> Verdict | None:
