@@ -310,3 +310,33 @@ def test_decided_by_follows_a_not_duplicate_that_replaces_the_master(db):
         again = dedup(cat, 0.9, mode="components", prefer="score,brightness", dry_run=True)
     fresh = {r["image_id"]: r["decided_by"] for r in again.members.to_pylist()}
     assert fresh["b"] == fresh["d"] == "score"
+
+
+def test_of_byte_identical_files_the_older_one_is_kept(tmp_path):
+    """Byte-identical files tie on every measure: the default keeps the older file (a copy is written
+    after the file it copies) whichever sorts first by id, and says that `modified` decided it; the
+    seed's rule still falls to the id."""
+    import os
+
+    src = tmp_path / "photos"
+    (src / "a").mkdir(parents=True)
+    (src / "z").mkdir()
+    buf = io.BytesIO()
+    load_photo("coffee").save(buf, "JPEG", quality=90)
+    orig, copy = src / "z" / "coffee.jpg", src / "a" / "coffee_copy.jpg"
+    orig.write_bytes(buf.getvalue())
+    copy.write_bytes(buf.getvalue())
+    os.utime(orig, (1_600_000_000, 1_600_000_000))
+    os.utime(copy, (1_700_000_000, 1_700_000_000))
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        scan(cat, [src], workers=1)
+        meta = cat.images()
+        path_of = dict(zip(meta["id"].to_pylist(), meta["path"].to_pylist()))
+        ids = sorted(path_of)
+        import_embeddings(cat, np.tile(np.eye(1, 8, dtype=np.float32), (2, 1)), ids)
+        by_default = dedup(cat, 0.9, dry_run=True).members.to_pylist()
+        by_seed = dedup(cat, 0.9, dry_run=True, prefer=SEED_POLICY).members.to_pylist()
+    assert path_of[ids[0]] == str(copy.resolve())  # the copy comes first by id: the id alone would keep it
+    assert {path_of[r["master_id"]] for r in by_default} == {str(orig.resolve())}
+    assert {r["decided_by"] for r in by_default if r["decided_by"]} == {"modified"}
+    assert {r["master_id"] for r in by_seed} == {ids[0]}

@@ -10,5 +10,6 @@ DEFAULT_DB = "neardup.duckdb"
 
 #: Quality keys of the default master policy, in order (see :mod:`neardup.policy`).
 QUALITY_POLICY = "border,content,jpeg_quality,central,colour,sharpness,clipped"
-#: The default master policy: the seed's score first, then quality, then brightness (the seed's last key).
-DEFAULT_POLICY = f"score,{QUALITY_POLICY},brightness"
+#: The default master policy: the seed's score first, then quality, then brightness (the seed's last
+#: key), then the oldest file (byte-identical copies tie on everything else; the copy is the later file).
+DEFAULT_POLICY = f"score,{QUALITY_POLICY},brightness,modified"

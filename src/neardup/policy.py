@@ -114,6 +114,8 @@ POLICY_KEYS: dict[str, PolicyKey] = {
     "newest": PolicyKey(("captured_at",), True, doc="EXIF capture time"),
     "oldest": PolicyKey(("captured_at",), False, doc="EXIF capture time"),
     "path": PolicyKey(("path",), False, doc="file path"),
+    "modified": PolicyKey(("mtime",), False, doc="file modification time, oldest first (a byte-identical "
+                          "copy is usually written after the file it copies)"),
     "id": PolicyKey(("id",), False, doc="image id"),
 }
 #: keys computed per group by dedup, not read from the images table
