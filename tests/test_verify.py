@@ -273,3 +273,88 @@ def test_features_are_shared_between_checkers_by_content_key():
     b = PairChecker(image_of, key_of=lambda node: f"test-shared-{node}")
     vb = b.verdict(0, 1)
     assert loads == [0, 1] and va == vb and va.same is True
+
+
+def test_stored_counts_spare_the_next_check_and_give_the_same_verdicts(tmp_path):
+    """A pair checked once is read back from the sidecar file by the next checker (a later dedup): no
+    image loaded, the same verdict; pairs are stored by their two images' keys, whatever their rows;
+    a file of other settings, or an unreadable one, is ignored (checked afresh)."""
+    from neardup import verify
+    from neardup.verify import VerdictStore
+
+    rng = np.random.default_rng(5)
+    base = _photo("astronaut")
+    imgs = {"k0": _thumb(base), "k1": _thumb(_edits(base, rng)["crop"]), "k2": _thumb(_photo("coffee"))}
+    path = tmp_path / "verify" / "pairs.npz"
+
+    def checker(keys, loads):
+        def image_of(node):
+            loads.append(node)
+            return imgs[keys[node]]
+        return PairChecker(image_of, key_of=lambda node: keys[node], store=VerdictStore(path))
+
+    verify._SHARED.clear()
+    first = checker(["k0", "k1", "k2"], loads := [])
+    v01, v02 = first.verdict(0, 1), first.verdict(0, 2)
+    assert v01.same is True and loads
+    first.store.save()
+    verify._SHARED.clear()
+    again = checker(["k2", "k1", "k0"], loads2 := [])          # other rows, same images
+    assert again.verdict(2, 1) == v01 and again.verdict(0, 2) == v02 and loads2 == []
+    assert again.store.added == 0
+    again.store.save()                                         # nothing new: the file is not rewritten
+
+    # reference: the counts are those of a direct check in key order
+    direct = check_pair(features(imgs["k0"]), features(imgs["k1"]))
+    assert (v01.matches, v01.inliers, v01.mirrored) == (direct.matches, direct.inliers, direct.mirrored)
+
+    with np.load(path) as z:
+        parts = {k: z[k] for k in z.files}
+    parts["version"] = np.array("other settings")
+    np.savez(path, **parts)
+    verify._SHARED.clear()
+    stale = checker(["k0", "k1", "k2"], loads3 := [])
+    assert stale.verdict(0, 1) == v01 and loads3                # checked afresh
+    path.write_bytes(b"not a zip file")
+    assert VerdictStore(path).known == {}
+
+
+def test_a_second_dedup_reads_the_stored_checks(tmp_path, monkeypatch):
+    """dedup keeps what the check found in the catalog's sidecar; the next dedup of the same catalog computes
+    no features and decides the same groups; a read-only open writes no file."""
+    from neardup import Catalog, verify
+    from neardup.dedup import dedup
+    from neardup.sources import scan
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    im = _photo("astronaut")
+    im.save(photos / "a.png")
+    _edits(im, np.random.default_rng(2))["crop"].save(photos / "b.png")
+    _photo("coffee").save(photos / "c.png")
+    db = tmp_path / "c.duckdb"
+    with Catalog(db) as cat:
+        scan(cat, [photos])
+        ids = sorted(cat.images(["id"])["id"].to_pylist())
+        ang = np.radians([0.0, 25.0, 50.0])                     # every pair 0.64-0.91: below the window link
+        vecs = np.concatenate([np.stack([np.cos(ang), np.sin(ang)], 1), np.zeros((3, 510))], 1).astype(np.float32)
+        cat.put_embeddings("sscd", ids, vecs)
+        verify._SHARED.clear()
+        first = dedup(cat, 0.60, model="sscd", dry_run=True)
+    assert first.summary["geometric_check"]["pairs_checked"] >= 1
+    assert (db.with_name(db.name + ".d") / "verify" / "pairs.npz").is_file()
+    calls = []
+    real = verify.features
+    monkeypatch.setattr(verify, "features", lambda g: calls.append(1) or real(g))
+    verify._SHARED.clear()
+    with Catalog(db) as cat:
+        second = dedup(cat, 0.60, model="sscd", dry_run=True)
+    assert calls == []
+    key = lambda res: sorted(zip(res.members["image_id"].to_pylist(), res.members["master_id"].to_pylist()))  # noqa: E731
+    assert key(second) == key(first) and second.summary["geometric_check"] == first.summary["geometric_check"]
+    stored = db.with_name(db.name + ".d") / "verify" / "pairs.npz"
+    stored.unlink()
+    verify._SHARED.clear()
+    with Catalog(db, read_only=True) as cat:
+        assert key(dedup(cat, 0.60, model="sscd", dry_run=True)) == key(first)
+    assert not stored.exists()

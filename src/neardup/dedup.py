@@ -279,6 +279,8 @@ class RunPlan:
             lf, stats = verified_link_forest(forest, np.asarray(self.scope.vectors), self.times, floor, self.window_s,
                                              self.window_link, self.checker.rejects)
             self.check_stats = stats
+            if self.checker.store is not None:
+                self.checker.store.save()  # the next dedup or sweep checks only the pairs it has not seen
         else:
             lf = time_link_forest(forest, np.asarray(self.scope.vectors), self.times, floor, self.window_s,
                                   self.window_link)
@@ -418,7 +420,7 @@ def plan_run(catalog: Catalog, *, model: str | None = None, ids: Sequence[str] |
 def thumbnail_checker(catalog: Catalog, ids: np.ndarray) -> Any:
     """A :class:`neardup.verify.PairChecker` over the scan's thumbnails of ``ids`` (node order); no thumbnail: no verdict."""
     from .sources import thumbnail_path
-    from .verify import PairChecker, load_gray
+    from .verify import PairChecker, VerdictStore, load_gray
 
     t = catalog.images(["id", "sha256"])
     sha = dict(zip(t["id"].to_pylist(), t["sha256"].to_pylist()))
@@ -435,7 +437,8 @@ def thumbnail_checker(catalog: Catalog, ids: np.ndarray) -> Any:
         except OSError:
             return None
 
-    return PairChecker(image_of, key_of=lambda node: node_sha[node] or None)
+    store = VerdictStore(None if catalog.read_only else sidecar / "verify" / "pairs.npz")
+    return PairChecker(image_of, key_of=lambda node: node_sha[node] or None, store=store)
 
 
 def dedup(catalog: Catalog, threshold: float, *, model: str | None = None, mode: str | None = None,

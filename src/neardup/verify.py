@@ -170,6 +170,61 @@ def check_pair(a: Features, b: Features) -> Verdict:
     return Verdict(_verdict(matches, inliers), matches, inliers, mirrored)
 
 
+#: what a stored count depends on besides the two images (ORB, matching and RANSAC settings): stored
+#: counts made under other settings are ignored. The verdict itself is made from the counts at read time.
+STORE_VERSION = f"orb{KEYPOINTS}-f0.05-d1.2x6/ratio0.85/ransac{RESIDUAL_PX}x256s0/2"
+
+
+class VerdictStore:
+    """The counts (matches, inliers, mirrored) of image pairs already checked, by the two images' sha256,
+    in one file of the catalog's sidecar, so that the next dedup or sweep checks only pairs it has not
+    seen. A cache: a missing, unreadable or outdated file costs time, never a different verdict."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.known: dict[tuple[str, str], tuple[int, int, bool]] = {}
+        self.added = 0
+        if path is None or not path.is_file():
+            return
+        import zipfile
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["version"]) != STORE_VERSION:
+                    return
+                cols = [z[k].tolist() for k in ("a", "b", "matches", "inliers", "mirrored")]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            return
+        self.known = {(a, b): (m, i, r) for a, b, m, i, r in zip(*cols)}
+
+    def get(self, a: str, b: str) -> Verdict | None:
+        got = self.known.get((a, b))
+        return None if got is None else Verdict(_verdict(got[0], got[1]), got[0], got[1], got[2])
+
+    def put(self, a: str, b: str, v: Verdict) -> None:
+        self.known[(a, b)] = (v.matches, v.inliers, v.mirrored)
+        self.added += 1
+
+    def save(self) -> None:
+        """Write the counts if any were added (beside the file, then renamed onto it: a reader never sees
+        half a file; of two processes saving at once the later one's file stays)."""
+        if self.path is None or not self.added:
+            return
+        from .tmpfiles import remove_stale, writing
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(self.path.parent)  # temporary files of writers that were killed
+        keys = list(self.known)
+        vals = [self.known[k] for k in keys]
+        with writing(self.path) as tmp:
+            np.savez(tmp, version=np.array(STORE_VERSION), a=np.array([k[0] for k in keys], dtype="<U64"),
+                     b=np.array([k[1] for k in keys], dtype="<U64"),
+                     matches=np.array([v[0] for v in vals], dtype=np.int32),
+                     inliers=np.array([v[1] for v in vals], dtype=np.int32),
+                     mirrored=np.array([v[2] for v in vals], dtype=bool))
+        self.added = 0
+
+
 #: features of recently seen images, by content key (a sweep and the dedup after it in one process share them)
 _SHARED: "OrderedDict[str, Features]" = OrderedDict()
 SHARED_MAX = 4096
@@ -180,13 +235,16 @@ class PairChecker:
 
     ``image_of(node)`` returns a greyscale array or None (no image: every pair with it is None).
     ``key_of(node)``, when given, names the image's content (its sha256): features are then also
-    kept in a process-wide cache of the last :data:`SHARED_MAX` images.
+    kept in a process-wide cache of the last :data:`SHARED_MAX` images, a pair is checked in the
+    order of its two keys (so its counts belong to the two images, not to their rows), and with a
+    ``store`` the counts of pairs checked before are read from it (:class:`VerdictStore`).
     """
 
     def __init__(self, image_of: Callable[[int], np.ndarray | None],
-                 key_of: Callable[[int], str | None] | None = None):
+                 key_of: Callable[[int], str | None] | None = None, store: VerdictStore | None = None):
         self._image_of = image_of
         self._key_of = key_of
+        self.store = store
         self._features: dict[int, Features | None] = {}
         self._verdicts: dict[tuple[int, int], Verdict | None] = {}
 
@@ -210,9 +268,26 @@ class PairChecker:
         """The verdict for nodes ``i`` and ``j`` (cached; None when either has no image)."""
         key = (min(i, j), max(i, j))
         if key not in self._verdicts:
-            fa, fb = self._feat(key[0]), self._feat(key[1])
-            self._verdicts[key] = None if fa is None or fb is None else check_pair(fa, fb)
+            self._verdicts[key] = self._check(*key)
         return self._verdicts[key]
+
+    def _check(self, i: int, j: int) -> Verdict | None:
+        ka = kb = None
+        if self._key_of is not None:
+            ka, kb = self._key_of(i), self._key_of(j)
+            if ka is not None and kb is not None and kb < ka:
+                i, j, ka, kb = j, i, kb, ka
+        if self.store is not None and ka is not None and kb is not None:
+            known = self.store.get(ka, kb)
+            if known is not None:
+                return known
+        fa, fb = self._feat(i), self._feat(j)
+        if fa is None or fb is None:
+            return None
+        v = check_pair(fa, fb)
+        if self.store is not None and ka is not None and kb is not None:
+            self.store.put(ka, kb, v)
+        return v
 
     def rejects(self, i: int, j: int) -> bool:
         """True only when the check finds the pair to be different pictures."""
