@@ -29,17 +29,19 @@ N, DIM = 12, 8
 
 
 def snapshot(db: Path) -> dict[str, Any]:
-    """Every table's columns (with types) and rows, plus the sidecar's file names and sizes."""
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        out: dict[str, Any] = {}
-        for (name,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall():
-            cols = con.execute("SELECT column_name, data_type FROM information_schema.columns WHERE table_name = ? "
-                               "ORDER BY ordinal_position", [name]).fetchall()
-            rows = con.execute(f'SELECT * FROM "{name}"').fetchall()
-            out[name] = (cols, sorted(rows, key=repr))
-    finally:
-        con.close()
+    """Every table's columns (with types) and rows, plus the sidecar's file names and sizes (no tables
+    where there is no catalog file)."""
+    out: dict[str, Any] = {}
+    if db.exists():
+        con = duckdb.connect(str(db), read_only=True)
+        try:
+            for (name,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall():
+                cols = con.execute("SELECT column_name, data_type FROM information_schema.columns "
+                                   "WHERE table_name = ? ORDER BY ordinal_position", [name]).fetchall()
+                rows = con.execute(f'SELECT * FROM "{name}"').fetchall()
+                out[name] = (cols, sorted(rows, key=repr))
+        finally:
+            con.close()
     side = db.with_name(db.name + ".d")
     out["sidecar"] = sorted((str(p.relative_to(side)), p.stat().st_size) for p in side.rglob("*") if p.is_file()) \
         if side.exists() else None

@@ -13,7 +13,6 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reference import canonical_f64
+from test_bad_input import snapshot  # every table's columns and rows, and the sidecar's files
 
 import neardup.catalog.embeddings as store_mod
 import neardup.ingest as ingest
@@ -63,22 +63,6 @@ def stored(db: Path, model: str = "precomputed") -> tuple[list[str], np.ndarray]
     with Catalog(db, read_only=True) as cat:
         e = cat.load_embeddings(model)
         return [str(i) for i in e.ids], np.asarray(e.vectors, dtype=np.float64)
-
-
-def snapshot(db: Path) -> dict[str, Any]:
-    """Every table's rows and the sidecar's files with their sizes (what 'nothing written' means)."""
-    out: dict[str, Any] = {}
-    if db.exists():
-        con = duckdb.connect(str(db), read_only=True)
-        try:
-            for (name,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall():
-                out[name] = sorted(con.execute(f'SELECT * FROM "{name}"').fetchall(), key=repr)
-        finally:
-            con.close()
-    side = db.with_name(db.name + ".d")
-    out["sidecar"] = sorted((str(p.relative_to(side)), p.stat().st_size) for p in side.rglob("*") if p.is_file()) \
-        if side.exists() else None
-    return out
 
 
 @pytest.fixture
