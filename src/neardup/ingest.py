@@ -19,6 +19,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from .catalog import Catalog
+from .catalog.embeddings import _chunk_rows  # rows per streamed chunk: the store copies in the same steps
 from .errors import InputError
 from .npyfile import NpyRowReader, npy_layout
 from .paths import require_regular_file
@@ -48,11 +49,6 @@ def read_ids(path: str | Path) -> np.ndarray:
     while lines and not lines[-1].strip():
         lines.pop()
     return np.asarray([ln.strip() for ln in lines], dtype=object)
-
-
-def _chunk_rows(dim: int) -> int:
-    """Rows per chunk of the streamed import: ~16 MB of float64 at a time (4,096 rows of 512)."""
-    return max(1, (1 << 21) // max(int(dim), 1))
 
 
 def _ids_array(ids: Any) -> pa.Array:
