@@ -275,7 +275,7 @@ def test_features_are_shared_between_checkers_by_content_key():
     assert loads == [0, 1] and va == vb and va.same is True
 
 
-def test_stored_counts_spare_the_next_check_and_give_the_same_verdicts(tmp_path):
+def test_stored_counts_spare_the_next_check_and_give_the_same_verdicts(tmp_path, monkeypatch):
     """A pair checked once is read back from the sidecar file by the next checker (a later dedup): no
     image loaded, the same verdict; pairs are stored by their two images' keys, whatever their rows;
     a file of other settings, or an unreadable one, is ignored (checked afresh)."""
@@ -317,6 +317,17 @@ def test_stored_counts_spare_the_next_check_and_give_the_same_verdicts(tmp_path)
     assert stale.verdict(0, 1) == v01 and loads3                # checked afresh
     path.write_bytes(b"not a zip file")
     assert VerdictStore(path).known == {}
+
+    # a store that cannot be written (full disk, read-only folder) is skipped: the check's verdicts stand
+    import neardup.tmpfiles as tmpfiles
+
+    def no_space(final, suffix=tmpfiles.TMP_SUFFIX):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(tmpfiles, "writing", no_space)
+    full = checker(["k0", "k1", "k2"], [])
+    assert full.verdict(0, 1) == v01
+    full.store.save()
+    assert path.read_bytes() == b"not a zip file" and full.store.added == 1
 
 
 def test_a_second_dedup_reads_the_stored_checks(tmp_path, monkeypatch):

@@ -212,16 +212,19 @@ class VerdictStore:
             return
         from .tmpfiles import remove_stale, writing
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(self.path.parent)  # temporary files of writers that were killed
         keys = list(self.known)
         vals = [self.known[k] for k in keys]
-        with writing(self.path) as tmp:
-            np.savez(tmp, version=np.array(STORE_VERSION), a=np.array([k[0] for k in keys], dtype="<U64"),
-                     b=np.array([k[1] for k in keys], dtype="<U64"),
-                     matches=np.array([v[0] for v in vals], dtype=np.int32),
-                     inliers=np.array([v[1] for v in vals], dtype=np.int32),
-                     mirrored=np.array([v[2] for v in vals], dtype=bool))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale(self.path.parent)  # temporary files of writers that were killed
+            with writing(self.path) as tmp:
+                np.savez(tmp, version=np.array(STORE_VERSION), a=np.array([k[0] for k in keys], dtype="<U64"),
+                         b=np.array([k[1] for k in keys], dtype="<U64"),
+                         matches=np.array([v[0] for v in vals], dtype=np.int32),
+                         inliers=np.array([v[1] for v in vals], dtype=np.int32),
+                         mirrored=np.array([v[2] for v in vals], dtype=bool))
+        except OSError:  # a full disk or a read-only folder: the run goes on, the next one checks again
+            return
         self.added = 0
 
 
