@@ -305,18 +305,27 @@ def test_a_dimension_clash_is_refused_before_the_vectors_are_read(tmp_path: Path
     refused(db, lambda cat: import_embeddings(cat, v, i), f"has dimension {DIM}", f"these vectors have {DIM + 2}")
 
 
-def test_an_interrupt_while_streaming_deletes_the_unfinished_file(tmp_path: Path, db: Path, chunk, monkeypatch) -> None:
-    chunk(3)
+def at_chunk(monkeypatch, k: int, action: Any) -> None:
+    """Run ``action()`` (an interrupt) as the import normalises its ``k``-th chunk, then go on."""
     calls = []
     real = ingest.normalise_rows
 
-    def stop_at_third_chunk(*a: Any) -> np.ndarray:
+    def normalise(*a: Any) -> np.ndarray:
         calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
+        if len(calls) == k:
+            action()
         return real(*a)
 
-    monkeypatch.setattr(ingest, "normalise_rows", stop_at_third_chunk)
+    monkeypatch.setattr(ingest, "normalise_rows", normalise)
+
+
+def test_an_interrupt_while_streaming_deletes_the_unfinished_file(tmp_path: Path, db: Path, chunk, monkeypatch) -> None:
+    chunk(3)
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    at_chunk(monkeypatch, 3, interrupt)
     v, i = write_npy(tmp_path, "v", [f"n{k}" for k in range(20)], raw_vectors(np.random.default_rng(8), 20))
     before = snapshot(db)
     with Catalog(db) as cat, pytest.raises(KeyboardInterrupt):
@@ -327,16 +336,7 @@ def test_an_interrupt_while_streaming_deletes_the_unfinished_file(tmp_path: Path
 def test_ctrl_c_while_streaming_exits_130_and_says_nothing_changed(tmp_path: Path, db: Path, chunk, monkeypatch,
                                                                     capsys) -> None:
     chunk(3)
-    calls = []
-    real = ingest.normalise_rows
-
-    def ctrl_c_at_second_chunk(*a: Any) -> np.ndarray:
-        calls.append(1)
-        if len(calls) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*a)
-
-    monkeypatch.setattr(ingest, "normalise_rows", ctrl_c_at_second_chunk)
+    at_chunk(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGINT))
     v, i = write_npy(tmp_path, "v", [f"n{k}" for k in range(20)], raw_vectors(np.random.default_rng(8), 20))
     before = snapshot(db)
     with pytest.raises(SystemExit) as exc:
