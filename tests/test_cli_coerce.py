@@ -22,7 +22,7 @@ def _params() -> dict[str, Any]:
     """Typer parameters of every kind neardup's commands use (built by typer from a real command)."""
     import importlib
 
-    command_cls = importlib.import_module("neardup.cli.app")._Command
+    command_cls = importlib.import_module("neardup.cli.typer_app")._Command
     sub = typer.Typer()
 
     @sub.command(cls=command_cls)
@@ -75,7 +75,7 @@ def same(a: Any, b: Any) -> bool:
 
 def test_every_command_parameter_gets_the_plain_converter() -> None:
     # every option of every neardup command except those typer must convert itself (none today)
-    from neardup.cli.app import app, load_commands
+    from neardup.cli.typer_app import app, load_commands
 
     load_commands()
     group = typer.main.get_command(app)

@@ -90,7 +90,7 @@ def test_boundary_knows_each_click_copy(monkeypatch: pytest.MonkeyPatch, capsys:
     exceptions = pytest.importorskip(f"{module}.exceptions")
     import importlib
 
-    cli_app = importlib.import_module("neardup.cli.app")  # the module (the package's `app` is the Typer)
+    cli_app = importlib.import_module("neardup.cli.typer_app")  # the module (the package's `app` is the Typer)
 
     def raise_usage(*_a: object, **_k: object) -> None:
         raise exceptions.UsageError("no such thing\nsecond line")

@@ -252,7 +252,7 @@ def _catalog_state(db):
     (["--mode", "bounded"], "needs --bound"),
 ])
 def test_cli_bad_bound_one_line_exit_2_catalog_unchanged(db, args, needle, capsys):
-    from neardup.cli.app import main
+    from neardup.cli.typer_app import main
 
     load_chain(db)
     before = _catalog_state(db)

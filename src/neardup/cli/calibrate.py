@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
-from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog
+from .typer_app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog
 
 
 @app.command("calibrate")

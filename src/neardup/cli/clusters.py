@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
-from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_bar
+from .typer_app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_bar
 
 _ModelOption = Annotated[Optional[str], typer.Option("--model", help="Embedding model to use (default: the most recently updated one).")]
 
@@ -160,7 +160,7 @@ def pairs_cmd(
                       f"({pct:.3g}%)", highlight=False)
         if not res.pairs:
             continue
-        from .app import compact_table
+        from .typer_app import compact_table
 
         t = compact_table(f"{len(res.pairs)} example pairs in {lo:g}:{hi:g} (seed {res.seed})")
         t.add_column("sim", justify="right", no_wrap=True)

@@ -5,7 +5,7 @@ half of what ``neardup runs`` may take). neardup's options are plain ``str``, ``
 the same results and the same messages for well-formed input (tests/test_cli_coerce.py checks it
 against typer's own pydantic coercion), and hands anything else to typer.
 
-Hooked in by :func:`install` on each parameter of a command (``cli/app.py``); on a typer without
+Hooked in by :func:`install` on each parameter of a command (``cli/typer_app.py``); on a typer without
 the per-parameter runtime (before 0.29, which needed no pydantic) it does nothing.
 """
 
@@ -50,7 +50,7 @@ def _float(value: Any) -> float:
         raise _Unhandled
     s = value.strip()
     try:
-        if not s.isascii():
+        if not s.isascii() or ("_" in s and s != value):  # pydantic: spaces around a number, not around 1_0
             raise ValueError
         return float(s)
     except ValueError:

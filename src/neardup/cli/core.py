@@ -8,7 +8,7 @@ import typer
 
 from ..errors import InputError
 from ..defaults import DEFAULT_POLICY
-from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_callback
+from .typer_app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_callback
 
 ModelOption = Annotated[Optional[str], typer.Option("--model", help="Embedding model to use (default: the most recently updated one).")]
 IndexOption = Annotated[str, typer.Option("--index", help="Similarity pass: exact (all pairs), ann (faiss, prints its estimated recall), or auto (exact up to 300k images).")]
@@ -215,56 +215,9 @@ def runs(
     db: DbOption = DEFAULT_DB_PATH,
 ) -> None:
     """List dedup runs: threshold, mode, counts, and whether each is applied, restored or replaced (by which run)."""
-    with open_catalog(db, read_only=False, sql_only=True) as cat:
-        rows = cat.runs()
-        total = cat.count_images()
-        visible = int(cat.scalar("SELECT count(*) FROM visible"))
-    if as_json:
-        typer.echo(json.dumps(rows, default=str))
-        return
-    from .app import compact_table
+    from .listing import print_runs
 
-    table = compact_table(f"Runs in {Path(db).name} — {visible:,} of {total:,} images visible")
-    # short headers and values so the table fits 80 columns (the legend below says what they mean)
-    for col in ("run", "created UTC", "status", "model", "thresh", "mode", "groups", "supp.", "kept", "max"):
-        table.add_column(col, justify="left" if col in ("created UTC", "status", "model", "mode") else "right",
-                         no_wrap=True, overflow="fold" if col == "model" else "ellipsis")
-    for r in rows:
-        table.add_row(str(r["id"]), str(r["created_at"])[5:16], r["status"], r["model"], f"{r['threshold']:.4g}",
-                      run_grouping_cell(r), f"{r['n_groups']:,}", f"{r['n_suppressed']:,}",
-                      f"{r['n_retained']:,}", f"{r['largest_group']:,}")
-    if not rows:
-        console.print("no runs yet (see `neardup dedup --help`)")
-        return
-    console.print(table)
-    for line in ("supp. = suppressed, kept = retained, max = largest group",
-                 "mode: comp = components; b .75 = bounded, each member within 0.75 of its master;",
-                 "+1s = capture-time window: images captured over 1 s apart link only from the",
-                 "run's --window-link (the lines below say each such run's grouping)"):
-        console.print(line, style="dim", highlight=False)
-    for r in rows:
-        s = r.get("summary") or {}
-        if s.get("window_s") is not None and s.get("window_link") is not None:
-            console.print(f"run {r['id']}: {s.get('grouping') or r['mode']}", style="dim", highlight=False,
-                          soft_wrap=False)  # wrapped to the terminal: the grouping text can be long
-    for r in rows:
-        if r.get("replaced_by"):
-            console.print(f"run {r['id']} was replaced by run {r['replaced_by']} (restore {r['replaced_by']} to put it back)",
-                          style="dim", highlight=False)
-
-
-def run_grouping_cell(run: dict) -> str:
-    """A run's grouping in a few characters: ``comp``, ``leader``, ``b .75``, ``b .75+1s`` (bound, capture-time window)."""
-    mode = run.get("mode") or ""
-    if mode == "components":
-        return "comp"
-    s = run.get("summary") or {}
-    if mode != "bounded" or s.get("bound") is None:
-        return mode
-    cell = "b " + f"{float(s['bound']):.3g}".lstrip("0")
-    if s.get("window_s") is not None:
-        cell += f"+{float(s['window_s']):g}s"
-    return cell
+    print_runs(db, as_json=as_json)
 
 
 @app.command()

@@ -7,7 +7,7 @@ import typer
 
 from .. import interrupts
 from ..errors import InputError
-from .app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_callback
+from .typer_app import DEFAULT_DB_PATH, DbOption, app, console, err_console, open_catalog, progress_callback
 
 SourcesArg = Annotated[list[Path], typer.Argument(
     help="Folders (scanned recursively), file lists (.txt/.lst: one path per line) or tables (.csv/.parquet with a "
@@ -78,7 +78,7 @@ def models_cmd() -> None:
     """List the embedding models: dimension, default threshold and grouping, and whether each can run offline here."""
     from ..embed import DEFAULT_MODEL, list_models
 
-    from .app import compact_table
+    from .typer_app import compact_table
 
     table = compact_table("Embedding models")
     for c in ("model", "dim", "threshold", "grouping", "offline", "weights"):
@@ -109,20 +109,9 @@ def models_cmd() -> None:
 def skipped_cmd(db: DbOption = DEFAULT_DB_PATH,
                 limit: Annotated[int, typer.Option("--limit", min=0, help="Show at most this many (0: all).")] = 0) -> None:
     """List the files a scan or embed could not use, with the reason for each."""
-    with open_catalog(db, must_exist=True, sql_only=True) as cat:
-        rows = cat.rows("SELECT path, reason, seen_at FROM skipped ORDER BY path")
-    if not rows:
-        console.print("no skipped files")
-        return
-    shown = rows if limit == 0 else rows[:limit]
-    from rich.table import Table
+    from .listing import print_skipped
 
-    table = Table(title=f"{len(rows)} skipped file(s)", title_justify="left")
-    table.add_column("path", overflow="fold")
-    table.add_column("reason", overflow="fold")
-    for r in shown:
-        table.add_row(r["path"], r["reason"])
-    console.print(table)
+    print_skipped(db, limit=limit)
 
 
 def _print_outcome(cat, model_name: str, threshold: float, result, thresholds: list[float]) -> None:

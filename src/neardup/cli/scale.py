@@ -11,7 +11,7 @@ from ..errors import InputError
 if TYPE_CHECKING:
     import numpy as np
 
-from .app import DEFAULT_DB_PATH, app, console, err_console, open_catalog, progress_callback
+from .typer_app import DEFAULT_DB_PATH, app, console, err_console, open_catalog, progress_callback
 
 _VECTOR_SUFFIXES = (".npy", ".parquet", ".pq")
 
