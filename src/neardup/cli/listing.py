@@ -9,9 +9,7 @@ missing value) goes to the Typer app, whose commands print through the same func
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -71,7 +69,11 @@ def terminal_width() -> int:
     env = os.environ.get("COLUMNS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    return shutil.get_terminal_size((80, 24)).columns if sys.stdout.isatty() else 80
+    if not sys.stdout.isatty():
+        return 80
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns
 
 
 def wrapped(lines: Sequence[str], width: int) -> list[str]:
@@ -139,6 +141,8 @@ def print_runs(db: Path, *, as_json: bool = False) -> None:
         total = cat.count_images()
         visible = int(cat.scalar("SELECT count(*) FROM visible"))
     if as_json:
+        import json
+
         print(json.dumps(rows, default=str))
         return
     if not rows:
