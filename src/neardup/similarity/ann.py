@@ -108,13 +108,275 @@ def partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 8, split_facto
     return C, probes
 
 
+def _merge_top(best_v: np.ndarray, best_i: np.ndarray, S: np.ndarray, ids: np.ndarray) -> None:
+    """Fold candidate similarities S (rows x len(ids)) into each row's running top-k (in place)."""
+    k = best_v.shape[1]
+    V = np.concatenate([best_v, S], axis=1)
+    I = np.concatenate([best_i, np.broadcast_to(ids.astype(np.int32), S.shape)], axis=1)
+    top = np.argpartition(-V, k - 1, axis=1)[:, :k] if V.shape[1] > k else np.broadcast_to(np.arange(k), V.shape)
+    best_v[:] = np.take_along_axis(V, top, axis=1)
+    best_i[:] = np.take_along_axis(I, top, axis=1)
+
+
+def _balanced_labels(Y: np.ndarray, target: int) -> np.ndarray:
+    """Pieces of 0.75-1.5x ``target`` rows by recursive median cuts along each segment's principal
+    direction (:func:`.locality.locality_order` on int8 codes, compiled and threaded)."""
+    from .locality import locality_order
+    from .quantized import Quantized
+
+    n = len(Y)
+    leaf = max(2, int(1.5 * target))
+    Q = Quantized(Y, 127)
+    order = locality_order(Q.u8, Q.scale, leaf=leaf)
+    lab = np.empty(n, np.int64)
+    segs, g = [(0, n)], 0
+    while segs:                       # the same halving locality_order does: its leaves, in order
+        lo, hi = segs.pop()
+        if hi - lo <= leaf:
+            lab[order[lo:hi]] = g
+            g += 1
+        else:
+            h = lo + (hi - lo) // 2
+            segs += [(h, hi), (lo, h)]
+    return lab
+
+
+def _balance(X: np.ndarray, C: np.ndarray, probes: np.ndarray, vals: np.ndarray, target: int, split_factor: float,
+             seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split every partition of more than ``split_factor * target`` members into balanced pieces.
+
+    k-means lists go lopsided on duplicate-dense data (a chained group of 557k gave partitions of
+    13k beside a median of 237 at 1M). A big partition's members are split by recursive median
+    cuts (:func:`_balanced_labels`); each member's own partition becomes its piece, its other
+    probes the nearest among the pieces and its previous probes; a vector that probed the big
+    partition probes its nearest piece instead. ``probes`` and ``vals`` (their similarities,
+    descending per row) are updated in place; returns the centroids (pieces appended).
+    """
+    own = probes[:, 0]
+    sizes = np.bincount(own, minlength=len(C))
+    big = np.flatnonzero(sizes > split_factor * target)
+    if not len(big):
+        return C, probes
+    order = np.argsort(own, kind="stable")
+    starts = np.r_[0, np.cumsum(sizes)]
+    npr = probes.shape[1]
+    rr, cc = np.nonzero(np.isin(probes[:, 1:], big))
+    cc += 1
+    pv = probes[rr, cc]
+    po = np.argsort(pv, kind="stable")
+    rr, cc, pv = rr[po], cc[po], pv[po]
+    pstart = np.searchsorted(pv, big, side="left")
+    pend = np.searchsorted(pv, big, side="right")
+    parts = [np.array(C)]
+    nxt = len(C)
+    for b, p in enumerate(big.tolist()):
+        mem = order[starts[p]:starts[p + 1]]
+        Xm = np.asarray(X[mem], dtype=np.float32)
+        lab = _balanced_labels(Xm, target)
+        g = int(lab.max()) + 1
+        onehot = np.zeros((g, len(mem)), np.float32)
+        onehot[lab, np.arange(len(mem))] = 1.0
+        cen = onehot @ Xm
+        cen = (cen / np.maximum(np.linalg.norm(cen, axis=1, keepdims=True), 1e-30)).astype(np.float32)
+        ids = np.r_[p, nxt + np.arange(g - 1)].astype(probes.dtype)
+        nxt += g - 1
+        parts[0][p] = cen[0]
+        parts.append(cen[1:])
+        S = Xm @ cen.T
+        probes[mem, 0] = ids[lab]
+        vals[mem, 0] = S[np.arange(len(mem)), lab]
+        if npr > 1:
+            S[np.arange(len(mem)), lab] = -np.inf
+            bv, bi = vals[mem, 1:], probes[mem, 1:]
+            _merge_top(bv, bi, S, ids)
+            srt = np.argsort(-bv, axis=1, kind="stable")
+            vals[mem, 1:] = np.take_along_axis(bv, srt, axis=1)
+            probes[mem, 1:] = np.take_along_axis(bi, srt, axis=1)
+        r, c = rr[pstart[b]:pend[b]], cc[pstart[b]:pend[b]]
+        still = probes[r, c] == p
+        r, c = r[still], c[still]
+        if len(r):
+            S = np.asarray(X[r], dtype=np.float32) @ cen.T
+            best = np.argmax(S, axis=1)
+            probes[r, c] = ids[best]
+            vals[r, c] = S[np.arange(len(r)), best]
+    return np.concatenate(parts), probes
+
+
+def two_level_partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 2, cells_probed: int = 3,
+                        split_factor: float = 2.0, seed: int = 0, niter: int = 10, train_points: int = 32,
+                        chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Partitions and probes by a two-level quantizer: (centroids, probes[n, nprobe]); probes[:, 0] is the own partition.
+
+    ~sqrt(N / target) coarse cells (spherical k-means on a sample), every vector assigned to its
+    ``cells_probed`` nearest cells; each cell split by its own k-means into ~size / ``target``
+    partitions (so a duplicate-dense region gets as many partitions as it has members to fill
+    them: no lopsided lists to split afterwards); every vector's probes are its ``nprobe`` nearest
+    partitions among those of its ``cells_probed`` cells. Cost ~ N x (sqrt(N / target) x
+    (1 + cells_probed)) dot products instead of N x N / target for one flat k-means; the vectors
+    are read in sequential row chunks (a memory-mapped store is streamed, never held).
+    """
+    n = int(X.shape[0])
+    rng = np.random.default_rng(seed)
+    k = max(1, int(round(n / target)))
+    k1 = max(1, int(round(np.sqrt(k))))
+    ntrain = min(n, max(k1 * 256, 20_000))
+    sample = np.sort(rng.choice(n, ntrain, replace=False)) if ntrain < n else np.arange(n)
+    C1 = _kmeans(np.asarray(X[sample]), k1, seed, niter, 256)
+    c = max(1, min(cells_probed, len(C1)))
+    cells = _nearest(X, C1, c)
+    own_cell = cells[:, 0]
+    order = np.argsort(own_cell, kind="stable")
+    starts = np.r_[0, np.cumsum(np.bincount(own_cell, minlength=len(C1)))]
+    fine, offs = [], [0]
+    for j in range(len(C1)):
+        mem = order[starts[j]:starts[j + 1]]
+        if len(mem):
+            kj = max(1, int(round(len(mem) / target)))
+            m_train = kj * train_points
+            sub = mem if len(mem) <= m_train else np.sort(rng.choice(mem, m_train, replace=False))
+            fine.append(_kmeans(np.asarray(X[sub]), kj, seed + 1 + j, niter, train_points))
+        offs.append(offs[-1] + (len(fine[-1]) if len(mem) else 0))
+    C = np.concatenate(fine)
+    offs_a = np.asarray(offs, dtype=np.int64)
+    npr = max(1, min(nprobe, len(C)))
+    best_v = np.full((n, npr), -np.inf, np.float32)
+    best_i = np.full((n, npr), -1, np.int32)
+    for a, b in _chunks(n, chunk):
+        Xc = np.asarray(X[a:b], dtype=np.float32)
+        tc = cells[a:b]
+        for j in np.unique(tc).tolist():
+            lo, hi = int(offs_a[j]), int(offs_a[j + 1])
+            if hi == lo:
+                continue
+            rows = np.flatnonzero((tc == j).any(axis=1))
+            S = Xc[rows] @ C[lo:hi].T
+            bv, bi = best_v[a + rows], best_i[a + rows]
+            _merge_top(bv, bi, S, np.arange(lo, hi))
+            best_v[a + rows], best_i[a + rows] = bv, bi
+    srt = np.argsort(-best_v, axis=1, kind="stable")
+    probes = np.take_along_axis(best_i, srt, axis=1)
+    vals = np.take_along_axis(best_v, srt, axis=1)
+    short = np.flatnonzero((probes < 0).any(axis=0))     # a row short of npr partitions (tiny inputs)
+    if len(short):
+        keep = max(1, int(short[0]))
+        probes, vals = np.ascontiguousarray(probes[:, :keep]), np.ascontiguousarray(vals[:, :keep])
+    return _balance(X, C, probes, vals, target, split_factor, seed)
+
+
+@nb.njit(cache=True, nogil=True)
+def _prim_tile(A, Bt, f32floor, out_src, out_dst, out_w):
+    """Maximum spanning forest of one partition's tile graph by Prim's algorithm on its dense matrix.
+
+    Nodes 0..m-1 are the partition's members, m..L-1 the vectors probing it. ``A[v, u]`` (m x L)
+    is the exact similarity of member v with node u, ``Bt[o - m, v]`` ((L-m) x m) that of probing
+    node o with member v; probing nodes are not compared with one another. Edges < ``f32floor``
+    are absent. Writes the forest (local indices) to out_*; returns its edge count.
+    """
+    m, L = A.shape
+    NEG = np.float32(-np.inf)
+    key = np.full(L, np.float32(-2.0))     # -2: not reached yet (below any similarity); -inf: in the forest
+    par = np.zeros(L, np.int64)
+    nb_ = (L + 63) >> 6
+    bmax = np.full(nb_, np.float32(-2.0))  # per 64-node block: max key (an upper bound, exact after a refresh)
+    cnt = 0
+    for step in range(L):
+        bb = 0
+        best = bmax[0]
+        for b in range(1, nb_):
+            if bmax[b] > best:
+                best = bmax[b]
+                bb = b
+        if best == NEG:
+            break
+        lo = bb << 6
+        hi = min(L, lo + 64)
+        v = lo
+        for u in range(lo + 1, hi):
+            if key[u] > key[v]:
+                v = u
+        kv = key[v]
+        if kv >= f32floor:
+            out_src[cnt] = par[v]
+            out_dst[cnt] = v
+            out_w[cnt] = kv
+            cnt += 1
+        key[v] = NEG
+        nm = NEG
+        for u in range(lo, hi):
+            if key[u] > nm:
+                nm = key[u]
+        bmax[bb] = nm
+        if v < m:
+            row = A[v]
+            for u in range(L):
+                w = row[u]
+                k = key[u]
+                if w >= f32floor and w > k and k != NEG:
+                    key[u] = w
+                    par[u] = v
+                    if w > bmax[u >> 6]:
+                        bmax[u >> 6] = w
+        else:
+            row = Bt[v - m]
+            for u in range(m):
+                w = row[u]
+                k = key[u]
+                if w >= f32floor and w > k and k != NEG:
+                    key[u] = w
+                    par[u] = v
+                    if w > bmax[u >> 6]:
+                        bmax[u >> 6] = w
+    return cnt
+
+
+#: Tiles up to this many similarities (members x tile nodes, float32: 128 MB) take the dense path
+#: (one GEMM + :func:`_prim_tile`); larger ones the blocked scan of :class:`TileScanner`.
+DENSE_TILE_MAX = 32 * 2**20
+
+
+def _tile_nodes(rows_of: np.ndarray, is_own: np.ndarray, seg: slice) -> np.ndarray:
+    """A partition's tile nodes as global rows: its members first, then the vectors probing it."""
+    return np.concatenate([rows_of[seg][is_own[seg]], rows_of[seg][~is_own[seg]]])
+
+
+def _gather(X: np.ndarray, glob: np.ndarray) -> np.ndarray:
+    """Rows ``glob`` of X as float32, read in ascending order (memory-map friendly)."""
+    srt = np.argsort(glob, kind="stable")
+    out = np.empty((len(glob), X.shape[1]), np.float32)
+    out[srt] = np.asarray(X[glob[srt]], dtype=np.float32)
+    return out
+
+
+def _dense_tile(X: np.ndarray, glob: np.ndarray, m: int, f32floor: np.float32
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """One tile's maximum spanning forest (global edges) by one float32 GEMM and Prim; pairs compared."""
+    from .ortgemm import gemm_nt
+
+    Xl = _gather(X, glob)
+    L = len(glob)
+    A = gemm_nt(Xl[:m], Xl, threads=1)        # m x L, exact on canonical vectors
+    Bt = np.ascontiguousarray(A[:, m:].T)
+    s, d, w = np.empty(L, np.int64), np.empty(L, np.int64), np.empty(L, np.float32)
+    k = _prim_tile(A, Bt, f32floor, s, d, w)
+    return glob[s[:k]], glob[d[:k]], w[:k], m * (m - 1) // 2 + m * (L - m)
+
+
 def _partition_forest(X: np.ndarray, probes: np.ndarray, floor: float, progress: ProgressFn | None,
                       only: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Run the exact tile kernel on every partition's tile (or those in ``only``).
 
+    A tile is (members + vectors probing the partition) x members. Tiles up to
+    :data:`DENSE_TILE_MAX` similarities run on ``nb.get_num_threads()`` worker threads, each one
+    tile at a time: a single-threaded GEMM of the whole tile, then its maximum spanning forest by
+    Prim's algorithm on the dense matrix (:func:`_prim_tile`: ~1 ns per pair, where the blocked
+    scan's histogram + level filter costs ~10 ns per pair >= floor; ANN's histogram comes from the
+    recall sample anyway). Larger tiles run the blocked scan (:class:`TileScanner`).
     Returns the union of the tiles' forests as global edges (src, dst, weight) and the number
     of pairs compared.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     n, npr = probes.shape
     P = int(probes.max()) + 1
     flat_q = probes.ravel()
@@ -124,32 +386,44 @@ def _partition_forest(X: np.ndarray, probes: np.ndarray, floor: float, progress:
     is_own = (order % npr) == 0
     own_sizes = np.bincount(probes[:, 0], minlength=P).astype(np.int64)
     tot_sizes = np.diff(starts)
-    sel = slice(None) if only is None else np.asarray(only, dtype=np.int64)
-    work = int((own_sizes[sel] * tot_sizes[sel]).sum())
+    qs = np.arange(P) if only is None else np.asarray(only, dtype=np.int64)
+    qs = qs[own_sizes[qs] > 0]
+    work = int((own_sizes[qs] * tot_sizes[qs]).sum())
+    f32floor = ceil_f32(floor)
+    dense = own_sizes[qs] * tot_sizes[qs] <= DENSE_TILE_MAX
+    small = qs[dense][np.argsort(-(own_sizes[qs] * tot_sizes[qs])[dense], kind="stable")]  # largest first
     done = 0
-    hist = None
     srcs, dsts, ws = [], [], []
     compared = 0
-    for q in (range(P) if only is None else (int(x) for x in only)):
-        seg = slice(starts[q], starts[q + 1])
-        members = rows_of[seg][is_own[seg]]
-        if len(members) == 0:
-            continue
-        others = rows_of[seg][~is_own[seg]]
-        glob = np.concatenate([members, others])
-        Xl = np.asarray(X[np.sort(glob)], dtype=np.float32)  # sorted read: memory-map friendly
-        Xl = Xl[np.argsort(np.argsort(glob))]
-        m = len(members)
+
+    def step(q: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        return _dense_tile(X, _tile_nodes(rows_of, is_own, slice(starts[q], starts[q + 1])), int(own_sizes[q]),
+                           f32floor)
+
+    T = max(1, int(nb.get_num_threads()))
+    with ThreadPoolExecutor(T) as pool:
+        for q, (s, d, w, c) in zip(small.tolist(), pool.map(step, small.tolist())):
+            srcs.append(s)
+            dsts.append(d)
+            ws.append(w)
+            compared += c
+            done += int(own_sizes[q] * tot_sizes[q])
+            if progress is not None:
+                progress(done, work)
+    hist = None
+    for q in qs[~dense].tolist():
+        glob = _tile_nodes(rows_of, is_own, slice(starts[q], starts[q + 1]))
+        Xl = _gather(X, glob)
+        m = int(own_sizes[q])
         sc = TileScanner(Xl, floor, hist=hist)
         hist = sc.hist
         sc.scan(0, m, 0, m, diagonal=True)
-        if len(others):
+        if len(glob) > m:
             sc.scan(m, len(glob), 0, m, diagonal=False)
         s, d, w = sc.edges()
-        if len(s):
-            srcs.append(glob[s])
-            dsts.append(glob[d])
-            ws.append(w)
+        srcs.append(glob[s])
+        dsts.append(glob[d])
+        ws.append(w)
         compared += sc.compared
         done += m * len(glob)
         if progress is not None:
@@ -213,8 +487,12 @@ def estimate_recall(X: np.ndarray, forest: SimilarityForest, *, sample: int = 20
     hit = np.zeros((s, len(ths)), np.int64)
     edges, f32floor = hist_edges(floor), ceil_f32(floor)
     ths32 = np.array([ceil_f32(t) for t in ths], dtype=np.float32)
+    from .ortgemm import gemm_nt
+
+    T = max(1, int(nb.get_num_threads()))
+    S = np.empty((s, min(n, col_chunk)), np.float32)
     for a, b in _chunks(n, col_chunk):
-        S = Xs @ np.asarray(X[a:b], dtype=np.float32).T
+        S = gemm_nt(Xs, np.ascontiguousarray(X[a:b], dtype=np.float32), T, out=S[:, :b - a] if b - a == S.shape[1] else None)
         _sample_scan(S, rows, a, f32floor, edges, ths32, labels, hist, tot, hit)
     T, H = tot.sum(0), hit.sum(0)
     boot = rng.integers(0, s, (200, s))
@@ -259,7 +537,7 @@ def ann_forest(vectors: np.ndarray, floor: float, *, progress: ProgressFn | None
         return SimilarityForest(n, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
                                 float(floor), np.zeros(hist_bins(floor), np.int64), meta)
     t0 = time.perf_counter()
-    C, probes = partition(X, target=target, nprobe=nprobe, split_factor=split_factor, seed=seed)
+    C, probes = two_level_partition(X, target=target, nprobe=nprobe, seed=seed)
     t1 = time.perf_counter()
     log.info("ann: %d partitions (largest %d) in %.1f s", int(probes.max()) + 1,
              int(np.bincount(probes[:, 0]).max()), t1 - t0)
