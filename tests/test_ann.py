@@ -133,3 +133,65 @@ def test_compute_forest_dispatches_to_ann():
     X = seed_shaped(2000, 64, seed=4).vectors
     f = compute_forest(X, 0.97, index="ann")
     assert f.meta["engine"] == "ann" and "recall" in f.meta
+
+
+# ---- the tile kernel and the two-level partition -------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from neardup.similarity.ann import _prim_tile, two_level_partition  # noqa: E402
+from neardup.similarity.forest import SimilarityForest  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(m=st.integers(1, 70), extra=st.integers(0, 90), levels=st.integers(2, 40), seed=st.integers(0, 2**31 - 1),
+       floor=st.sampled_from([0.5, 0.8, 0.95]))
+def test_prim_tile_is_a_maximum_spanning_forest_of_the_tile_graph(m, extra, levels, seed, floor):
+    """Prim on a tile (members x all nodes; probing nodes not joined to each other) against Kruskal
+    (SimilarityForest.from_edges) over the same edges: same weights, same components at every level.
+    Few distinct weights, so ties are the rule."""
+    rng = np.random.default_rng(seed)
+    L = m + extra
+    G = (rng.integers(0, levels, (L, L)) / (levels - 1)).astype(np.float32)
+    G = np.triu(G, 1)
+    G = G + G.T
+    A, Bt = np.ascontiguousarray(G[:m]), np.ascontiguousarray(G[m:, :m])
+    s, d, w = np.empty(L, np.int64), np.empty(L, np.int64), np.empty(L, np.float32)
+    k = _prim_tile(A, Bt, np.float32(floor), s, d, w)
+    i, j = np.nonzero(np.triu(G >= floor, 1))
+    keep = i < m                                    # edges touch a member
+    i, j = i[keep], j[keep]
+    ref = SimilarityForest.from_edges(L, i, j, G[i, j], floor)
+    got = SimilarityForest.from_edges(L, s[:k], d[:k], w[:k], floor)
+    assert k == len(ref.src)
+    assert np.array_equal(G[s[:k], d[:k]], w[:k]) and np.all(np.minimum(s[:k], d[:k]) < m)
+    assert np.array_equal(np.sort(got.weight), np.sort(ref.weight))
+    for t in sorted(set(np.r_[floor, ref.weight.astype(float)])):
+        if t >= floor:
+            assert np.array_equal(got.components(t), ref.components(t))
+
+
+def test_two_level_partition_probes_are_distinct_and_balanced():
+    X = seed_shaped(20_000, 64, seed=5).vectors          # a chained giant group of ~11k
+    C, probes = two_level_partition(X, target=200, nprobe=3, split_factor=2.0)
+    assert probes.shape == (len(X), 3) and probes.min() >= 0 and probes.max() < len(C)
+    assert np.all(np.sort(probes, axis=1)[:, 1:] != np.sort(probes, axis=1)[:, :-1])  # no partition twice in a row
+    sizes = np.bincount(probes[:, 0], minlength=len(C))
+    assert sizes.max() <= 2 * 200                         # lopsided k-means lists were cut
+    # a vector's other probes are near partitions: each within the 10 nearest centroids of all
+    S = X[:2000] @ C.T
+    rank = (S > S[np.arange(2000)[:, None], probes[:2000, 1:]][:, :, None].min(axis=1)).sum(axis=1)
+    assert np.quantile(rank, 0.99) < 10
+
+
+def test_recall_below_goal_runs_again_with_more_probes():
+    X = seed_shaped(6_000, 64, seed=8).vectors
+    f = ann_forest(X, 0.95, target=300, nprobe=1, recall_goal=0.9999, max_nprobe=4, recall_sample=800)
+    tries = f.meta["tries"]
+    assert [t["nprobe"] for t in tries][0] == 1 and f.meta["nprobe"] == tries[-1]["nprobe"]
+    assert len(tries) >= 2 and tries[-1]["nprobe"] in (2, 4)
+    assert f.meta["recall"]["pair_recall"] == tries[-1]["pair_recall"]
+    # finer than exact, never coarser: every ANN group lies inside one exact group
+    i, j = ref_pairs(X, 0.95)
+    ref = ref_labels(len(X), i, j)
+    lab = f.components(0.95)
+    assert len(np.unique(np.stack([lab, ref], 1), axis=0)) == len(np.unique(lab))

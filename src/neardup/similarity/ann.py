@@ -517,47 +517,73 @@ def estimate_recall(X: np.ndarray, forest: SimilarityForest, *, sample: int = 20
     return recall, est
 
 
+def _recall_ok(recall: dict, goal: float) -> bool:
+    """Every threshold's pair recall (95% lower bound) and share of complete sampled rows reach ``goal``."""
+    return all(r["lower_95"] >= goal and r["rows_complete"] >= goal for r in recall["by_threshold"].values())
+
+
 def ann_forest(vectors: np.ndarray, floor: float, *, progress: ProgressFn | None = None, target: int = 1000,
-               nprobe: int = 8, split_factor: float = 3.0, recall_sample: int = 2000, seed: int = 0
-               ) -> SimilarityForest:
+               nprobe: int = 2, split_factor: float = 2.0, recall_sample: int = 2000, seed: int = 0,
+               recall_goal: float = 0.99, max_nprobe: int = 8) -> SimilarityForest:
     """Approximate maximum spanning forest of the pairs >= ``floor`` (see the module docstring).
 
-    ``meta`` records: ``engine="ann"``, the parameters, timings, ``compared_fraction`` (pairs
-    actually compared / all pairs), ``recall`` = {"pair_recall", "pair_recall_lower_95",
+    Starts with ``nprobe`` probes; when the measured recall misses ``recall_goal`` (at any
+    threshold: the pair recall's 95% lower bound or the share of sampled rows with every true
+    neighbour in their group), the pass runs again with twice the probes, up to ``max_nprobe``;
+    the recall of the forest returned is the one measured on it (``meta["tries"]`` lists each
+    try). ``meta`` records: ``engine="ann"``, the parameters, timings, ``compared_fraction``
+    (pairs actually compared / all pairs), ``recall`` = {"pair_recall", "pair_recall_lower_95",
     "sample", "by_threshold": {t: {...}}, "method"} and ``hist_estimated=True`` (pair counts
-    are a sample estimate). ``recall_sample=0`` skips the estimate (histogram then empty).
+    are a sample estimate). ``recall_sample=0`` skips the estimate (histogram then empty; no
+    retry).
     """
     if not (0.0 < floor <= 1.0):
         raise ValueError(f"floor {floor} is outside (0, 1]")
     X = canonical_vectors(vectors)
     n = int(X.shape[0])
-    meta: dict = {"engine": "ann", "method": "kmeans-partitions+probes", "target": target, "nprobe": nprobe,
-                  "split_factor": split_factor}
+    meta: dict = {"engine": "ann", "method": "two-level k-means partitions+probes, Prim per tile", "target": target,
+                  "nprobe": nprobe, "split_factor": split_factor}
     if n < 2:
         return SimilarityForest(n, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32),
                                 float(floor), np.zeros(hist_bins(floor), np.int64), meta)
-    t0 = time.perf_counter()
-    C, probes = two_level_partition(X, target=target, nprobe=nprobe, seed=seed)
-    t1 = time.perf_counter()
-    log.info("ann: %d partitions (largest %d) in %.1f s", int(probes.max()) + 1,
-             int(np.bincount(probes[:, 0]).max()), t1 - t0)
-    src, dst, w, compared = _partition_forest(X, probes, float(floor), progress)
-    t2 = time.perf_counter()
-    forest = SimilarityForest.from_edges(n, src, dst, w, floor)
-    t3 = time.perf_counter()
-    log.info("ann: tiles %.1f s, merge %.1f s, %d forest edges", t2 - t1, t3 - t2, len(forest.src))
-    sizes = np.bincount(probes[:, 0], minlength=len(C))
-    meta.update(partitions=int(len(C)), largest_partition=int(sizes.max()),
-                median_partition=float(np.median(sizes[sizes > 0])),
-                compared_fraction=float(compared / (n * (n - 1) / 2)),
-                seconds={"partition": round(t1 - t0, 2), "tiles": round(t2 - t1, 2), "merge": round(t3 - t2, 2)})
+    tries: list[dict] = []
+    while True:
+        t0 = time.perf_counter()
+        C, probes = two_level_partition(X, target=target, nprobe=nprobe, split_factor=split_factor, seed=seed)
+        t1 = time.perf_counter()
+        log.info("ann: %d partitions (largest %d), %d probes, in %.1f s", int(probes.max()) + 1,
+                 int(np.bincount(probes[:, 0]).max()), probes.shape[1], t1 - t0)
+        src, dst, w, compared = _partition_forest(X, probes, float(floor), progress)
+        sizes = np.bincount(probes[:, 0], minlength=len(C))
+        del probes
+        t2 = time.perf_counter()
+        forest = SimilarityForest.from_edges(n, src, dst, w, floor)
+        del src, dst, w
+        t3 = time.perf_counter()
+        log.info("ann: tiles %.1f s, merge %.1f s, %d forest edges", t2 - t1, t3 - t2, len(forest.src))
+        run = {"nprobe": nprobe, "compared_fraction": float(compared / (n * (n - 1) / 2)),
+               "seconds": {"partition": round(t1 - t0, 2), "tiles": round(t2 - t1, 2), "merge": round(t3 - t2, 2)}}
+        if recall_sample > 0:
+            recall, est = estimate_recall(X, forest, sample=recall_sample, seed=seed + 7)
+            run["seconds"]["recall"] = round(time.perf_counter() - t3, 2)
+            run["pair_recall"] = recall["pair_recall"]
+            run["rows_complete"] = min(r["rows_complete"] for r in recall["by_threshold"].values())
+        tries.append(run)
+        if recall_sample <= 0 or _recall_ok(recall, recall_goal) or nprobe >= max_nprobe:
+            break
+        log.info("ann: recall %.6f (rows complete %.4f) below %g with %d probes: again with %d",
+                 run["pair_recall"], run["rows_complete"], recall_goal, nprobe, min(max_nprobe, 2 * nprobe))
+        nprobe = min(max_nprobe, 2 * nprobe)
+    meta.update(nprobe=nprobe, partitions=int(len(C)), largest_partition=int(sizes.max()),
+                median_partition=float(np.median(sizes[sizes > 0])), compared_fraction=run["compared_fraction"],
+                seconds={k: round(sum(t["seconds"].get(k, 0.0) for t in tries), 2)
+                         for k in ("partition", "tiles", "merge", "recall")},
+                tries=tries, recall_goal=recall_goal)
     if recall_sample > 0:
-        recall, est = estimate_recall(X, forest, sample=recall_sample, seed=seed + 7)
         forest.hist = est
         meta["recall"] = recall
         meta["hist_estimated"] = True
         meta["hist_method"] = f"scaled from {recall['sample']} sampled rows x all rows (exact)"
-        meta["seconds"]["recall"] = round(time.perf_counter() - t3, 2)
     else:
         meta["hist_estimated"] = True
         meta["hist_method"] = "none (recall_sample=0): pair counts unknown, histogram is zero"
@@ -565,4 +591,4 @@ def ann_forest(vectors: np.ndarray, floor: float, *, progress: ProgressFn | None
     return forest
 
 
-__all__ = ["ann_forest", "estimate_recall", "partition", "RECALL_THRESHOLDS", "HIST_STEP"]
+__all__ = ["ann_forest", "estimate_recall", "partition", "two_level_partition", "RECALL_THRESHOLDS", "HIST_STEP"]
