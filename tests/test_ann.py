@@ -139,7 +139,7 @@ def test_compute_forest_dispatches_to_ann():
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from neardup.similarity.ann import _prim_tile, two_level_partition  # noqa: E402
-from neardup.similarity.forest import SimilarityForest  # noqa: E402
+from neardup.similarity.forest import SimilarityForest, ceil_f32  # noqa: E402
 
 
 @settings(max_examples=150, deadline=None)
@@ -156,8 +156,9 @@ def test_prim_tile_is_a_maximum_spanning_forest_of_the_tile_graph(m, extra, leve
     G = G + G.T
     A, Bt = np.ascontiguousarray(G[:m]), np.ascontiguousarray(G[m:, :m])
     s, d, w = np.empty(L, np.int64), np.empty(L, np.int64), np.empty(L, np.float32)
-    k = _prim_tile(A, Bt, np.float32(floor), s, d, w)
-    i, j = np.nonzero(np.triu(G >= floor, 1))
+    f32 = ceil_f32(floor)                           # as the pass does: s >= floor iff s >= f32
+    k = _prim_tile(A, Bt, f32, s, d, w)
+    i, j = np.nonzero(np.triu(G >= f32, 1))
     keep = i < m                                    # edges touch a member
     i, j = i[keep], j[keep]
     ref = SimilarityForest.from_edges(L, i, j, G[i, j], floor)

@@ -85,6 +85,8 @@ def partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 8, split_facto
     sample = np.sort(rng.choice(n, ntrain, replace=False)) if ntrain < n else np.arange(n)
     C = _kmeans(np.asarray(X[sample]), k, seed, niter, train_points)
     probes = _nearest(X, C, nprobe)
+    from .ortgemm import gemm_nt
+
     own = probes[:, 0]
     sizes = np.bincount(own, minlength=len(C))
     big = np.flatnonzero(sizes > split_factor * target)
@@ -116,6 +118,22 @@ def _merge_top(best_v: np.ndarray, best_i: np.ndarray, S: np.ndarray, ids: np.nd
     top = np.argpartition(-V, k - 1, axis=1)[:, :k] if V.shape[1] > k else np.broadcast_to(np.arange(k), V.shape)
     best_v[:] = np.take_along_axis(V, top, axis=1)
     best_i[:] = np.take_along_axis(I, top, axis=1)
+
+
+def _top_centroids(X: np.ndarray, C: np.ndarray, k: int, chunk: int) -> np.ndarray:
+    """Indices of each row's k most similar centroids, most similar first (onnxruntime GEMM per row chunk;
+    this faiss build's flat search is ~20x slower here)."""
+    from .ortgemm import gemm_nt
+
+    T = max(1, int(nb.get_num_threads()))
+    Cc = np.ascontiguousarray(C, dtype=np.float32)
+    out = np.empty((len(X), k), np.int32)
+    for a, b in _chunks(len(X), chunk):
+        S = gemm_nt(np.ascontiguousarray(X[a:b], dtype=np.float32), Cc, T)
+        top = np.argpartition(-S, k - 1, axis=1)[:, :k] if S.shape[1] > k else np.broadcast_to(np.arange(k), S.shape)
+        srt = np.argsort(-np.take_along_axis(S, top, axis=1), axis=1, kind="stable")
+        out[a:b] = np.take_along_axis(top, srt, axis=1)
+    return out
 
 
 def _balanced_labels(Y: np.ndarray, target: int) -> np.ndarray:
@@ -152,6 +170,8 @@ def _balance(X: np.ndarray, C: np.ndarray, probes: np.ndarray, vals: np.ndarray,
     partition probes its nearest piece instead. ``probes`` and ``vals`` (their similarities,
     descending per row) are updated in place; returns the centroids (pieces appended).
     """
+    from .ortgemm import gemm_nt
+
     own = probes[:, 0]
     sizes = np.bincount(own, minlength=len(C))
     big = np.flatnonzero(sizes > split_factor * target)
@@ -174,15 +194,13 @@ def _balance(X: np.ndarray, C: np.ndarray, probes: np.ndarray, vals: np.ndarray,
         Xm = np.asarray(X[mem], dtype=np.float32)
         lab = _balanced_labels(Xm, target)
         g = int(lab.max()) + 1
-        onehot = np.zeros((g, len(mem)), np.float32)
-        onehot[lab, np.arange(len(mem))] = 1.0
-        cen = onehot @ Xm
+        cen = np.stack([Xm[lab == k].sum(axis=0) for k in range(g)])  # (a one-hot product is 10x slower in OpenBLAS)
         cen = (cen / np.maximum(np.linalg.norm(cen, axis=1, keepdims=True), 1e-30)).astype(np.float32)
         ids = np.r_[p, nxt + np.arange(g - 1)].astype(probes.dtype)
         nxt += g - 1
         parts[0][p] = cen[0]
         parts.append(cen[1:])
-        S = Xm @ cen.T
+        S = gemm_nt(Xm, cen, 1)
         probes[mem, 0] = ids[lab]
         vals[mem, 0] = S[np.arange(len(mem)), lab]
         if npr > 1:
@@ -196,7 +214,7 @@ def _balance(X: np.ndarray, C: np.ndarray, probes: np.ndarray, vals: np.ndarray,
         still = probes[r, c] == p
         r, c = r[still], c[still]
         if len(r):
-            S = np.asarray(X[r], dtype=np.float32) @ cen.T
+            S = gemm_nt(np.asarray(X[r], dtype=np.float32), cen, 1)
             best = np.argmax(S, axis=1)
             probes[r, c] = ids[best]
             vals[r, c] = S[np.arange(len(r)), best]
@@ -224,7 +242,7 @@ def two_level_partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 2, c
     sample = np.sort(rng.choice(n, ntrain, replace=False)) if ntrain < n else np.arange(n)
     C1 = _kmeans(np.asarray(X[sample]), k1, seed, niter, 256)
     c = max(1, min(cells_probed, len(C1)))
-    cells = _nearest(X, C1, c)
+    cells = _top_centroids(X, C1, c, chunk)
     own_cell = cells[:, 0]
     order = np.argsort(own_cell, kind="stable")
     starts = np.r_[0, np.cumsum(np.bincount(own_cell, minlength=len(C1)))]
@@ -239,6 +257,17 @@ def two_level_partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 2, c
         offs.append(offs[-1] + (len(fine[-1]) if len(mem) else 0))
     C = np.concatenate(fine)
     offs_a = np.asarray(offs, dtype=np.int64)
+    from .blas import single_threaded_blas
+
+    with single_threaded_blas():   # small products: OpenBLAS's threads cost more than they give (2-10x under load)
+        return _assign(X, C, cells, offs_a, n, nprobe, chunk, target, split_factor, seed)
+
+
+def _assign(X: np.ndarray, C: np.ndarray, cells: np.ndarray, offs_a: np.ndarray, n: int, nprobe: int, chunk: int,
+            target: int, split_factor: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``nprobe`` nearest partitions among those of its coarse cells, then :func:`_balance`."""
+    from .ortgemm import gemm_nt
+
     npr = max(1, min(nprobe, len(C)))
     best_v = np.full((n, npr), -np.inf, np.float32)
     best_i = np.full((n, npr), -1, np.int32)
@@ -250,7 +279,7 @@ def two_level_partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 2, c
             if hi == lo:
                 continue
             rows = np.flatnonzero((tc == j).any(axis=1))
-            S = Xc[rows] @ C[lo:hi].T
+            S = gemm_nt(Xc[rows], np.ascontiguousarray(C[lo:hi]), 1)
             bv, bi = best_v[a + rows], best_i[a + rows]
             _merge_top(bv, bi, S, np.arange(lo, hi))
             best_v[a + rows], best_i[a + rows] = bv, bi
@@ -548,24 +577,26 @@ def ann_forest(vectors: np.ndarray, floor: float, *, progress: ProgressFn | None
                                 float(floor), np.zeros(hist_bins(floor), np.int64), meta)
     tries: list[dict] = []
     while True:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         C, probes = two_level_partition(X, target=target, nprobe=nprobe, split_factor=split_factor, seed=seed)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         log.info("ann: %d partitions (largest %d), %d probes, in %.1f s", int(probes.max()) + 1,
                  int(np.bincount(probes[:, 0]).max()), probes.shape[1], t1 - t0)
         src, dst, w, compared = _partition_forest(X, probes, float(floor), progress)
         sizes = np.bincount(probes[:, 0], minlength=len(C))
         del probes
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         forest = SimilarityForest.from_edges(n, src, dst, w, floor)
         del src, dst, w
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         log.info("ann: tiles %.1f s, merge %.1f s, %d forest edges", t2 - t1, t3 - t2, len(forest.src))
         run = {"nprobe": nprobe, "compared_fraction": float(compared / (n * (n - 1) / 2)),
-               "seconds": {"partition": round(t1 - t0, 2), "tiles": round(t2 - t1, 2), "merge": round(t3 - t2, 2)}}
+               "seconds": {"partition": round(t1 - t0, 2), "tiles": round(t2 - t1, 2), "merge": round(t3 - t2, 2)},
+               "cpu_seconds": {"partition": round(c1 - c0, 2), "tiles": round(c2 - c1, 2), "merge": round(c3 - c2, 2)}}
         if recall_sample > 0:
             recall, est = estimate_recall(X, forest, sample=recall_sample, seed=seed + 7)
             run["seconds"]["recall"] = round(time.perf_counter() - t3, 2)
+            run["cpu_seconds"]["recall"] = round(time.process_time() - c3, 2)
             run["pair_recall"] = recall["pair_recall"]
             run["rows_complete"] = min(r["rows_complete"] for r in recall["by_threshold"].values())
         tries.append(run)
@@ -578,6 +609,8 @@ def ann_forest(vectors: np.ndarray, floor: float, *, progress: ProgressFn | None
                 median_partition=float(np.median(sizes[sizes > 0])), compared_fraction=run["compared_fraction"],
                 seconds={k: round(sum(t["seconds"].get(k, 0.0) for t in tries), 2)
                          for k in ("partition", "tiles", "merge", "recall")},
+                cpu_seconds={k: round(sum(t["cpu_seconds"].get(k, 0.0) for t in tries), 2)
+                             for k in ("partition", "tiles", "merge", "recall")},
                 tries=tries, recall_goal=recall_goal)
     if recall_sample > 0:
         forest.hist = est
