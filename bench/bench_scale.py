@@ -125,8 +125,10 @@ def import_bench(args: argparse.Namespace) -> dict:
     return out
 
 
-def load(path: str, subset: int | None, seed: int = 0) -> np.ndarray:
+def load(path: str, subset: int | None, seed: int = 0, head: int | None = None) -> np.ndarray:
     X = np.load(path, mmap_mode="r")
+    if head:
+        X = X[:head]  # still a memory map: the first ``head`` rows
     if subset and subset < len(X):
         rows = np.sort(np.random.default_rng(seed).choice(len(X), subset, replace=False))
         return np.ascontiguousarray(X[rows])
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="/tmp/neardup_seed1m.npy")
     p.add_argument("--vectors", default="/tmp/neardup_seed1m.npy")
     p.add_argument("--subset", type=int, default=None)
+    p.add_argument("--head", type=int, default=None, help="ann/exact: only the first HEAD rows (e.g. the first copies of a gen --from file)")
     p.add_argument("--floor", type=float, default=0.98)
     p.add_argument("--save", default=None)
     p.add_argument("--a")
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         c = seed_shaped(args.n, 512, seed=1)
         np.save(args.out, c.vectors)
     elif args.cmd in ("ann", "exact"):
-        X = load(args.vectors, args.subset)
+        X = load(args.vectors, args.subset, head=args.head)
         out["n"] = int(len(X))
         t0 = time.perf_counter()
         cpu0 = resource.getrusage(resource.RUSAGE_SELF)

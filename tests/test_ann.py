@@ -196,3 +196,18 @@ def test_recall_below_goal_runs_again_with_more_probes():
     ref = ref_labels(len(X), i, j)
     lab = f.components(0.95)
     assert len(np.unique(np.stack([lab, ref], 1), axis=0)) == len(np.unique(lab))
+
+
+def test_cli_recall_line_names_the_share_of_complete_images(capsys):
+    """Pair recall is dominated by the largest group; the line also says how many sampled images kept all duplicates."""
+    from types import SimpleNamespace
+
+    from neardup.cli.core import _print_recall
+
+    at = {"pair_recall": 0.9999999, "lower_95": 0.9999998, "rows_with_pairs": 1712, "rows_complete": 0.9959}
+    f = SimpleNamespace(meta={"recall": {"pair_recall": 0.9999989, "pair_recall_lower_95": 0.999998, "sample": 2000,
+                                         "by_threshold": {"0.9800": at}}, "hist_estimated": True})
+    _print_recall(f, 0.98)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "pair recall 1.0000 at 0.98" in err
+    assert "99.59% of the 1,712 sampled images with a duplicate have every one of them in their group" in err

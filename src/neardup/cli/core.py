@@ -31,6 +31,9 @@ def _print_recall(forest: Any, threshold: float | None = None) -> None:
         low = src.get("lower_95", src.get("pair_recall_lower_95"))
         if low is not None:
             parts.append(f"95% lower bound {float(low):.4f}")
+        if at and at.get("rows_with_pairs"):
+            parts.append(f"{float(at['rows_complete']):.2%} of the {int(at['rows_with_pairs']):,} sampled images with a "
+                         "duplicate have every one of them in their group")
         if "sample" in rec:
             parts.append(f"{int(rec['sample']):,} sampled rows checked against exact")
         err_console.print("approximate similarity pass (ANN): " + ", ".join(parts or [str(rec)]))

@@ -1,16 +1,20 @@
 """Approximate similarity pass for millions of vectors: balanced k-means partitions + probes.
 
-How it works (faiss-cpu for k-means and centroid search, the exact tile kernel for the rest):
+How it works (faiss-cpu for the k-means, onnxruntime's GEMM, compiled kernels for the rest):
 
-1. k-means (``faiss.Kmeans``, trained on a sample) splits the vectors into ~N/``target``
-   partitions. Partitions larger than ``split_factor * target`` (IVF lists go lopsided on
-   duplicate-heavy data: one list of 10,095 against a median of 69 at 1M) are split again by
-   k-means, so no partition is a quadratic hot spot.
-2. Every vector is *searched* in its ``nprobe`` nearest partitions (by centroid), not only its
-   own, so pairs across a partition boundary are compared (SemDeDup-style partitioning loses
-   them). Partition q's tile is (its members + every vector probing it) x (its members).
-3. Each tile runs the exact kernel (all pairs >= floor in the tile, reduced to the tile's
-   maximum spanning forest); Kruskal over the union of the tile forests gives the forest.
+1. Partitions by a two-level quantizer (:func:`two_level_partition`): ~sqrt(N/``target``)
+   coarse cells by spherical k-means, every vector assigned to its 3 nearest cells; each cell
+   split by its own k-means into ~size/``target`` partitions; partitions over ``split_factor *
+   target`` members (k-means lists go lopsided on duplicate-dense data) are cut into balanced
+   pieces by median splits. Cost ~N x sqrt(N/target) dot products, not N^2/target.
+2. Every vector also *probes* its ``nprobe`` nearest partitions (among those of its cells), so
+   pairs across a partition boundary are compared (SemDeDup-style partitioning loses them).
+   Partition q's tile is (its members + every vector probing it) x (its members).
+3. Each tile is one float32 GEMM (exact on canonical vectors) and the maximum spanning forest
+   of its graph (pairs >= floor) by Prim's algorithm on the dense matrix (:func:`_prim_tile`);
+   Kruskal over the union of the tile forests gives the forest.
+4. Recall is measured (below); while it misses ``recall_goal`` the pass runs again with twice
+   the probes (:func:`ann_forest`).
 
 Every forest edge is a real, exactly computed similarity, so ANN groups never join images the
 exact pass would not join (precision 1 by construction); the only error is a group split in
