@@ -148,10 +148,50 @@ def at_bound_pairs(count: int = 6) -> np.ndarray:
     return (K / GRID).astype(np.float32)
 
 
+def flag(Yt, Qr, Qc, floor, d, mr, flags):
+    """prepass._flag_tiles with the near-pair test's per-row terms for ``floor``, as Int8Blocks passes them.
+
+    Rows and columns come from two Quantized; the reach D must cover both (the larger max |x|^2)."""
+    D = max(Qr.reach(floor), Qc.reach(floor))
+    ur = Qr.ex + D * Qr.ne.astype(np.float64)
+    uc = Qc.ex + D * Qc.ne.astype(np.float64)
+    prepass._flag_tiles(Yt, Qr.scale, ur.astype(np.float32), Qr.ne, Qc.scale, Qc.ne,
+                        (floor - MARGIN - uc).astype(np.float32), d, mr, flags)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), d=st.sampled_from([2, 3, 16, 64, 512]), level=st.sampled_from([127, 63]),
+       kind=st.sampled_from(["gauss", "adversarial", "near"]), below=st.sampled_from([0.0, 1e-4, 1e-2, 0.3]))
+def test_near_pair_bound_holds_for_every_pair_at_its_floor(seed, d, level, kind, below):
+    """x.y <= near_bound(x, y, floor) (+ MARGIN) for every pair with x.y >= floor; floor = the pair's
+    own exact value (the tightest reach D) or a little below it. Exact integer reference."""
+    rng = np.random.default_rng(seed)
+    n = 30
+    if kind == "gauss":
+        X = unit_rows(rng.standard_normal((n, d)))
+    elif kind == "adversarial":
+        X = adversarial(rng, n, d)
+    else:
+        base = rng.standard_normal(d)
+        X = unit_rows(base + rng.standard_normal((n, d)) * rng.uniform(1e-3, 0.3))
+    Q = Quantized(X, level)
+    i, j = np.triu_indices(n, 1)
+    exact = exact_sims(X, i, j)
+    for k in range(len(i)):
+        floor = exact[k] - below
+        if not 0.0 < floor <= 1.0:
+            continue
+        nb_ = Q.near_bound(i[k:k + 1], j[k:k + 1], floor)[0]
+        assert exact[k] <= nb_ + MARGIN, (k, exact[k], nb_)
+    # and the reach is the one the floor allows: sqrt(2 max|x|^2 - 2 floor)
+    assert Q.reach(0.98) == pytest.approx(np.sqrt(2 * (grid_ints(X) ** 2).sum(1).max() / GRID**2 - 1.96), rel=1e-8)
+
+
 @pytest.mark.parametrize("level", [127, 63])
-def test_the_tile_test_keeps_a_pair_exactly_at_the_bound(level):
-    """Each pair alone in its tile (1 row x 64 columns): kept at floor = its exact value, dropped just
-    above the bound's reach. A bound too small by any factor, or a missing margin, fails here."""
+def test_the_tile_test_keeps_a_pair_exactly_at_its_floor(level):
+    """Each at-bound pair alone in its tile (1 row x 64 columns): kept at floor = its exact value,
+    dropped once the floor is above the bound's whole reach. A bound too small, or a missing
+    margin, fails here (the pairs carry their quantisation error along x^: the worst direction)."""
     P = at_bound_pairs()
     xs, ys = P[0::2], P[1::2]
     exact = exact_sims(P, np.arange(0, len(P), 2), np.arange(1, len(P), 2))
@@ -162,15 +202,10 @@ def test_the_tile_test_keeps_a_pair_exactly_at_the_bound(level):
         Qr, Qc = Quantized(rows, level), Quantized(C, level)
         Yt = int8_gemm(Qc.u8, np.ascontiguousarray(Qr.codes().T))   # [column, row], as the pass computes it
         for p in range(m):
-            approx = Yt[64 * p, p] * float(Qr.scale[p]) * float(Qc.scale[64 * p])
-            bound = float(Qr.nh[p] * Qc.ne[64 * p] + Qr.ne[p] * Qc.nhe[64 * p])
-            if level == 127:
-                assert abs(exact[p] - (approx + bound)) < 1e-6       # at the bound
-        for floor, want in ((exact, 1), (exact + 4 * MARGIN + 2 * float(Qc.ne.max() + Qr.ne.max()), 0)):
-            for p in range(m):
+            for step, want in ((0.0, 1), (4 * MARGIN + 3 * float(Qc.ne.max() + Qr.ne.max()) + 1e-4, 0)):
+                floor = float(exact[p]) + step
                 flags = np.zeros((m, len(C) // 64), np.uint8)
-                prepass._flag_tiles(Yt, Qr.scale, Qr.nh, Qr.ne, Qc.scale, Qc.ne, Qc.nhe,
-                                    np.float32(floor[p] - MARGIN), -(m + len(C)), 1, flags)
+                flag(Yt, Qr, Qc, floor, -(m + len(C)), 1, flags)
                 assert flags[p, p] == want, (p, want)
                 assert flags.sum() == (flags.diagonal() > 0).sum()   # zero columns never mark a tile
 
@@ -183,16 +218,48 @@ def test_flagged_tiles_cover_every_pair_above_the_floor():
     S = all_pair_sims(X)
     for level in (127, 63):
         Q = Quantized(X, level)
-        for floor in (0.9, 0.95, 0.98):
+        for floor in (0.5, 0.9, 0.95, 0.98):
             a, c0 = 0, 512
             R, C = 512, 900
             Yt = int8_gemm(Q.u8[c0:c0 + C], np.ascontiguousarray(Q.codes()[a:a + R].T))
             flags = np.zeros((-(-R // 128), -(-C // 64)), np.uint8)
-            prepass._flag_tiles(Yt, Q.scale[a:a + R], Q.nh[a:a + R], Q.ne[a:a + R], Q.scale[c0:c0 + C],
-                                Q.ne[c0:c0 + C], Q.nhe[c0:c0 + C], np.float32(floor - MARGIN), -(R + C), 128, flags)
+            D = Q.reach(floor)
+            u = Q.ex + D * Q.ne.astype(np.float64)
+            prepass._flag_tiles(Yt, Q.scale[a:a + R], u[a:a + R].astype(np.float32), Q.ne[a:a + R], Q.scale[c0:c0 + C],
+                                Q.ne[c0:c0 + C], (floor - MARGIN - u[c0:c0 + C]).astype(np.float32), -(R + C), 128, flags)
             hit_r, hit_c = np.nonzero(S[a:a + R, c0:c0 + C] >= floor)
             assert flags[hit_r // 128, hit_c // 64].all()
-            assert flags.mean() < 0.9
+            if floor >= 0.9:
+                assert flags.mean() < 0.9
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), kind=st.sampled_from(["seed", "clusters", "adversarial"]),
+       floor=st.sampled_from([0.5, 0.9, 0.98, 0.995]), a=st.integers(0, 300), rows=st.integers(1, 200),
+       c0=st.integers(0, 400), cols=st.integers(1, 500))
+def test_ball_test_never_skips_a_tile_with_a_pair_above_the_floor(seed, kind, floor, a, rows, c0, cols):
+    """Int8Blocks.reachable_tiles: a column tile it skips holds no pair >= floor with any row of the
+    block (any block position and shape, aligned or not); on clustered rows it skips most tiles."""
+    rng = np.random.default_rng(seed)
+    n = 900
+    if kind == "seed":
+        X = canonical_vectors(seed_shaped(n, 64, seed=seed % 1000).vectors)
+    elif kind == "clusters":   # tight clusters in order: the ball test's good case, pairs at every distance
+        n = 896                # 7 clusters of 128 rows: each ball of 64 rows inside one cluster
+        centres = rng.standard_normal((7, 32))
+        X = unit_rows(np.repeat(centres, 128, axis=0) + rng.standard_normal((n, 32)) * rng.uniform(0.01, 0.2))
+    else:
+        X = adversarial(rng, n, 24)
+    Q = Quantized(X, 127)
+    blocks = prepass.Int8Blocks(np.ascontiguousarray(X, np.float32), Q, floor, 2, 64)
+    b, c1 = min(n, a + rows), min(n, c0 + cols)
+    keep = blocks.reachable_tiles(a, b, c0, c1)
+    assert keep.shape == (-(-(c1 - c0) // 64),)
+    S = all_pair_sims(X)[a:b, c0:c1]
+    hit_c = np.nonzero((S >= floor).any(axis=0))[0]
+    assert keep[hit_c // 64].all()
+    if kind == "clusters" and floor >= 0.9 and rows <= 64 and cols >= 400:
+        assert not keep.all()
 
 
 # ---------------------------------------------------------------------------------------------

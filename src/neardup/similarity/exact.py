@@ -349,6 +349,7 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
     if order is not None:
         f_src, f_dst = order[f_src], order[f_dst]
         meta["exact_fraction"] = round(blocks.pairs_exact / max(blocks.pairs_total, 1), 4)
+        meta["int8_fraction"] = round(blocks.pairs_int8 / max(blocks.pairs_total, 1), 4)
     return SimilarityForest(n, f_src, f_dst, f_w, float(floor), hist.sum(axis=0), meta)
 
 

@@ -2,11 +2,14 @@
 
 Per block of the upper triangle (rows in a locality order, :mod:`.locality`):
 
-1. the int8 GEMM of the rows' codes (:mod:`.quantized`, onnxruntime ``MatMulInteger``, exact
-   int32);
-2. one compiled test per pair, ``x^.y^ + B(x, y) + MARGIN >= floor``, marks each tile of
-   ``TILE_ROWS`` x 64 pairs that holds a *candidate*; a tile without one holds no pair >= floor
-   (the bound is proven, see :mod:`.quantized`);
+0. a ball test on tiles of 64 rows (centre, radius; a pair >= floor is within D of each other)
+   drops the column tiles no row of the block can reach (:meth:`Int8Blocks.reachable_tiles`);
+1. the int8 GEMM of the rows' codes against the remaining columns (:mod:`.quantized`,
+   onnxruntime ``MatMulInteger``, exact int32);
+2. one compiled test per pair, ``x^.y^ + u_x + u_y + |e_x||e_y| + MARGIN >= floor`` (the
+   near-pair bound, :meth:`.Quantized.near_bound`), marks each tile of ``TILE_ROWS`` x 64 pairs
+   that holds a *candidate*; a tile without one holds no pair >= floor (the bound is proven,
+   see :mod:`.quantized`);
 3. a float32 GEMM over the marked tiles (runs of adjacent tiles, one product each) gives their
    exact similarities (canonical vectors: every float32 dot product is exact);
 4. the same histogram + forest filter as the float32 pass scans those exact values.
@@ -31,18 +34,22 @@ TILE_ROWS = 128  # rows per tile; a tile is 64 columns wide (one bit mask per ro
 TILE_COLS = 64
 DENSE = 0.6      # a block with at least this share of marked tiles gets one full float32 GEMM
 GAP = 1          # adjacent runs of marked tiles closer than this many tiles become one product
+BALL = 64        # rows per ball of the coarse test that skips column tiles before the int8 GEMM
+BALL_GAP = 2     # runs of reachable column tiles closer than this many tiles become one int8 GEMM
+BALL_SLACK = 1e-4  # added to the coarse test's distances: far above the float32 Gram's error (< 4e-5)
 
 
 @nb.njit(cache=True, parallel=True, fastmath=True)
-def _flag_tiles(Yt, rs, rnh, rne, cs, cne, cnhe, thr, d, mr, flags):  # type: ignore[no-untyped-def]
+def _flag_tiles(Yt, rs, ru, rne, cs, cne, cthr, d, mr, flags):  # type: ignore[no-untyped-def]
     """flags[tr, tc] = 1 where tile (tr, tc) of a block holds a candidate pair.
 
     ``Yt[c, r]`` is the int32 product of column c's and row r's codes (the block transposed:
     the GEMM's left side is the column chunk, a plain slice of the codes). Pair (r, c) is in the
     upper triangle iff ``c - r > d``; a tile that straddles the diagonal is marked without a
     test, one entirely below it stays 0. Candidate (x = row r, y = column c):
-    ``rs_r cs_c Yt[c, r] + rnh_r cne_c + rne_r cnhe_c >= thr``, i.e. x^.y^ + B(x, y) >= thr, in
-    float32 (its rounding is covered by MARGIN in ``thr``).
+    ``rs_r cs_c Yt[c, r] + ru_r + rne_r cne_c >= cthr_c``, i.e. x^.y^ + u_x + |e_x| |e_y| >=
+    floor - MARGIN - u_y with u = a + D |e| (:meth:`.Quantized.near_bound`), in float32 (its
+    rounding is covered by MARGIN).
     """
     C, R = Yt.shape
     ntr = flags.shape[0]
@@ -61,7 +68,7 @@ def _flag_tiles(Yt, rs, rnh, rne, cs, cne, cnhe, thr, d, mr, flags):  # type: ig
         for c in range(c_lo, c_hi):
             a_ = cs[c]
             b_ = cne[c]
-            e_ = cnhe[c]
+            t_ = cthr[c]
             Yc = Yt[c]
             for tr in range(ntr):
                 if state[tr] != 0:
@@ -69,14 +76,42 @@ def _flag_tiles(Yt, rs, rnh, rne, cs, cne, cnhe, thr, d, mr, flags):  # type: ig
                 r0 = tr * mr
                 r1 = min(R, r0 + mr)
                 # slices indexed from 0 (no negative-index wraparound): plain vector loads
-                y_, s_, n_, h_ = Yc[r0:r1], rs[r0:r1], rnh[r0:r1], rne[r0:r1]
+                y_, s_, u_, h_ = Yc[r0:r1], rs[r0:r1], ru[r0:r1], rne[r0:r1]
                 hit = False
                 for r in range(y_.shape[0]):  # a boolean OR reduction: vector compares into mask registers
-                    hit |= a_ * s_[r] * np.float32(y_[r]) + n_[r] * b_ + h_[r] * e_ >= thr
+                    hit |= a_ * s_[r] * np.float32(y_[r]) + u_[r] + h_[r] * b_ >= t_
                 if hit:
                     state[tr] = 1
         for tr in range(ntr):
             flags[tr, tc] = 1 if state[tr] == 1 else 0
+
+
+@nb.njit(cache=True, parallel=True)
+def _tile_balls(X, t, centers, cn2, radii):  # type: ignore[no-untyped-def]
+    """Per tile of ``t`` consecutive rows: a centre (the float32 mean), |centre|^2 and the radius
+    max |x - centre| (float64, rounded up), so every row of the tile lies in that ball."""
+    n, d = X.shape
+    for k in nb.prange(centers.shape[0]):
+        r0 = k * t
+        r1 = min(n, r0 + t)
+        acc = np.zeros(d, np.float64)
+        for i in range(r0, r1):
+            for j in range(d):
+                acc[j] += X[i, j]
+        c2 = 0.0
+        for j in range(d):
+            c = np.float32(acc[j] / (r1 - r0))
+            centers[k, j] = c
+            c2 += np.float64(c) * np.float64(c)
+        cn2[k] = c2
+        rmax = 0.0
+        for i in range(r0, r1):
+            e = 0.0
+            for j in range(d):
+                v = np.float64(X[i, j]) - np.float64(centers[k, j])
+                e += v * v
+            rmax = max(rmax, e)
+        radii[k] = np.sqrt(rmax) * (1.0 + 2.0**-30) + 2.0**-40
 
 
 @nb.njit(cache=True, parallel=True)
@@ -176,37 +211,87 @@ def _runs(flags: np.ndarray, R: int, C: int, mr: int) -> list[tuple[int, int, in
     return out
 
 
+def _kept_runs(keep: np.ndarray, gap: int) -> list[tuple[int, int]]:
+    """Runs [start, end) of True in ``keep``, runs closer than ``gap`` False entries joined."""
+    idx = np.flatnonzero(keep)
+    if len(idx) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) > gap + 1)
+    starts = np.r_[idx[0], idx[breaks + 1]]
+    ends = np.r_[idx[breaks], idx[-1]] + 1
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
 class Int8Blocks:
     """Exact similarities of the pairs >= floor of an upper-triangle block, via the int8 pre-pass.
 
     ``Xp`` (canonical float32) and ``Q`` (its codes) are in the same row order. ``block(a, b,
     c0, c1)`` returns ``(E, runs)``: the exact values of the marked runs of rows [a, b) x
     columns [c0, c1) (see :func:`_scan_runs`), which hold every pair >= floor of the block.
+
+    Before the int8 GEMM, a coarser proven test skips whole column tiles: every run of
+    ``BALL`` rows lies in a ball (centre c, radius r; :func:`_tile_balls`), and a pair with
+    x.y >= floor has |x - y| <= D (:meth:`.Quantized.reach`), so two tiles hold no such pair when
+    |c_A - c_B| > r_A + r_B + D (triangle inequality). The GEMM then runs only over the column
+    tiles that some row tile of the block may reach (rows in a locality order: a narrow band).
     """
 
     def __init__(self, Xp: np.ndarray, Q: Quantized, floor: float, threads: int, max_block: int) -> None:
         self.Xp = Xp
         self.Q = Q
-        self.thr = np.float32(float(floor) - MARGIN)
         self.threads = threads
         self.codes = Q.codes()
+        # the tile test's per-row terms (near_bound): rows add u, columns move the threshold by -u
+        u = Q.near_shift(floor)
+        self.ru = u.astype(np.float32)
+        self.cthr = (float(floor) - MARGIN - u).astype(np.float32)
+        n = int(Xp.shape[0])
+        m = -(-n // BALL)
+        self.centers = np.empty((m, Xp.shape[1]), np.float32)
+        self.cn2 = np.empty(m)
+        self.radii = np.empty(m)
+        if n:
+            _tile_balls(Xp, BALL, self.centers, self.cn2, self.radii)
+        self.D = Q.reach(floor)
         self._bq: tuple[int, np.ndarray] | None = None  # the GEMM's right side: this row block's codes, transposed
         self.E = np.empty(max_block, np.float32)
         self.Y = np.empty(max_block, np.int32)
         self.pairs_total = 0     # pairs in the blocks
+        self.pairs_int8 = 0      # pairs in the int8 GEMM (the rest skipped by the ball test)
         self.pairs_exact = 0     # pairs whose exact value was computed
+
+    def reachable_tiles(self, a: int, b: int, c0: int, c1: int) -> np.ndarray:
+        """Per 64-column tile of [c0, c1) (from c0): whether a row of [a, b) may have a pair >= floor in it.
+
+        False is proven (ball test above): the centres' float32 Gram has an error below
+        512 * 2**-24 * |c_A| |c_B| < 4e-5 (|c| <= ~1), inside BALL_SLACK.
+        """
+        t = BALL
+        ra, rb, ca, cb = a // t, (b - 1) // t + 1, c0 // t, (c1 - 1) // t + 1
+        G = self.centers[ra:rb] @ self.centers[ca:cb].T
+        dist2 = self.cn2[ra:rb, None] + self.cn2[None, ca:cb] - 2.0 * G.astype(np.float64) - BALL_SLACK
+        reach = self.radii[ra:rb, None] + self.radii[None, ca:cb] + self.D
+        keep = (dist2 <= reach * reach).any(axis=0)
+        cols = np.repeat(keep, t)[c0 - ca * t:c1 - ca * t]
+        ntc = -(-(c1 - c0) // TILE_COLS)
+        return np.r_[cols, np.zeros(ntc * TILE_COLS - len(cols), bool)].reshape(ntc, TILE_COLS).any(axis=1)
 
     def block(self, a: int, b: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
         Q, Xp = self.Q, self.Xp
         R, C = b - a, c1 - c0
         if self._bq is None or self._bq[0] != a or self._bq[1].shape[1] != R:
             self._bq = (a, np.ascontiguousarray(self.codes[a:b].T))
-        Yt = int8_gemm(Q.u8[c0:c1], self._bq[1], self.threads, out=self.Y[:C * R].reshape(C, R))
         ntr = -(-R // TILE_ROWS)
         flags = np.zeros((ntr, -(-C // TILE_COLS)), np.uint8)
-        d = a - c0 if c0 <= a else -(R + C)
-        _flag_tiles(Yt, Q.scale[a:b], Q.nh[a:b], Q.ne[a:b], Q.scale[c0:c1], Q.ne[c0:c1], Q.nhe[c0:c1],
-                    self.thr, d, TILE_ROWS, flags)
+        for ts, te in _kept_runs(self.reachable_tiles(a, b, c0, c1), BALL_GAP):
+            cs, ce = c0 + ts * TILE_COLS, min(c1, c0 + te * TILE_COLS)
+            k0, k1 = ts * TILE_COLS, ce - c0
+            Yt = int8_gemm(Q.u8[cs:ce], self._bq[1], self.threads, out=self.Y[k0 * R:k1 * R].reshape(k1 - k0, R))
+            sub = np.zeros((ntr, te - ts), np.uint8)
+            _flag_tiles(Yt, Q.scale[a:b], self.ru[a:b], Q.ne[a:b], Q.scale[cs:ce], Q.ne[cs:ce], self.cthr[cs:ce],
+                        a - cs, TILE_ROWS, sub)
+            flags[:, ts:te] = sub
+            self.pairs_int8 += R * (ce - cs)
         Xr = Xp[a:b]
         if flags.mean() >= DENSE:
             gemm_nt(Xr, Xp[c0:c1], self.threads, out=self.E[:R * C].reshape(R, C))

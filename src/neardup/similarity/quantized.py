@@ -10,10 +10,22 @@ int8 kernel could saturate) and ``q = round(K / s)`` in [-L, L]; ``x^ = s q / 20
 
 ``x^.y^ = s_x s_y (q_x.q_y) / 2048**2`` and ``q_x.q_y`` is an exact integer (512 * 127 * 127 <
 2**31; onnxruntime's ``MatMulInteger`` accumulates in int32). So a pair with
-``x^.y^ + B(x, y) < floor`` is surely below the floor and needs no exact value; every other pair
-(a *candidate*) gets its exact float32 dot product. The norms are computed in float64 and
-rounded up; the float32 arithmetic of the test is covered by a margin (:data:`MARGIN`) far
-above its rounding error, so the test never drops a pair >= floor.
+``x^.y^ + B(x, y) < floor`` is surely below the floor and needs no exact value.
+
+The pass only asks whether a pair *can reach the floor*, and a pair that does is close:
+``|x - y|^2 = |x|^2 + |y|^2 - 2 x.y <= 2 M - 2 floor =: D^2`` (M the largest |x|^2; D = 0.2 at
+0.98). Substituting ``x^ = x - e_x`` and ``y^ = y - e_y`` (exact algebra):
+
+    x.y = x^.y^ + a_x + a_y + (x - y).(e_y - e_x) - e_x.e_y,      a_x := x.e_x (one number a row)
+
+so a pair with x.y >= floor has ``x.y <= x^.y^ + a_x + a_y + D (|e_x| + |e_y|) + |e_x| |e_y|``
+(Cauchy-Schwarz on the two last terms). Contrapositive: where the right side is < floor, so is
+x.y. Its error term is ~D (|e_x| + |e_y|) instead of ~|e_x| + |e_y|: 5x tighter at 0.98
+(:meth:`Quantized.near_bound`; the pass's test). Every other pair (a *candidate*) gets its
+exact float32 dot product. Norms and a_x are computed in float64 (|x|^2 exactly: canonical
+coordinates are multiples of 2**-11) and rounded up; the float32 arithmetic of the test is
+covered by a margin (:data:`MARGIN`) far above its rounding error, so the test never drops a
+pair >= floor.
 
 Kernel paths (:func:`kernel_path`), chosen once per process, all with identical results:
 
@@ -107,7 +119,7 @@ def describe_kernel(path: str | None = None) -> str:
 # quantisation and the bound
 # ---------------------------------------------------------------------------------------------
 @nb.njit(cache=True, parallel=True)
-def _quantize(X, level, u8, scale, nh, ne):  # type: ignore[no-untyped-def]
+def _quantize(X, level, u8, scale, nh, ne, ex, n2):  # type: ignore[no-untyped-def]
     """Codes and norms of each row (float64 arithmetic; see :class:`Quantized`)."""
     n, d = X.shape
     up = 1.0 + 2.0**-30
@@ -119,6 +131,8 @@ def _quantize(X, level, u8, scale, nh, ne):  # type: ignore[no-untyped-def]
         inv = level / m
         h2 = 0.0
         e2 = 0.0
+        xe = 0.0
+        x2 = 0.0
         for k in range(d):
             K = np.float64(X[i, k]) * 2048.0          # an exact integer (canonical vectors)
             q = min(max(np.rint(K * inv), -level), level)
@@ -126,9 +140,13 @@ def _quantize(X, level, u8, scale, nh, ne):  # type: ignore[no-untyped-def]
             xh = q * s                                 # 2048 x^
             h2 += xh * xh
             e2 += (K - xh) * (K - xh)
+            xe += K * (K - xh)
+            x2 += K * K                                # exact: integers below 2**53
         scale[i] = s / 2048.0
         nh[i] = np.sqrt(h2) / 2048.0 * up + 2.0**-40
         ne[i] = np.sqrt(e2) / 2048.0 * up + 2.0**-40
+        ex[i] = xe / (2048.0 * 2048.0) + abs(xe) * 2.0**-40 / (2048.0 * 2048.0) + 2.0**-40
+        n2[i] = x2 / (2048.0 * 2048.0)
 
 
 class Quantized:
@@ -137,9 +155,10 @@ class Quantized:
     ``u8`` = q + 128 (uint8; ``u8 ^ 128`` viewed as int8 is q); ``scale`` = s / 2048 (float32,
     so that x^.y^ = scale_x scale_y (q_x.q_y) up to float32 rounding); ``nh`` = |x^| and
     ``ne`` = |e|, computed in float64 and rounded up (float64 rounding is ~1e-13 relative, the
-    round-up 1e-9); ``nhe`` = nh + ne, so that B(x, y) = nh_x ne_y + ne_x nhe_y. The float32
-    roundings of scale, nh, ne, nhe and of the test itself stay below 1e-6, inside MARGIN.
-    Any codes q with |q| <= L give a valid bound; rounding to nearest makes it small.
+    round-up 1e-9); ``nhe`` = nh + ne, so that B(x, y) = nh_x ne_y + ne_x nhe_y. ``ex`` = x.e
+    (float64, rounded up) and ``n2`` = |x|^2 (float64, exact) serve :meth:`near_bound`. The
+    float32 roundings of scale, nh, ne, nhe and of the test itself stay below 1e-6, inside
+    MARGIN. Any codes q with |q| <= L give a valid bound; rounding to nearest makes it small.
     """
 
     def __init__(self, X: np.ndarray, level: int) -> None:
@@ -147,12 +166,22 @@ class Quantized:
         self.level = int(level)
         self.u8 = np.empty((n, d), np.uint8)
         scale, nh, ne = np.empty(n), np.empty(n), np.empty(n)
+        self.ex, self.n2 = np.empty(n), np.empty(n)
         if n:
-            _quantize(np.ascontiguousarray(X, dtype=np.float32), float(level), self.u8, scale, nh, ne)
+            _quantize(np.ascontiguousarray(X, dtype=np.float32), float(level), self.u8, scale, nh, ne, self.ex, self.n2)
         self.scale = scale.astype(np.float32)
         self.nh = nh.astype(np.float32)
         self.ne = ne.astype(np.float32)
         self.nhe = (nh + ne).astype(np.float32)
+
+    def reach(self, floor: float) -> float:
+        """D: the largest |x - y| of two of these rows with x.y >= ``floor`` (sqrt(2 max|x|^2 - 2 floor), rounded up)."""
+        m = float(self.n2.max()) if len(self.n2) else 1.0
+        return float(np.sqrt(max(0.0, 2.0 * m - 2.0 * float(floor)))) * (1.0 + 2.0**-30) + 2.0**-40
+
+    def near_shift(self, floor: float) -> np.ndarray:
+        """Per row, a_x + D |e_x| (float64): the row's share of :meth:`near_bound`."""
+        return self.ex + self.reach(floor) * self.ne.astype(np.float64)
 
     def take(self, order: np.ndarray) -> "Quantized":
         """The same codes in another row order."""
@@ -161,7 +190,7 @@ class Quantized:
         from .locality import take_rows
 
         out.u8 = take_rows(self.u8, order)
-        for name in ("scale", "nh", "ne", "nhe"):
+        for name in ("scale", "nh", "ne", "nhe", "ex", "n2"):
             setattr(out, name, getattr(self, name)[order])
         return out
 
@@ -173,6 +202,13 @@ class Quantized:
         """B(x_i, x_j) for index arrays (float64): the proven |x.y - x^.y^| bound, before MARGIN."""
         nh, ne = self.nh.astype(np.float64), self.ne.astype(np.float64)
         return nh[i] * ne[j] + ne[i] * nh[j] + ne[i] * ne[j]
+
+    def near_bound(self, i: np.ndarray, j: np.ndarray, floor: float) -> np.ndarray:
+        """An upper bound on x_i.x_j (float64, before MARGIN) for the pairs with x_i.x_j >= ``floor``:
+        x^.y^ + a_x + a_y + D (|e_x| + |e_y|) + |e_x| |e_y| (module docstring)."""
+        ne = self.ne.astype(np.float64)
+        u = self.near_shift(floor)
+        return self.approx(i, j) + u[i] + u[j] + ne[i] * ne[j]
 
     def approx(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """x^_i . x^_j (float64) from the exact integer dot products of the codes."""
