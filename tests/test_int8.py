@@ -155,8 +155,15 @@ def flag(Yt, Qr, Qc, floor, d, mr, flags):
     D = max(Qr.reach(floor), Qc.reach(floor))
     ur = Qr.ex + D * Qr.ne.astype(np.float64)
     uc = Qc.ex + D * Qc.ne.astype(np.float64)
-    prepass._flag_tiles(Yt, Qr.scale, ur.astype(np.float32), Qr.ne, Qc.scale, Qc.ne,
-                        (floor - MARGIN - uc).astype(np.float32), d, mr, flags)
+    flag_all(Yt, Qr.scale, ur.astype(np.float32), Qr.ne, Qc.scale, Qc.ne, (floor - MARGIN - uc).astype(np.float32),
+             d, mr, flags)
+
+
+def flag_all(Yt, *args):
+    """prepass._flag_tiles over one whole transposed product ``Yt`` (every column tile computed, one sub-block)."""
+    flags = args[-1]
+    toff = (np.arange(flags.shape[1]) * 64)[None]
+    prepass._flag_tiles(np.ascontiguousarray(Yt).reshape(-1), np.zeros(1, np.int64), toff, 1 << 30, *args)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -225,7 +232,7 @@ def test_flagged_tiles_cover_every_pair_above_the_floor():
             flags = np.zeros((-(-R // 128), -(-C // 64)), np.uint8)
             D = Q.reach(floor)
             u = Q.ex + D * Q.ne.astype(np.float64)
-            prepass._flag_tiles(Yt, Q.scale[a:a + R], u[a:a + R].astype(np.float32), Q.ne[a:a + R], Q.scale[c0:c0 + C],
+            flag_all(Yt, Q.scale[a:a + R], u[a:a + R].astype(np.float32), Q.ne[a:a + R], Q.scale[c0:c0 + C],
                                 Q.ne[c0:c0 + C], (floor - MARGIN - u[c0:c0 + C]).astype(np.float32), -(R + C), 128, flags)
             hit_r, hit_c = np.nonzero(S[a:a + R, c0:c0 + C] >= floor)
             assert flags[hit_r // 128, hit_c // 64].all()

@@ -34,24 +34,28 @@ TILE_ROWS = 128  # rows per tile; a tile is 64 columns wide (one bit mask per ro
 TILE_COLS = 64
 DENSE = 0.6      # a block with at least this share of marked tiles gets one full float32 GEMM
 GAP = 1          # adjacent runs of marked tiles closer than this many tiles become one product
+SUB_ROWS = 512   # rows per int8 GEMM: each sub-block of a block gets the column tiles its balls may reach
 BALL = 64        # rows per ball of the coarse test that skips column tiles before the int8 GEMM
-BALL_GAP = 2     # runs of reachable column tiles closer than this many tiles become one int8 GEMM
 BALL_SLACK = 1e-4  # added to the coarse test's distances: far above the float32 Gram's error (< 4e-5)
 
 
 @nb.njit(cache=True, parallel=True, fastmath=True)
-def _flag_tiles(Yt, rs, ru, rne, cs, cne, cthr, d, mr, flags):  # type: ignore[no-untyped-def]
+def _flag_tiles(Y, base, toff, sub, rs, ru, rne, cs, cne, cthr, d, mr, flags):  # type: ignore[no-untyped-def]
     """flags[tr, tc] = 1 where tile (tr, tc) of a block holds a candidate pair.
 
-    ``Yt[c, r]`` is the int32 product of column c's and row r's codes (the block transposed:
-    the GEMM's left side is the column chunk, a plain slice of the codes). Pair (r, c) is in the
+    The block's rows come in sub-blocks of ``sub`` rows (a multiple of ``mr``); sub-block g's
+    int8 products are the matrix ``Y[base[g]:]`` of shape (columns, its rows) -- the block
+    transposed: the GEMM's left side is the columns' codes, its reachable column tiles one after
+    another -- and column tile tc starts at its row ``toff[g, tc]`` (< 0: the tile was skipped,
+    it holds no candidate). Pair (r, c) is in the
     upper triangle iff ``c - r > d``; a tile that straddles the diagonal is marked without a
     test, one entirely below it stays 0. Candidate (x = row r, y = column c):
-    ``rs_r cs_c Yt[c, r] + ru_r + rne_r cne_c >= cthr_c``, i.e. x^.y^ + u_x + |e_x| |e_y| >=
+    ``rs_r cs_c (q_x.q_y) + ru_r + rne_r cne_c >= cthr_c``, i.e. x^.y^ + u_x + |e_x| |e_y| >=
     floor - MARGIN - u_y with u = a + D |e| (:meth:`.Quantized.near_bound`), in float32 (its
     rounding is covered by MARGIN).
     """
-    C, R = Yt.shape
+    R = rs.shape[0]
+    C = cs.shape[0]
     ntr = flags.shape[0]
     ntc = flags.shape[1]
     for tc in nb.prange(ntc):
@@ -61,7 +65,7 @@ def _flag_tiles(Yt, rs, ru, rne, cs, cne, cthr, d, mr, flags):  # type: ignore[n
         for tr in range(ntr):
             r0 = tr * mr
             r1 = min(R, r0 + mr)
-            if c_hi - 1 - r0 <= d:
+            if toff[r0 // sub, tc] < 0 or c_hi - 1 - r0 <= d:
                 state[tr] = 2
             elif c_lo - (r1 - 1) <= d:
                 state[tr] = 1
@@ -69,14 +73,16 @@ def _flag_tiles(Yt, rs, ru, rne, cs, cne, cthr, d, mr, flags):  # type: ignore[n
             a_ = cs[c]
             b_ = cne[c]
             t_ = cthr[c]
-            Yc = Yt[c]
             for tr in range(ntr):
                 if state[tr] != 0:
                     continue
                 r0 = tr * mr
                 r1 = min(R, r0 + mr)
+                g = r0 // sub
+                q0 = g * sub
+                start = base[g] + (toff[g, tc] + c - c_lo) * (min(R, q0 + sub) - q0) + r0 - q0
                 # slices indexed from 0 (no negative-index wraparound): plain vector loads
-                y_, s_, u_, h_ = Yc[r0:r1], rs[r0:r1], ru[r0:r1], rne[r0:r1]
+                y_, s_, u_, h_ = Y[start:start + r1 - r0], rs[r0:r1], ru[r0:r1], rne[r0:r1]
                 hit = False
                 for r in range(y_.shape[0]):  # a boolean OR reduction: vector compares into mask registers
                     hit |= a_ * s_[r] * np.float32(y_[r]) + u_[r] + h_[r] * b_ >= t_
@@ -211,17 +217,6 @@ def _runs(flags: np.ndarray, R: int, C: int, mr: int) -> list[tuple[int, int, in
     return out
 
 
-def _kept_runs(keep: np.ndarray, gap: int) -> list[tuple[int, int]]:
-    """Runs [start, end) of True in ``keep``, runs closer than ``gap`` False entries joined."""
-    idx = np.flatnonzero(keep)
-    if len(idx) == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(idx) > gap + 1)
-    starts = np.r_[idx[0], idx[breaks + 1]]
-    ends = np.r_[idx[breaks], idx[-1]] + 1
-    return list(zip(starts.tolist(), ends.tolist()))
-
-
 class Int8Blocks:
     """Exact similarities of the pairs >= floor of an upper-triangle block, via the int8 pre-pass.
 
@@ -253,7 +248,7 @@ class Int8Blocks:
         if n:
             _tile_balls(Xp, BALL, self.centers, self.cn2, self.radii)
         self.D = Q.reach(floor)
-        self._bq: tuple[int, np.ndarray] | None = None  # the GEMM's right side: this row block's codes, transposed
+        self._bq: tuple[int, int, list[np.ndarray]] | None = None  # the GEMM's right side: this row block's codes
         self.E = np.empty(max_block, np.float32)
         self.Y = np.empty(max_block, np.int32)
         self.pairs_total = 0     # pairs in the blocks
@@ -279,19 +274,37 @@ class Int8Blocks:
     def block(self, a: int, b: int, c0: int, c1: int) -> tuple[np.ndarray, np.ndarray]:
         Q, Xp = self.Q, self.Xp
         R, C = b - a, c1 - c0
-        if self._bq is None or self._bq[0] != a or self._bq[1].shape[1] != R:
-            self._bq = (a, np.ascontiguousarray(self.codes[a:b].T))
+        S = SUB_ROWS
+        if self._bq is None or self._bq[0] != a or self._bq[1] != R:  # per sub-block: its codes, transposed
+            self._bq = (a, R, [np.ascontiguousarray(self.codes[s:min(b, s + S)].T) for s in range(a, b, S)])
         ntr = -(-R // TILE_ROWS)
-        flags = np.zeros((ntr, -(-C // TILE_COLS)), np.uint8)
-        for ts, te in _kept_runs(self.reachable_tiles(a, b, c0, c1), BALL_GAP):
-            cs, ce = c0 + ts * TILE_COLS, min(c1, c0 + te * TILE_COLS)
-            k0, k1 = ts * TILE_COLS, ce - c0
-            Yt = int8_gemm(Q.u8[cs:ce], self._bq[1], self.threads, out=self.Y[k0 * R:k1 * R].reshape(k1 - k0, R))
-            sub = np.zeros((ntr, te - ts), np.uint8)
-            _flag_tiles(Yt, Q.scale[a:b], self.ru[a:b], Q.ne[a:b], Q.scale[cs:ce], Q.ne[cs:ce], self.cthr[cs:ce],
-                        a - cs, TILE_ROWS, sub)
-            flags[:, ts:te] = sub
-            self.pairs_int8 += R * (ce - cs)
+        ntc = -(-C // TILE_COLS)
+        flags = np.zeros((ntr, ntc), np.uint8)
+        nsb = len(self._bq[2])
+        toff = np.full((nsb, ntc), -1, np.int64)
+        base = np.zeros(nsb, np.int64)
+        pos = 0
+        for g, s in enumerate(range(a, b, S)):
+            e = min(b, s + S)
+            tiles = np.flatnonzero(self.reachable_tiles(s, e, c0, c1))
+            base[g] = pos
+            if len(tiles) == 0:
+                continue
+            # one int8 GEMM over the column tiles this sub-block may reach, gathered (one call)
+            width = np.minimum(C - tiles * TILE_COLS, TILE_COLS)
+            toff[g, tiles] = np.r_[0, np.cumsum(width)[:-1]]
+            m = int(width.sum())
+            if m == C:
+                A = Q.u8[c0:c1]
+            else:
+                cols = (c0 + tiles * TILE_COLS)[:, None] + np.arange(TILE_COLS)[None]
+                A = Q.u8[cols[np.arange(TILE_COLS)[None] < width[:, None]]]
+            int8_gemm(A, self._bq[2][g], self.threads, out=self.Y[pos:pos + m * (e - s)].reshape(m, e - s))
+            pos += m * (e - s)
+        if pos:
+            _flag_tiles(self.Y, base, toff, S, Q.scale[a:b], self.ru[a:b], Q.ne[a:b], Q.scale[c0:c1], Q.ne[c0:c1],
+                        self.cthr[c0:c1], a - c0, TILE_ROWS, flags)
+        self.pairs_int8 += pos
         Xr = Xp[a:b]
         if flags.mean() >= DENSE:
             gemm_nt(Xr, Xp[c0:c1], self.threads, out=self.E[:R * C].reshape(R, C))
