@@ -315,7 +315,9 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
         Q = Quantized(X, LEVELS[path])
         order = locality_order(Q.u8, Q.scale)
         X = take_rows(np.asarray(X, dtype=np.float32), order)
-        blocks = Int8Blocks(X, Q.take(order), floor, T, min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)))
+        Q = Q.take(order)  # the unordered codes go (memory)
+        blocks = Int8Blocks(X, Q, floor, T, min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)))
+        del Q
     buf = np.empty(min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)), dtype=np.float32) if blocks is None else None
     # the int8 path walks row blocks from the last (see prepass._scan_runs: rows in a locality order)
     starts = range(0, n, block_rows)

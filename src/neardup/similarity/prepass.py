@@ -235,7 +235,6 @@ class Int8Blocks:
         self.Xp = Xp
         self.Q = Q
         self.threads = threads
-        self.codes = Q.codes()
         # the tile test's per-row terms (near_bound): rows add u, columns move the threshold by -u
         u = Q.near_shift(floor)
         self.ru = u.astype(np.float32)
@@ -276,35 +275,33 @@ class Int8Blocks:
         R, C = b - a, c1 - c0
         S = SUB_ROWS
         if self._bq is None or self._bq[0] != a or self._bq[1] != R:  # per sub-block: its codes, transposed
-            self._bq = (a, R, [np.ascontiguousarray(self.codes[s:min(b, s + S)].T) for s in range(a, b, S)])
+            self._bq = (a, R, [np.ascontiguousarray((Q.u8[s:min(b, s + S)] ^ np.uint8(128)).view(np.int8).T)
+                               for s in range(a, b, S)])
         ntr = -(-R // TILE_ROWS)
         ntc = -(-C // TILE_COLS)
         flags = np.zeros((ntr, ntc), np.uint8)
-        nsb = len(self._bq[2])
-        toff = np.full((nsb, ntc), -1, np.int64)
-        base = np.zeros(nsb, np.int64)
-        pos = 0
+        zero = np.zeros(1, np.int64)
         for g, s in enumerate(range(a, b, S)):
             e = min(b, s + S)
             tiles = np.flatnonzero(self.reachable_tiles(s, e, c0, c1))
-            base[g] = pos
             if len(tiles) == 0:
                 continue
-            # one int8 GEMM over the column tiles this sub-block may reach, gathered (one call)
+            # one int8 GEMM over the column tiles this sub-block may reach, gathered (one call), into
+            # the buffer's first R_g x C entries (a sub-block at a time: fewer resident pages)
             width = np.minimum(C - tiles * TILE_COLS, TILE_COLS)
-            toff[g, tiles] = np.r_[0, np.cumsum(width)[:-1]]
+            toff = np.full((1, ntc), -1, np.int64)
+            toff[0, tiles] = np.r_[0, np.cumsum(width)[:-1]]
             m = int(width.sum())
             if m == C:
                 A = Q.u8[c0:c1]
             else:
                 cols = (c0 + tiles * TILE_COLS)[:, None] + np.arange(TILE_COLS)[None]
                 A = Q.u8[cols[np.arange(TILE_COLS)[None] < width[:, None]]]
-            int8_gemm(A, self._bq[2][g], self.threads, out=self.Y[pos:pos + m * (e - s)].reshape(m, e - s))
-            pos += m * (e - s)
-        if pos:
-            _flag_tiles(self.Y, base, toff, S, Q.scale[a:b], self.ru[a:b], Q.ne[a:b], Q.scale[c0:c1], Q.ne[c0:c1],
-                        self.cthr[c0:c1], a - c0, TILE_ROWS, flags)
-        self.pairs_int8 += pos
+            int8_gemm(A, self._bq[2][g], self.threads, out=self.Y[:m * (e - s)].reshape(m, e - s))
+            t0, t1 = (s - a) // TILE_ROWS, -(-(e - a) // TILE_ROWS)
+            _flag_tiles(self.Y, zero, toff, S, Q.scale[s:e], self.ru[s:e], Q.ne[s:e], Q.scale[c0:c1], Q.ne[c0:c1],
+                        self.cthr[c0:c1], s - c0, TILE_ROWS, flags[t0:t1])
+            self.pairs_int8 += m * (e - s)
         Xr = Xp[a:b]
         if flags.mean() >= DENSE:
             gemm_nt(Xr, Xp[c0:c1], self.threads, out=self.E[:R * C].reshape(R, C))
