@@ -142,6 +142,34 @@ def merge_kept_edges(n: int, forest: tuple[np.ndarray, np.ndarray, np.ndarray],
     return _merge_kruskal(n, *forest, src[order], dst[order], w[order])
 
 
+@nb.njit(cache=True, inline="always")
+def visit_hit(s, i, j, t, cnt, edges, levels, lev_of_bin, flat, uf, hist, out_src, out_dst, out_w):  # type: ignore[no-untyped-def]
+    """One pair (i, j) with similarity ``s`` >= floor, seen by scan thread t: count it in the
+    histogram and keep it as an edge unless the level filter shows i and j already joined at a
+    level >= s (the forest so far in ``flat``, this thread's unions in ``uf[t]``); a kept edge
+    joins i and j at every level <= s. Returns the new count of kept edges (``cnt`` + 0 or 1).
+    Shared by the float32 scan and the int8 pass's scan (:mod:`.prepass`).
+    """
+    b, sd = _hist_bin(s, edges)
+    hist[t, b] += 1
+    la = lev_of_bin[b]
+    if flat[la, i] == flat[la, j]:
+        return cnt
+    if _find(uf[t, la], i) == _find(uf[t, la], j):
+        return cnt
+    out_src[t, cnt] = i
+    out_dst[t, cnt] = j
+    out_w[t, cnt] = sd
+    nlev = levels.shape[0]
+    lv = la
+    while lv < nlev and levels[lv] > sd:
+        lv += 1
+    # levels are nested: once joined at one level, joined at every level below
+    while lv < nlev and _union(uf[t, lv], i, j):
+        lv += 1
+    return cnt + 1
+
+
 @nb.njit(cache=True, parallel=True)
 def _scan_block(S, row0, col0, diagonal, f32floor, edges, levels, lev_of_bin, flat, uf, hist,
                 out_src, out_dst, out_w, out_n, row_lo, row_hi):
@@ -152,7 +180,6 @@ def _scan_block(S, row0, col0, diagonal, f32floor, edges, levels, lev_of_bin, fl
     """
     nthreads = row_lo.shape[0]
     ncols = S.shape[1]
-    nlev = levels.shape[0]
     cap = out_src.shape[1]
     for t in nb.prange(nthreads):
         cnt = out_n[t]
@@ -173,25 +200,8 @@ def _scan_block(S, row0, col0, diagonal, f32floor, edges, levels, lev_of_bin, fl
                 while mask:
                     c = c_lo + lowest_bit(mask)
                     mask &= mask - np.uint64(1)
-                    s = S[r, c]
-                    b, sd = _hist_bin(s, edges)
-                    hist[t, b] += 1
-                    la = lev_of_bin[b]
-                    j = col0 + c
-                    if flat[la, i] == flat[la, j]:
-                        continue
-                    if _find(uf[t, la], i) == _find(uf[t, la], j):
-                        continue
-                    out_src[t, cnt] = i
-                    out_dst[t, cnt] = j
-                    out_w[t, cnt] = sd
-                    cnt += 1
-                    lv = la
-                    while lv < nlev and levels[lv] > sd:
-                        lv += 1
-                    # levels are nested: once joined at one level, joined at every level below
-                    while lv < nlev and _union(uf[t, lv], i, j):
-                        lv += 1
+                    cnt = visit_hit(S[r, c], i, col0 + c, t, cnt, edges, levels, lev_of_bin, flat, uf, hist,
+                                    out_src, out_dst, out_w)
             r += 1
         row_lo[t] = r
         out_n[t] = cnt

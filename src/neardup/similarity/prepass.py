@@ -26,7 +26,8 @@ import numpy as np
 
 from ..jit import nb
 from .bitmask import lowest_bit, row_mask
-from .forest import _find, _hist_bin, _union, ceil_f32, hist_edges
+from .exact import visit_hit
+from .forest import ceil_f32, hist_edges
 from .ortgemm import gemm_nt, int8_gemm
 from .quantized import MARGIN, Quantized
 
@@ -136,7 +137,6 @@ def _scan_runs(E, run_r, run_nr, run_c, run_len, run_off, g_start, row0, col0, f
     output buffer might overflow. Only pairs with global column > global row count.
     """
     T = t_grp.shape[0]
-    nlev = levels.shape[0]
     cap = out_src.shape[1]
     for t in nb.prange(T):
         cnt = out_n[t]
@@ -170,24 +170,8 @@ def _scan_runs(E, run_r, run_nr, run_c, run_len, run_off, g_start, row0, col0, f
                         while mask:
                             c = c_lo + lowest_bit(mask)
                             mask &= mask - np.uint64(1)
-                            s = S[rr, c]
-                            b, sd = _hist_bin(s, edges)
-                            hist[t, b] += 1
-                            la = lev_of_bin[b]
-                            j = cbase + c
-                            if flat[la, i] == flat[la, j]:
-                                continue
-                            if _find(uf[t, la], i) == _find(uf[t, la], j):
-                                continue
-                            out_src[t, cnt] = i
-                            out_dst[t, cnt] = j
-                            out_w[t, cnt] = sd
-                            cnt += 1
-                            lv = la
-                            while lv < nlev and levels[lv] > sd:
-                                lv += 1
-                            while lv < nlev and _union(uf[t, lv], i, j):
-                                lv += 1
+                            cnt = visit_hit(S[rr, c], i, cbase + c, t, cnt, edges, levels, lev_of_bin, flat, uf,
+                                            hist, out_src, out_dst, out_w)
                 left -= 1
             if full:
                 break
