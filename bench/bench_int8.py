@@ -21,7 +21,7 @@ between ``cli`` and ``cli-float32``.
 process (load the .npy, 1,000-row blocks, every pair >= t with ``np.nonzero``, scipy
 ``connected_components``); ``cli`` -- ``neardup dedup`` as a process. Target: cli / naive <= 0.5.
 
-    .venv/bin/python bench/bench_int8.py --repeats 3
+    .venv/bin/python bench/bench_int8.py --repeats 3 [--before /path/to/other/checkout/src]
 
 Writes bench/results/int8-<n>.json and prints the Markdown tables for docs/benchmarks.md.
 """
@@ -83,9 +83,12 @@ def python() -> str:
     return sys.executable
 
 
-def env_with_src(**extra: str) -> dict:
+BEFORE: Path | None = None  # --before: another checkout's src/, run as the case cli-before
+
+
+def env_with_src(src: Path | None = None, **extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "NEARDUP_KERNEL"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(src or ROOT / "src"), env.get("PYTHONPATH", "")])
     env.update(extra)
     return env
 
@@ -104,7 +107,8 @@ def timed_process(args: list[str], env: dict, cwd: Path) -> dict:
         stdout, stderr = out.read(), err.read()
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(args)} failed ({p.returncode}):\n{stderr[-3000:]}")
-    return {"seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "load_1min": load, "stdout": stdout}
+    return {"seconds": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "load_1min": load, "stdout": stdout}
 
 
 def prepare(n: int, work: Path) -> Path:
@@ -138,9 +142,9 @@ def fresh_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def cli_dedup(data: Path, work: Path, kernel: str | None) -> dict:
+def cli_dedup(data: Path, work: Path, kernel: str | None, src: Path | None = None) -> dict:
     cat = fresh_copy(data, work / "run")
-    env = env_with_src(**({"NEARDUP_KERNEL": kernel} if kernel else {}))
+    env = env_with_src(src, **({"NEARDUP_KERNEL": kernel} if kernel else {}))
     res = timed_process([str(Path(python()).with_name("neardup")), "dedup", "--threshold", str(THRESHOLD),
                          "--prefer", "score,brightness", "--db", "c.duckdb"], env, cat)
     lines = [ln.strip() for ln in res.pop("stdout").splitlines()]
@@ -175,8 +179,9 @@ def gemm(data: Path) -> dict:
         "from bench_core import bare_upper_triangle_gemm\n"
         "X = np.ascontiguousarray(np.load('vectors.npy'))\n"
         "bare_upper_triangle_gemm(X[:2048])\n"
-        "t0 = time.perf_counter(); bare_upper_triangle_gemm(X); dt = time.perf_counter() - t0\n"
-        "print(json.dumps({'seconds': dt, 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
+        "c0 = time.process_time(); t0 = time.perf_counter(); bare_upper_triangle_gemm(X)\n"
+        "dt = time.perf_counter() - t0; dc = time.process_time() - c0\n"
+        "print(json.dumps({'seconds': dt, 'cpu_s': dc, 'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))\n"
     )
     load = os.getloadavg()[0]
     r = subprocess.run([python(), "-c", code], env=env_with_src(), cwd=data, capture_output=True, text=True, check=True)
@@ -209,17 +214,23 @@ def section(name: str, n: int, cases: list[str], repeats: int, work: Path) -> di
                 row[case] = cli_dedup(data, work, None)
             elif case == "cli-float32":
                 row[case] = cli_dedup(data, work, "float32")
+            elif case == "cli-before":
+                row[case] = cli_dedup(data, work, None, BEFORE)
             else:
                 raise SystemExit(f"unknown case {case}")
         rounds.append(row)
         print(f"{name} round {k + 1}: " + ", ".join(
-            f"{c} {row[c]['seconds']:.2f}s/{row[c]['peak_rss_mb']:.0f}MB (load {row[c]['load_1min']:.1f})" for c in cases),
+            f"{c} {row[c]['seconds']:.2f}s/{row[c]['cpu_s']:.1f}cpu/{row[c]['peak_rss_mb']:.0f}MB (load {row[c]['load_1min']:.1f})"
+            for c in cases),
             file=sys.stderr, flush=True)
     med = {c: statistics.median(r[c]["seconds"] for r in rounds) for c in cases}
+    med_cpu = {c: statistics.median(r[c]["cpu_s"] for r in rounds) for c in cases}
     rss = {c: max(r[c]["peak_rss_mb"] for r in rounds) for c in cases}
     base = "gemm" if "gemm" in cases else "naive"
     ratios = {c: median_ratio(rounds, c, base) for c in cases}
+    cpu_ratios = {c: statistics.median(r[c]["cpu_s"] / r[base]["cpu_s"] for r in rounds) for c in cases}
     out = {"n": n, "threshold": THRESHOLD, "repeats": repeats, "median_seconds": med, "max_peak_rss_mb": rss,
+           "median_cpu_s": med_cpu, "median_cpu_ratio": cpu_ratios,
            "median_ratio_to": base, "median_ratio": ratios,
            "load_1min": [r[c]["load_1min"] for r in rounds for c in cases], "rounds": rounds}
     if "cli" in cases and "cli-float32" in cases:
@@ -228,13 +239,21 @@ def section(name: str, n: int, cases: list[str], repeats: int, work: Path) -> di
                    and r["cli"]["forest"] == r["cli-float32"]["forest"] for r in rounds)
         out["identical_results"] = same
         out["median_ratio"]["cli/cli-float32"] = median_ratio(rounds, "cli", "cli-float32")
+    if "cli" in cases and "cli-before" in cases:
+        out["identical_to_before"] = all(r["cli"]["summary"] == r["cli-before"]["summary"]
+                                         and r["cli"]["groups_lines"] == r["cli-before"]["groups_lines"]
+                                         and r["cli"]["forest"] == r["cli-before"]["forest"] for r in rounds)
+        out["median_ratio"]["cli/cli-before"] = median_ratio(rounds, "cli", "cli-before")
     return out
 
 
 def table(res: dict) -> str:
-    lines = ["| case | median s | x " + res["median_ratio_to"] + " (same round, median) | peak RSS MB |", "|---|---|---|---|"]
+    base = res["median_ratio_to"]
+    lines = [f"| case | median s | x {base} (same round, median) | CPU s | CPU x {base} | peak RSS MB |",
+             "|---|---|---|---|---|---|"]
     for c, s in res["median_seconds"].items():
-        lines.append(f"| {c} | {s:.2f} | {res['median_ratio'][c]:.2f} | {res['max_peak_rss_mb'][c]:.0f} |")
+        lines.append(f"| {c} | {s:.2f} | {res['median_ratio'][c]:.2f} | {res['median_cpu_s'][c]:.1f} | "
+                     f"{res['median_cpu_ratio'][c]:.2f} | {res['max_peak_rss_mb'][c]:.0f} |")
     return "\n".join(lines)
 
 
@@ -243,9 +262,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--big", type=int, default=100_000, help="rows of the large section (0: skip)")
     ap.add_argument("--seed-twin", type=int, default=12_217, help="rows of the seed twin section (0: skip)")
+    ap.add_argument("--before", type=Path, help="another checkout's src/: adds the case cli-before (same CLI, that code)")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("NEARDUP_BENCH_CACHE", "/tmp")) / "neardup-bench-int8")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
+    global BEFORE
+    BEFORE = args.before.resolve() if args.before else None
     sys.path.insert(0, str(ROOT / "src"))
     from neardup.cpu import planned_kernel_path
 
@@ -256,8 +278,8 @@ def main() -> None:
     if args.seed_twin:
         info["sections"]["seed_twin"] = section("seed twin", args.seed_twin, ["naive", "cli"], args.repeats, args.work)
     if args.big:
-        info["sections"]["big"] = section(f"{args.big:,}", args.big, ["gemm", "cli", "cli-float32"], args.repeats,
-                                          args.work)
+        info["sections"]["big"] = section(f"{args.big:,}", args.big, ["gemm", "cli", "cli-float32"]
+                                          + (["cli-before"] if BEFORE else []), args.repeats, args.work)
     info["load_1min_end"] = os.getloadavg()[0]
     out = HERE / "results" / f"int8-{args.big or args.seed_twin}.json"
     out.parent.mkdir(exist_ok=True)
@@ -270,6 +292,9 @@ def main() -> None:
         print(table(res))
         if "cli/cli-float32" in res["median_ratio"]:
             print(f"\ncli / cli-float32 (same round, median): {res['median_ratio']['cli/cli-float32']:.2f}")
+        if "cli/cli-before" in res["median_ratio"]:
+            print(f"cli / cli-before (same round, median): {res['median_ratio']['cli/cli-before']:.2f}; "
+                  f"identical results: {res['identical_to_before']}")
         print()
     print(f"wrote {out.relative_to(ROOT)}")
 
