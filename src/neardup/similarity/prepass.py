@@ -232,8 +232,9 @@ class Int8Blocks:
             _tile_balls(Xp, BALL, self.centers, self.cn2, self.radii)
         self.D = Q.reach(floor)
         self._bq: tuple[int, int, list[np.ndarray]] | None = None  # the GEMM's right side: this row block's codes
+        # one buffer: the int32 products are dead once the tile test has run, before exact values go in
         self.E = np.empty(max_block, np.float32)
-        self.Y = np.empty(max_block, np.int32)
+        self.Y = self.E.view(np.int32)
         self.pairs_total = 0     # pairs in the blocks
         self.pairs_int8 = 0      # pairs in the int8 GEMM (the rest skipped by the ball test)
         self.pairs_exact = 0     # pairs whose exact value was computed
@@ -264,28 +265,33 @@ class Int8Blocks:
         ntr = -(-R // TILE_ROWS)
         ntc = -(-C // TILE_COLS)
         flags = np.zeros((ntr, ntc), np.uint8)
-        zero = np.zeros(1, np.int64)
+        nsb = len(self._bq[2])
+        toff = np.full((nsb, ntc), -1, np.int64)
+        base = np.zeros(nsb, np.int64)
+        pos = 0
         for g, s in enumerate(range(a, b, S)):
             e = min(b, s + S)
             tiles = np.flatnonzero(self.reachable_tiles(s, e, c0, c1))
+            base[g] = pos
             if len(tiles) == 0:
                 continue
-            # one int8 GEMM over the column tiles this sub-block may reach, gathered (one call), into
-            # the buffer's first R_g x C entries (a sub-block at a time: fewer resident pages)
+            # one int8 GEMM over the column tiles this sub-block may reach, gathered (one call); the
+            # products of all sub-blocks one after another, so one tile test serves the block (one
+            # parallel region per block: on a loaded machine each region waits for its slowest thread)
             width = np.minimum(C - tiles * TILE_COLS, TILE_COLS)
-            toff = np.full((1, ntc), -1, np.int64)
-            toff[0, tiles] = np.r_[0, np.cumsum(width)[:-1]]
+            toff[g, tiles] = np.r_[0, np.cumsum(width)[:-1]]
             m = int(width.sum())
             if m == C:
                 A = Q.u8[c0:c1]
             else:
                 cols = (c0 + tiles * TILE_COLS)[:, None] + np.arange(TILE_COLS)[None]
                 A = Q.u8[cols[np.arange(TILE_COLS)[None] < width[:, None]]]
-            int8_gemm(A, self._bq[2][g], self.threads, out=self.Y[:m * (e - s)].reshape(m, e - s))
-            t0, t1 = (s - a) // TILE_ROWS, -(-(e - a) // TILE_ROWS)
-            _flag_tiles(self.Y, zero, toff, S, Q.scale[s:e], self.ru[s:e], Q.ne[s:e], Q.scale[c0:c1], Q.ne[c0:c1],
-                        self.cthr[c0:c1], s - c0, TILE_ROWS, flags[t0:t1])
-            self.pairs_int8 += m * (e - s)
+            int8_gemm(A, self._bq[2][g], self.threads, out=self.Y[pos:pos + m * (e - s)].reshape(m, e - s))
+            pos += m * (e - s)
+        if pos:
+            _flag_tiles(self.Y, base, toff, S, Q.scale[a:b], self.ru[a:b], Q.ne[a:b], Q.scale[c0:c1], Q.ne[c0:c1],
+                        self.cthr[c0:c1], a - c0, TILE_ROWS, flags)
+        self.pairs_int8 += pos
         Xr = Xp[a:b]
         if flags.mean() >= DENSE:
             gemm_nt(Xr, Xp[c0:c1], self.threads, out=self.E[:R * C].reshape(R, C))
