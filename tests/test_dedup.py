@@ -208,3 +208,19 @@ def test_vanished_images_are_left_out_of_runs(db):
         res = dedup(cat, 0.99)
     ids = sorted(r["image_id"] for r in res.members.to_pylist())
     assert ids == ["b", "c"] and res.summary["suppressed"] == 0
+
+
+def test_index_auto_is_exact_up_to_the_limit_then_ann(monkeypatch):
+    # --index auto: exact while it is the faster pass (up to AUTO_EXACT_MAX vectors), ANN above; both
+    # passes agree with the reference on clearly separated data
+    import neardup.dedup as dd
+
+    assert dd.AUTO_EXACT_MAX >= 12_217  # the seed twin's size stays exact
+    X = clustered_vectors(np.random.default_rng(3), 300, 24, 30, 0.02)
+    labels, _ = reference_groups(X, 0.9)
+    monkeypatch.setattr(dd, "AUTO_EXACT_MAX", 300)
+    exact = dd.compute_forest(X, 0.9, index="auto")
+    monkeypatch.setattr(dd, "AUTO_EXACT_MAX", 299)
+    ann = dd.compute_forest(X, 0.9, index="auto")
+    assert exact.meta["engine"] == "exact" and ann.meta["engine"] == "ann"
+    assert same_partition(exact.components(0.9), labels) and same_partition(ann.components(0.9), labels)

@@ -33,7 +33,7 @@ from .similarity.matchscan import match_matrix
 ProgressFn = Callable[[int, int], None]
 FORMATS = ("csv", "parquet", "json")
 INDEXES = ("exact", "ann", "auto")
-AUTO_ANN_MIN_CATALOG = 300_000  # --index auto: ANN only above this many catalog images (dedup's rule) ...
+AUTO_ANN_MIN_CATALOG = 300_000  # --index auto: ANN only above this many catalog images (exact match runs at the GEMM's speed) ...
 AUTO_ANN_MIN_QUERIES = 2_000    # ... and this many queries (below, partitioning the catalog costs more than it saves)
 
 
