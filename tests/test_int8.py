@@ -89,19 +89,24 @@ def test_float_tile_gemm_is_exact_on_canonical_vectors():
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def vectors_of_kind(kind: str, rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    """Unit rows for the bound properties: ``gauss`` (random), ``adversarial`` (see :func:`adversarial`)
+    or ``near`` (one direction plus noise of a random scale: near-duplicates at every threshold)."""
+    if kind == "gauss":
+        return unit_rows(rng.standard_normal((n, d)))
+    if kind == "adversarial":
+        return adversarial(rng, n, d)
+    base = rng.standard_normal(d)
+    return unit_rows(base + rng.standard_normal((n, d)) * rng.uniform(1e-3, 0.3))
+
+
 @given(seed=st.integers(0, 2**32 - 1), d=st.sampled_from([2, 3, 16, 64, 512]), level=st.sampled_from([127, 63]),
        kind=st.sampled_from(["gauss", "adversarial", "near"]))
 def test_error_bound_holds_for_every_pair(seed, d, level, kind):
     """|x.y - x^.y^| <= B(x, y) (+ MARGIN for the float32 scales) for every pair, exact reference."""
     rng = np.random.default_rng(seed)
     n = 40
-    if kind == "gauss":
-        X = unit_rows(rng.standard_normal((n, d)))
-    elif kind == "adversarial":
-        X = adversarial(rng, n, d)
-    else:
-        base = rng.standard_normal(d)
-        X = unit_rows(base + rng.standard_normal((n, d)) * rng.uniform(1e-3, 0.3))
+    X = vectors_of_kind(kind, rng, n, d)
     Q = Quantized(X, level)
     assert np.all(np.abs(Q.codes().astype(int)) <= level)
     i, j = np.triu_indices(n, 1)
@@ -174,13 +179,7 @@ def test_near_pair_bound_holds_for_every_pair_at_its_floor(seed, d, level, kind,
     own exact value (the tightest reach D) or a little below it. Exact integer reference."""
     rng = np.random.default_rng(seed)
     n = 30
-    if kind == "gauss":
-        X = unit_rows(rng.standard_normal((n, d)))
-    elif kind == "adversarial":
-        X = adversarial(rng, n, d)
-    else:
-        base = rng.standard_normal(d)
-        X = unit_rows(base + rng.standard_normal((n, d)) * rng.uniform(1e-3, 0.3))
+    X = vectors_of_kind(kind, rng, n, d)
     Q = Quantized(X, level)
     i, j = np.triu_indices(n, 1)
     exact = exact_sims(X, i, j)
