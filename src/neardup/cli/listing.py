@@ -155,9 +155,8 @@ def print_runs(db: Path, *, as_json: bool = False) -> None:
               f"{r['largest_group']:,}") for r in rows]
     width = terminal_width()
     notes = [*_RUNS_LEGEND,
-             *(f"run {r['id']}: {(r.get('summary') or {}).get('grouping') or r['mode']}" for r in rows
-               if (r.get("summary") or {}).get("window_s") is not None
-               and (r.get("summary") or {}).get("window_link") is not None),
+             *(f"run {r['id']}: {r['summary'].get('grouping') or r['mode']}" for r in rows  # summary: a dict (cat.runs)
+               if r["summary"].get("window_s") is not None and r["summary"].get("window_link") is not None),
              *(f"run {r['id']} was replaced by run {r['replaced_by']} (restore {r['replaced_by']} to put it back)"
                for r in rows if r.get("replaced_by"))]
     lines = [*wrapped([f"Runs in {Path(db).name} — {visible:,} of {total:,} images visible"], width),

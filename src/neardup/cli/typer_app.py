@@ -19,9 +19,9 @@ from typer.core import TyperCommand, TyperGroup
 from typer.main import get_command_from_info, get_command_name
 
 from .boundary import (  # noqa: F401  (the command modules import these from here)
-    DEFAULT_DB_PATH, _click_classes, _one_line, _usage_line, console, err_console, main, open_catalog)
+    DEFAULT_DB_PATH, console, err_console, main, open_catalog)
 
-#: The module that defines each command, in the order ``neardup --help`` lists them: ``neardup runs``
+#: The module that defines each command, in the order ``neardup --help`` lists them: ``neardup dedup``
 #: imports neardup.cli.core only. tests/test_startup.py checks this against what the modules
 #: register; a command missing here still works (every module is imported to find it), only slower.
 COMMAND_MODULES: dict[str, str] = {
@@ -84,7 +84,7 @@ class _Group(TyperGroup):
     def _add_registered(self, only: str | None = None) -> None:
         """Add the commands registered on the Typer since this group was built (by modules loaded since):
         all of them, or only the one named ``only`` (building a command reads its function's signature:
-        ``neardup runs`` need not build the five other commands of its module)."""
+        ``neardup dedup`` need not build the five other commands of its module)."""
         for info in _typer_app.registered_commands:
             name = info.name or get_command_name(info.callback.__name__ if info.callback else "")
             if name not in self.commands and only in (None, name):
