@@ -89,8 +89,6 @@ def partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 8, split_facto
     sample = np.sort(rng.choice(n, ntrain, replace=False)) if ntrain < n else np.arange(n)
     C = _kmeans(np.asarray(X[sample]), k, seed, niter, train_points)
     probes = _nearest(X, C, nprobe)
-    from .ortgemm import gemm_nt
-
     own = probes[:, 0]
     sizes = np.bincount(own, minlength=len(C))
     big = np.flatnonzero(sizes > split_factor * target)
@@ -114,12 +112,17 @@ def partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 8, split_facto
     return C, probes
 
 
+def _top_columns(S: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of each row's k largest values (in no order; all columns when there are at most k)."""
+    return np.argpartition(-S, k - 1, axis=1)[:, :k] if S.shape[1] > k else np.broadcast_to(np.arange(S.shape[1]), S.shape)
+
+
 def _merge_top(best_v: np.ndarray, best_i: np.ndarray, S: np.ndarray, ids: np.ndarray) -> None:
     """Fold candidate similarities S (rows x len(ids)) into each row's running top-k (in place)."""
     k = best_v.shape[1]
     V = np.concatenate([best_v, S], axis=1)
     I = np.concatenate([best_i, np.broadcast_to(ids.astype(np.int32), S.shape)], axis=1)
-    top = np.argpartition(-V, k - 1, axis=1)[:, :k] if V.shape[1] > k else np.broadcast_to(np.arange(k), V.shape)
+    top = _top_columns(V, k)
     best_v[:] = np.take_along_axis(V, top, axis=1)
     best_i[:] = np.take_along_axis(I, top, axis=1)
 
@@ -134,7 +137,7 @@ def _top_centroids(X: np.ndarray, C: np.ndarray, k: int, chunk: int) -> np.ndarr
     out = np.empty((len(X), k), np.int32)
     for a, b in _chunks(len(X), chunk):
         S = gemm_nt(np.ascontiguousarray(X[a:b], dtype=np.float32), Cc, T)
-        top = np.argpartition(-S, k - 1, axis=1)[:, :k] if S.shape[1] > k else np.broadcast_to(np.arange(k), S.shape)
+        top = _top_columns(S, k)
         srt = np.argsort(-np.take_along_axis(S, top, axis=1), axis=1, kind="stable")
         out[a:b] = np.take_along_axis(top, srt, axis=1)
     return out
@@ -163,8 +166,8 @@ def _balanced_labels(Y: np.ndarray, target: int) -> np.ndarray:
     return lab
 
 
-def _balance(X: np.ndarray, C: np.ndarray, probes: np.ndarray, vals: np.ndarray, target: int, split_factor: float,
-             seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _balance(X: np.ndarray, C: np.ndarray, probes: np.ndarray, vals: np.ndarray, target: int,
+             split_factor: float) -> tuple[np.ndarray, np.ndarray]:
     """Split every partition of more than ``split_factor * target`` members into balanced pieces.
 
     k-means lists go lopsided on duplicate-dense data (a chained group of 557k gave partitions of
@@ -264,14 +267,15 @@ def two_level_partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 2, c
     from .blas import single_threaded_blas
 
     with single_threaded_blas():   # small products: OpenBLAS's threads cost more than they give (2-10x under load)
-        return _assign(X, C, cells, offs_a, n, nprobe, chunk, target, split_factor, seed)
+        return _assign(X, C, cells, offs_a, nprobe, chunk, target, split_factor)
 
 
-def _assign(X: np.ndarray, C: np.ndarray, cells: np.ndarray, offs_a: np.ndarray, n: int, nprobe: int, chunk: int,
-            target: int, split_factor: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _assign(X: np.ndarray, C: np.ndarray, cells: np.ndarray, offs_a: np.ndarray, nprobe: int, chunk: int,
+            target: int, split_factor: float) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``nprobe`` nearest partitions among those of its coarse cells, then :func:`_balance`."""
     from .ortgemm import gemm_nt
 
+    n = int(X.shape[0])
     npr = max(1, min(nprobe, len(C)))
     best_v = np.full((n, npr), -np.inf, np.float32)
     best_i = np.full((n, npr), -1, np.int32)
@@ -294,7 +298,7 @@ def _assign(X: np.ndarray, C: np.ndarray, cells: np.ndarray, offs_a: np.ndarray,
     if len(short):
         keep = max(1, int(short[0]))
         probes, vals = np.ascontiguousarray(probes[:, :keep]), np.ascontiguousarray(vals[:, :keep])
-    return _balance(X, C, probes, vals, target, split_factor, seed)
+    return _balance(X, C, probes, vals, target, split_factor)
 
 
 @nb.njit(cache=True, nogil=True)
