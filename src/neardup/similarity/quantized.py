@@ -155,9 +155,9 @@ class Quantized:
     ``u8`` = q + 128 (uint8; ``u8 ^ 128`` viewed as int8 is q); ``scale`` = s / 2048 (float32,
     so that x^.y^ = scale_x scale_y (q_x.q_y) up to float32 rounding); ``nh`` = |x^| and
     ``ne`` = |e|, computed in float64 and rounded up (float64 rounding is ~1e-13 relative, the
-    round-up 1e-9); ``nhe`` = nh + ne, so that B(x, y) = nh_x ne_y + ne_x nhe_y. ``ex`` = x.e
-    (float64, rounded up) and ``n2`` = |x|^2 (float64, exact) serve :meth:`near_bound`. The
-    float32 roundings of scale, nh, ne, nhe and of the test itself stay below 1e-6, inside
+    round-up 1e-9), so that B(x, y) = nh_x ne_y + ne_x nh_y + ne_x ne_y (:meth:`bound`). ``ex`` =
+    x.e (float64, rounded up) and ``n2`` = |x|^2 (float64, exact) serve :meth:`near_bound`. The
+    float32 roundings of scale, nh, ne and of the test itself stay below 1e-6, inside
     MARGIN. Any codes q with |q| <= L give a valid bound; rounding to nearest makes it small.
     """
 
@@ -172,7 +172,6 @@ class Quantized:
         self.scale = scale.astype(np.float32)
         self.nh = nh.astype(np.float32)
         self.ne = ne.astype(np.float32)
-        self.nhe = (nh + ne).astype(np.float32)
 
     def reach(self, floor: float) -> float:
         """D: the largest |x - y| of two of these rows with x.y >= ``floor`` (sqrt(2 max|x|^2 - 2 floor), rounded up)."""
@@ -190,7 +189,7 @@ class Quantized:
         from .locality import take_rows
 
         out.u8 = take_rows(self.u8, order)
-        for name in ("scale", "nh", "ne", "nhe", "ex", "n2"):
+        for name in ("scale", "nh", "ne", "ex", "n2"):
             setattr(out, name, getattr(self, name)[order])
         return out
 
