@@ -183,11 +183,11 @@ def test_far_apart_frames_chain_through_near_ones():
     assert same_partition(g.labels, np.array([0, 0, 0, 0, 0, 1]))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-@given(seed=st.integers(0, 10_000), n=st.integers(2, 14), t_int=st.integers(2000, 30000),
-       gap=st.integers(-15000, 15000), link_gap=st.integers(0, 20000), window=st.sampled_from([0.5, 1.0, 3.0]),
-       untimed=st.floats(0.0, 1.0))
-def test_time_window_equals_bruteforce_reference(seed, n, t_int, gap, link_gap, window, untimed):
+def window_case(seed: int, n: int, t_int: int, gap: int, link_gap: int, untimed: float, salt: int):
+    """A capture-time-window case from hypothesis' integers: integer vectors V, their exact similarities S,
+    threshold t, bound and link similarity half a grid step off any dot product, capture times in tenths of a
+    second (some pairs exactly at the window; a share ``untimed`` without one) and the rng that drew them
+    (seeded ``seed + salt``). Rejects cases whose pairs >= t tie (the weakest link must be unique)."""
     V = int_vectors(seed, n)
     S = V.astype(np.float64) @ V.T.astype(np.float64)
     t = (t_int + 0.5) * SCALE
@@ -196,9 +196,18 @@ def test_time_window_equals_bruteforce_reference(seed, n, t_int, gap, link_gap, 
     iu = np.triu_indices(n, 1)
     above = S[iu][S[iu] >= t]
     assume(len(np.unique(above)) == len(above))   # distinct weights: the weakest link is unique
-    rng = np.random.default_rng(seed + 7)
-    times = np.round(rng.uniform(0, 6, n), 1)      # tenths of a second: some pairs exactly at the window
+    rng = np.random.default_rng(seed + salt)
+    times = np.round(rng.uniform(0, 6, n), 1)
     times[rng.random(n) < untimed] = np.nan
+    return V, S, t, bound, link, times, rng
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 14), t_int=st.integers(2000, 30000),
+       gap=st.integers(-15000, 15000), link_gap=st.integers(0, 20000), window=st.sampled_from([0.5, 1.0, 3.0]),
+       untimed=st.floats(0.0, 1.0))
+def test_time_window_equals_bruteforce_reference(seed, n, t_int, gap, link_gap, window, untimed):
+    V, S, t, bound, link, times, rng = window_case(seed, n, t_int, gap, link_gap, untimed, salt=7)
     rank = rng.permutation(n)
     f = full_forest(V, min(t, 0.01))
     got = group_nodes(f, V, t, rank, "bounded", bound, times=times, window_s=window, window_link=link)

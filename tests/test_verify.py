@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFilter, ImageOps
 from reference import same_partition
-from test_chains import SCALE, full_forest, int_vectors, ref_components, ref_split
+from test_chains import full_forest, ref_components, ref_split, window_case
 
 from neardup.grouping import group_nodes, verified_link_forest
 from neardup.verify import PairChecker, check_pair, features, similarity_inliers
@@ -139,17 +139,7 @@ def ref_verified_links(S, times, t, window, link, rejected) -> np.ndarray:
        gap=st.integers(-15000, 15000), link_gap=st.integers(0, 20000), window=st.sampled_from([0.5, 1.0, 3.0]),
        untimed=st.floats(0.0, 1.0), reject_share=st.floats(0.0, 1.0))
 def test_verified_links_equal_bruteforce_reference(seed, n, t_int, gap, link_gap, window, untimed, reject_share):
-    V = int_vectors(seed, n)
-    S = V.astype(np.float64) @ V.T.astype(np.float64)
-    t = (t_int + 0.5) * SCALE
-    bound = min(1.0, max(SCALE, (t_int + gap + 0.5) * SCALE))
-    link = min(1.0, (t_int + link_gap + 0.5) * SCALE)
-    iu = np.triu_indices(n, 1)
-    above = S[iu][S[iu] >= t]
-    assume(len(np.unique(above)) == len(above))
-    rng = np.random.default_rng(seed + 11)
-    times = np.round(rng.uniform(0, 6, n), 1)
-    times[rng.random(n) < untimed] = np.nan
+    V, S, t, bound, link, times, rng = window_case(seed, n, t_int, gap, link_gap, untimed, salt=11)
     R = rng.random((n, n)) < reject_share
     R = np.triu(R, 1)
     R = R | R.T
