@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from .jit import nb
+from .npyfile import drop_mapped_pages
 from .similarity.forest import SimilarityForest
 from .similarity.incremental import RowSource, extend_forest, remove_nodes
 
@@ -58,6 +59,7 @@ def row_fingerprints(X: np.ndarray) -> np.ndarray:
     for a in range(0, n, step):
         block = np.ascontiguousarray(X[a:a + step], dtype=np.float32)
         _fingerprints(block.view(np.uint32), out[a:a + step])
+        drop_mapped_pages(X[a:a + step])  # a memory map's pages read here leave the resident set
     return out
 
 

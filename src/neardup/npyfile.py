@@ -167,6 +167,66 @@ class NpyRowWriter:
             self.path.unlink()
 
 
+#: Bytes per chunk of a pass that reads a (possibly memory-mapped) array chunk by chunk.
+CHUNK_BYTES = 1 << 26
+
+
+def chunk_rows(a: np.ndarray) -> int:
+    """Rows of ``a`` per chunk of about :data:`CHUNK_BYTES`."""
+    return max(1, CHUNK_BYTES // max(a.dtype.itemsize * int(np.prod(a.shape[1:], dtype=np.int64)), 1))
+
+
+def drop_mapped_pages(a: np.ndarray) -> bool:
+    """Take the pages ``a`` spans, widened to 2 MB boundaries, out of this process's resident set when
+    ``a`` is a view of a file memory map (``np.memmap`` or ``np.load(mmap_mode=...)``, modes ``r``,
+    ``r+``, ``w+``); True when done.
+
+    The data stays as it is: the next access reads it again from the page cache (or the file). A
+    pass that reads a map chunk by chunk calls this after each chunk, so that the map's pages do
+    not pile up in its peak RSS (``MADV_DONTNEED``: file pages are only unmapped; written pages of a
+    shared map stay dirty in the page cache). The widening also drops what a read fault mapped
+    beside the chunk (the kernel maps up to 2 MB of cached pages around a fault, aligned), so
+    dropping consecutive chunks leaves none of them resident. Copy-on-write maps (mode ``c``, whose
+    written pages only this process holds) and plain arrays are left alone.
+    """
+    import mmap
+
+    mm, mode, base = None, None, a
+    for _ in range(64):  # the chain of views down to the map
+        if isinstance(base, np.memmap) and mode is None:
+            mode = getattr(base, "mode", None)
+        if isinstance(base, mmap.mmap):
+            mm = base
+            break
+        base = getattr(base, "base", None)
+        if base is None:
+            break
+    if mm is None or mode not in ("r", "r+", "w+") or a.size == 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return False
+    try:
+        start = np.frombuffer(mm, dtype=np.uint8, count=1).ctypes.data
+        lo, hi = _byte_bounds(a)
+        unit = 1 << 21  # a multiple of the page size; the map starts on a page boundary
+        lo = max(0, (lo - start) // unit * unit)
+        hi = min(len(mm), -(-(hi - start) // unit) * unit)
+        if hi > lo:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        return True
+    except (OSError, ValueError, AttributeError):  # a closed map, a platform without madvise
+        return False
+
+
+def _byte_bounds(a: np.ndarray) -> tuple[int, int]:
+    """The first byte of ``a`` and one past its last (any strides)."""
+    lo = hi = int(a.ctypes.data)
+    for n, st in zip(a.shape, a.strides):
+        if st < 0:
+            lo += (n - 1) * st
+        else:
+            hi += (n - 1) * st
+    return lo, hi + a.itemsize
+
+
 def _pread_into(f: Any, view: memoryview, pos: int) -> int:
     """Read into ``view`` from byte ``pos`` of ``f``; the number of bytes read (0 at the end)."""
     if hasattr(os, "preadv"):
@@ -180,4 +240,4 @@ def _fits_v1(header: dict) -> bool:
     return len(repr(header)) < 65000
 
 
-__all__ = ["NpyLayout", "NpyRowReader", "NpyRowWriter", "npy_layout"]
+__all__ = ["NpyLayout", "NpyRowReader", "NpyRowWriter", "chunk_rows", "drop_mapped_pages", "npy_layout"]

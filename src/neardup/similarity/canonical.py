@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..jit import nb
+from ..npyfile import drop_mapped_pages
 
 GRID_BITS = 11
 SCALE = np.float32(2.0**GRID_BITS)
@@ -51,7 +52,12 @@ def is_canonical(vectors: np.ndarray) -> bool:
     if X.size == 0:
         return True
     step = max(1, (1 << 24) // max(X.shape[1], 1))  # ~64 MB at a time, also for memory maps
-    return not any(_off_grid(np.ascontiguousarray(X[a:a + step])) for a in range(0, X.shape[0], step))
+    for a in range(0, X.shape[0], step):
+        off = _off_grid(np.ascontiguousarray(X[a:a + step]))
+        drop_mapped_pages(X[a:a + step])  # a memory map's pages read here leave the resident set
+        if off:
+            return False
+    return True
 
 
 def canonical_vectors(vectors: np.ndarray) -> np.ndarray:
@@ -72,6 +78,7 @@ def canonical_vectors(vectors: np.ndarray) -> np.ndarray:
         np.multiply(block, SCALE, out=out[a:a + step])
         np.rint(out[a:a + step], out=out[a:a + step])
         out[a:a + step] /= SCALE
+        drop_mapped_pages(X[a:a + step])
     norms = np.sqrt(np.einsum("ij,ij->i", out, out, dtype=np.float64))
     if out.shape[0] and not np.all(norms < MAX_NORM):
         bad = int(np.argmax(~(norms < MAX_NORM)))

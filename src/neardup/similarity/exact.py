@@ -290,7 +290,9 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
     """The exact maximum spanning forest of all pairs with cosine >= ``floor``, and their histogram.
 
     ``vectors`` are unit-norm rows, rounded to canonical vectors here unless they already are
-    (the catalog stores them canonical; a memory map is fine: blocks are read as needed).
+    (the catalog stores them canonical; a memory map is fine: the int8 path reads it chunk by chunk
+    into its locality-ordered copy and drops the map's pages from the resident set as it goes, so
+    the pass does not hold the vectors twice; the float32 path reads blocks as needed).
     ``progress(done_pairs, total_pairs)`` is called after every row block. ``kernel`` forces a
     kernel path (``int8-vnni``, ``int8-7bit``, ``float32``; see :func:`choose_kernel`): every
     path gives the same histogram, forest weights and components.
@@ -322,10 +324,10 @@ def exact_forest(vectors: np.ndarray, floor: float, *, block_rows: int = 2048, c
         from .prepass import Int8Blocks
         from .quantized import LEVELS, Quantized
 
-        Q = Quantized(X, LEVELS[path])
+        Q = Quantized(X, LEVELS[path])  # reads a memory map chunk by chunk, its pages leave the resident set
         order = locality_order(Q.u8, Q.scale)
-        X = take_rows(np.asarray(X, dtype=np.float32), order)
-        Q = Q.take(order)  # the unordered codes go (memory)
+        Q = Q.take(order)  # the unordered codes go before the ordered vectors come (memory)
+        X = take_rows(np.asarray(X, dtype=np.float32), order)  # a map's pages are dropped as they are copied
         blocks = Int8Blocks(X, Q, floor, T, min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)))
         del Q
     buf = np.empty(min(block_rows, max(n, 1)) * min(col_chunk, max(n, 1)), dtype=np.float32) if blocks is None else None

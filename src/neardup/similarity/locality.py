@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..jit import nb
+from ..npyfile import chunk_rows, drop_mapped_pages
 
 
 @nb.njit(cache=True, parallel=True, fastmath=True)
@@ -102,11 +103,35 @@ def _take_rows(X, order, out):  # type: ignore[no-untyped-def]
         out[t] = X[order[t]]
 
 
+@nb.njit(cache=True, parallel=True)
+def _put_rows(X, dest, out):  # type: ignore[no-untyped-def]
+    for t in nb.prange(dest.shape[0]):
+        out[dest[t]] = X[t]
+
+
 def take_rows(X: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """``X[order]`` as a new C-contiguous array, gathered by all threads (a memory map is read once)."""
-    out = np.empty((len(order),) + X.shape[1:], dtype=X.dtype)
-    if len(order):
-        _take_rows(np.ascontiguousarray(X), np.ascontiguousarray(order, dtype=np.int64), out)
+    """``X[order]`` (``order`` a permutation of X's rows) as a new C-contiguous array, by all threads.
+
+    A memory map is read once, in file order, ~64 MB at a time, each row put where it goes, and
+    each chunk's pages leave the resident set once copied: the copy is not held on top of the map.
+    """
+    n = len(order)
+    out = np.empty((n,) + X.shape[1:], dtype=X.dtype)
+    if not n:
+        return out
+    order = np.ascontiguousarray(order, dtype=np.int64)
+    step = chunk_rows(X)
+    if n != X.shape[0] or not drop_mapped_pages(X[:min(n, step)]):
+        _take_rows(np.ascontiguousarray(X), order, out)
+        return out
+    dest = np.full(n, -1, np.int64)
+    dest[order] = np.arange(n, dtype=np.int64)
+    if (order < 0).any() or (dest < 0).any():  # every row has a place: a permutation (no row left unset)
+        raise ValueError("order is not a permutation of the rows")
+    for a in range(0, n, step):
+        b = min(n, a + step)
+        _put_rows(np.ascontiguousarray(X[a:b]), dest[a:b], out)
+        drop_mapped_pages(X[a:b])
     return out
 
 

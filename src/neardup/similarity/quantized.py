@@ -50,6 +50,7 @@ import numpy as np
 from ..cpu import KERNEL_ENV, PATHS, VNNI_FLAGS, cpu_flags, planned_kernel_path
 from ..cpu import describe_kernel as _describe
 from ..jit import nb
+from ..npyfile import chunk_rows, drop_mapped_pages
 from .ortgemm import int8_gemm
 
 LEVELS = {"int8-vnni": 127, "int8-7bit": 63}
@@ -167,8 +168,12 @@ class Quantized:
         self.u8 = np.empty((n, d), np.uint8)
         scale, nh, ne = np.empty(n), np.empty(n), np.empty(n)
         self.ex, self.n2 = np.empty(n), np.empty(n)
-        if n:
-            _quantize(np.ascontiguousarray(X, dtype=np.float32), float(level), self.u8, scale, nh, ne, self.ex, self.n2)
+        step = chunk_rows(np.empty((0, d), np.float32))  # ~64 MB of float32 at a time: no full-size temporaries
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            _quantize(np.ascontiguousarray(X[a:b], dtype=np.float32), float(level), self.u8[a:b], scale[a:b],
+                      nh[a:b], ne[a:b], self.ex[a:b], self.n2[a:b])
+            drop_mapped_pages(X[a:b])  # a memory map's pages read here leave the resident set
         self.scale = scale.astype(np.float32)
         self.nh = nh.astype(np.float32)
         self.ne = ne.astype(np.float32)
