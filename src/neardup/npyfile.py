@@ -185,9 +185,9 @@ def drop_mapped_pages(a: np.ndarray) -> bool:
     pass that reads a map chunk by chunk calls this after each chunk, so that the map's pages do
     not pile up in its peak RSS (``MADV_DONTNEED``: file pages are only unmapped; written pages of a
     shared map stay dirty in the page cache). The widening also drops what a read fault mapped
-    beside the chunk (the kernel maps up to 2 MB of cached pages around a fault, aligned), so
-    dropping consecutive chunks leaves none of them resident. Copy-on-write maps (mode ``c``, whose
-    written pages only this process holds) and plain arrays are left alone.
+    beside the chunk (Linux's fault-around maps cached pages around a fault: 64 KB by default, at
+    most 2 MB, aligned), so dropping consecutive chunks leaves none of them resident. Copy-on-write
+    maps (mode ``c``, whose written pages only this process holds) and plain arrays are left alone.
     """
     import mmap
 
