@@ -164,9 +164,10 @@ def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress
     ``"mmap"`` (each task memory-maps the ``.npy`` behind a ``np.memmap``/``np.load(mmap_mode=)``
     array, which must be on storage every node can read; nothing is copied, the only option when
     the vectors exceed a node's object store) or ``"auto"`` (mmap when the vectors are a
-    file-backed ``.npy`` memory map, else object store). ``index="ann"``: the
-    partitions of :func:`neardup.similarity.ann.ann_forest` run as tasks; recall is estimated on
-    the driver exactly as the local ANN does. ``meta`` records tiles, the tasks' summed wall and
+    file-backed ``.npy`` memory map, else object store). ``index="ann"``:
+    :func:`neardup.similarity.ann.ann_forest` (the same partition, probes and recall-driven
+    retries) with each try's partition tiles run as tasks; partitioning and the recall estimate
+    run on the driver. ``meta`` records tiles, the tasks' summed wall and
     CPU seconds (Ray runs workers at nice 15: on a shared machine their wall time says little)
     and the driver's wall time.
     """
@@ -220,45 +221,47 @@ def ray_forest(vectors: np.ndarray, floor: float, index: str = "exact", progress
             if progress is not None:
                 progress(total, total)
             return forest
-        # ANN: partitions on the driver, tiles of partitions as tasks, recall on the driver
-        from ..similarity.ann import estimate_recall, partition
+        # ANN: the single-process pass (two-level partition, probes doubled while the measured
+        # recall misses its goal, recall on the driver) with its partitions' tiles as Ray tasks
+        from ..similarity.ann import ann_forest
 
-        _, probes = partition(vectors)
-        P = int(probes.max()) + 1
-        probes_ref = ray.put(probes)
-        groups = np.array_split(np.arange(P), max(1, min(P, 8 * cpus)))
-        remote = ray.remote(num_cpus=1)(_partition_task)
-        it = iter(groups)
-        compared = [0]
-        done = [0]
+        tasks = [0]
 
-        def submit():
-            nxt = next(it, None)
-            return None if nxt is None else remote.remote(X_ref, probes_ref, float(floor), nxt)
+        def ray_tiles(X: np.ndarray, probes: np.ndarray, fl: float, prog: ProgressFn | None):
+            P = int(probes.max()) + 1
+            probes_ref = ray.put(probes)
+            ngroups = max(1, min(P, 8 * cpus))
+            groups = iter(np.array_split(np.arange(P), ngroups))
+            remote = ray.remote(num_cpus=1)(_partition_task)
+            out: list = [[], [], [], 0]
+            done = [0]
 
-        def on_result(res):
-            s, d, w, c, sec = res
-            merger.add(s, d, w, None)
-            compared[0] += c
-            task_s.append(sec)
-            done[0] += 1
-            if progress is not None:
-                progress(done[0], len(groups))
+            def submit():
+                nxt = next(groups, None)
+                return None if nxt is None else remote.remote(X_ref, probes_ref, fl, nxt)
 
-        _drain([], on_result, 2 * cpus, submit)
-        forest = merger.result()
-        meta = {"engine": "ray", "index": "ann", "partitions": P, "tasks": len(groups), "cluster_cpus": cpus,
-                "compared_fraction": float(compared[0] / max(1, n * (n - 1) / 2)),
-                "task_seconds_sum": round(sum(x[0] for x in task_s), 2),
-                "task_cpu_seconds_sum": round(sum(x[1] for x in task_s), 2), "wall_seconds": round(time.perf_counter() - t0, 2)}
-        if recall_sample > 0:
-            recall, est = estimate_recall(vectors, forest, sample=recall_sample)
-            forest.hist = est
-            meta["recall"] = recall
-        meta["hist_estimated"] = True
-        meta["hist_method"] = (f"scaled from {recall_sample} sampled rows x all rows (exact)" if recall_sample > 0
-                               else "none (recall_sample=0): pair counts unknown, histogram is zero")
-        forest.meta = meta
+            def on_result(res):
+                s, d, w, c, sec = res
+                out[0].append(s)
+                out[1].append(d)
+                out[2].append(w)
+                out[3] += c
+                task_s.append(sec)
+                done[0] += 1
+                if prog is not None:
+                    prog(done[0], ngroups)
+
+            _drain([], on_result, 2 * cpus, submit)
+            tasks[0] += ngroups
+            if not out[0]:
+                return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), 0
+            return np.concatenate(out[0]), np.concatenate(out[1]), np.concatenate(out[2]), out[3]
+
+        forest = ann_forest(vectors, floor, progress=progress, recall_sample=recall_sample, tiles=ray_tiles)
+        forest.meta.update({"engine": "ray", "index": "ann", "tasks": tasks[0], "cluster_cpus": cpus,
+                            "task_seconds_sum": round(sum(x[0] for x in task_s), 2),
+                            "task_cpu_seconds_sum": round(sum(x[1] for x in task_s), 2),
+                            "wall_seconds": round(time.perf_counter() - t0, 2)})
         return forest
     finally:
         if started:

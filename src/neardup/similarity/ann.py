@@ -5,11 +5,13 @@ How it works (faiss-cpu for the k-means, onnxruntime's GEMM, compiled kernels fo
 1. Partitions by a two-level quantizer (:func:`two_level_partition`): ~sqrt(N/``target``)
    coarse cells by spherical k-means, every vector assigned to its 3 nearest cells; each cell
    split by its own k-means into ~size/``target`` partitions; partitions over ``split_factor *
-   target`` members (k-means lists go lopsided on duplicate-dense data) are cut into balanced
-   pieces by median splits. Cost ~N x sqrt(N/target) dot products, not N^2/target.
-2. Every vector also *probes* its ``nprobe`` nearest partitions (among those of its cells), so
-   pairs across a partition boundary are compared (SemDeDup-style partitioning loses them).
-   Partition q's tile is (its members + every vector probing it) x (its members).
+   target`` members (k-means lists go lopsided on duplicate-dense data) are cut into pieces by
+   median splits, whose centroids join the cell's. Cost ~N x sqrt(N/target) dot products, not N^2/target.
+2. Every vector belongs to its nearest partition among those of its cells and also *probes* the
+   next nearest, ``nprobe`` in all, so pairs across a partition boundary are compared
+   (SemDeDup-style partitioning loses them). Own partition and probes follow one rule (nearest
+   centroids), also for the members of a cut list: that is what lets a probe find a duplicate
+   on the other side of a boundary. Partition q's tile is (its members + every vector probing it) x (its members).
 3. Each tile is one float32 GEMM (exact on canonical vectors) and the maximum spanning forest
    of its graph (pairs >= floor) by Prim's algorithm on the dense matrix (:func:`_prim_tile`);
    Kruskal over the union of the tile forests gives the forest.
@@ -39,6 +41,8 @@ from .canonical import canonical_vectors
 from .forest import HIST_STEP, SimilarityForest, _hist_bin, ceil_f32, hist_bins, hist_edges
 
 ProgressFn = Callable[[int, int], None]
+#: (vectors, probes, floor, progress) -> the tiles' forest edges (src, dst, weight) and pairs compared
+TilesFn = Callable[[np.ndarray, np.ndarray, float, "ProgressFn | None"], tuple[np.ndarray, np.ndarray, np.ndarray, int]]
 log = logging.getLogger(__name__)
 RECALL_THRESHOLDS = (0.95, 0.96, 0.97, 0.98, 0.99, 0.995)
 
@@ -166,66 +170,18 @@ def _balanced_labels(Y: np.ndarray, target: int) -> np.ndarray:
     return lab
 
 
-def _balance(X: np.ndarray, C: np.ndarray, probes: np.ndarray, vals: np.ndarray, target: int,
-             split_factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Split every partition of more than ``split_factor * target`` members into balanced pieces.
+def _normalized_means(Xm: np.ndarray, lab: np.ndarray, g: int) -> np.ndarray:
+    """Unit-norm mean of the rows of each label 0..g-1 (every label non-empty)."""
+    cen = np.stack([Xm[lab == k].sum(axis=0) for k in range(g)])  # (a one-hot product is 10x slower in OpenBLAS)
+    return (cen / np.maximum(np.linalg.norm(cen, axis=1, keepdims=True), 1e-30)).astype(np.float32)
 
-    k-means lists go lopsided on duplicate-dense data (a chained group of 557k gave partitions of
-    13k beside a median of 237 at 1M). A big partition's members are split by recursive median
-    cuts (:func:`_balanced_labels`); each member's own partition becomes its piece, its other
-    probes the nearest among the pieces and its previous probes; a vector that probed the big
-    partition probes its nearest piece instead. ``probes`` and ``vals`` (their similarities,
-    descending per row) are updated in place; returns the centroids (pieces appended).
-    """
-    from .ortgemm import gemm_nt
 
-    own = probes[:, 0]
-    sizes = np.bincount(own, minlength=len(C))
-    big = np.flatnonzero(sizes > split_factor * target)
-    if not len(big):
-        return C, probes
-    order = np.argsort(own, kind="stable")
-    starts = np.r_[0, np.cumsum(sizes)]
-    npr = probes.shape[1]
-    rr, cc = np.nonzero(np.isin(probes[:, 1:], big))
-    cc += 1
-    pv = probes[rr, cc]
-    po = np.argsort(pv, kind="stable")
-    rr, cc, pv = rr[po], cc[po], pv[po]
-    pstart = np.searchsorted(pv, big, side="left")
-    pend = np.searchsorted(pv, big, side="right")
-    parts = [np.array(C)]
-    nxt = len(C)
-    for b, p in enumerate(big.tolist()):
-        mem = order[starts[p]:starts[p + 1]]
-        Xm = np.asarray(X[mem], dtype=np.float32)
-        lab = _balanced_labels(Xm, target)
-        g = int(lab.max()) + 1
-        cen = np.stack([Xm[lab == k].sum(axis=0) for k in range(g)])  # (a one-hot product is 10x slower in OpenBLAS)
-        cen = (cen / np.maximum(np.linalg.norm(cen, axis=1, keepdims=True), 1e-30)).astype(np.float32)
-        ids = np.r_[p, nxt + np.arange(g - 1)].astype(probes.dtype)
-        nxt += g - 1
-        parts[0][p] = cen[0]
-        parts.append(cen[1:])
-        S = gemm_nt(Xm, cen, 1)
-        probes[mem, 0] = ids[lab]
-        vals[mem, 0] = S[np.arange(len(mem)), lab]
-        if npr > 1:
-            S[np.arange(len(mem)), lab] = -np.inf
-            bv, bi = vals[mem, 1:], probes[mem, 1:]
-            _merge_top(bv, bi, S, ids)
-            srt = np.argsort(-bv, axis=1, kind="stable")
-            vals[mem, 1:] = np.take_along_axis(bv, srt, axis=1)
-            probes[mem, 1:] = np.take_along_axis(bi, srt, axis=1)
-        r, c = rr[pstart[b]:pend[b]], cc[pstart[b]:pend[b]]
-        still = probes[r, c] == p
-        r, c = r[still], c[still]
-        if len(r):
-            S = gemm_nt(np.asarray(X[r], dtype=np.float32), cen, 1)
-            best = np.argmax(S, axis=1)
-            probes[r, c] = ids[best]
-            vals[r, c] = S[np.arange(len(r)), best]
-    return np.concatenate(parts), probes
+def _pieces(Xm: np.ndarray, target: int) -> np.ndarray:
+    """Unit centroids of ~size/``target`` pieces of one oversized partition's members, by median cuts
+    along principal directions (:func:`_balanced_labels`; k-means goes lopsided again on chained,
+    duplicate-dense members)."""
+    lab = _balanced_labels(Xm, target)
+    return _normalized_means(Xm, lab, int(lab.max()) + 1)
 
 
 def two_level_partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 2, cells_probed: int = 3,
@@ -235,11 +191,20 @@ def two_level_partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 2, c
 
     ~sqrt(N / target) coarse cells (spherical k-means on a sample), every vector assigned to its
     ``cells_probed`` nearest cells; each cell split by its own k-means into ~size / ``target``
-    partitions (so a duplicate-dense region gets as many partitions as it has members to fill
-    them: no lopsided lists to split afterwards); every vector's probes are its ``nprobe`` nearest
-    partitions among those of its ``cells_probed`` cells. Cost ~ N x (sqrt(N / target) x
-    (1 + cells_probed)) dot products instead of N x N / target for one flat k-means; the vectors
-    are read in sequential row chunks (a memory-mapped store is streamed, never held).
+    partitions. A vector's partitions are the ``nprobe`` nearest centroids among those of its
+    cells, the nearest being its own (its member list). k-means lists go lopsided where a cell
+    mixes a dense chained group with diffuse vectors (k-means spends its centroids on the dense
+    part and leaves lists of 10k diffuse vectors beside a median of ~800): every list over
+    ``split_factor * target`` members is cut into pieces (:func:`_pieces`), the pieces' centroids
+    replace its centroid in its cell, and every vector that had the list among its probes is
+    assigned again, by the same nearest-centroid rule, against the new centroids. A vector's own
+    partition is therefore always the first of its probes, everywhere, which is what lets a probe
+    find a near-duplicate across a boundary (issue 14: when a cut list's members kept the median
+    cut's slab as their own partition, diffuse near-duplicates landed in slabs whose centroids
+    ranked 2nd-10th for each other, and 0.4-2% of the small groups were split).
+    Cost ~ N x (sqrt(N / target) x (1 + cells_probed)) dot products, plus the reassignment of
+    the vectors that probed a cut list; the vectors are read in sequential row chunks (a
+    memory-mapped store is streamed, never held).
     """
     n = int(X.shape[0])
     rng = np.random.default_rng(seed)
@@ -253,7 +218,7 @@ def two_level_partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 2, c
     own_cell = cells[:, 0]
     order = np.argsort(own_cell, kind="stable")
     starts = np.r_[0, np.cumsum(np.bincount(own_cell, minlength=len(C1)))]
-    fine, offs = [], [0]
+    fine, cell_parts, nxt = [], [], 0
     for j in range(len(C1)):
         mem = order[starts[j]:starts[j + 1]]
         if len(mem):
@@ -261,44 +226,90 @@ def two_level_partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 2, c
             m_train = kj * train_points
             sub = mem if len(mem) <= m_train else np.sort(rng.choice(mem, m_train, replace=False))
             fine.append(_kmeans(np.asarray(X[sub]), kj, seed + 1 + j, niter, train_points))
-        offs.append(offs[-1] + (len(fine[-1]) if len(mem) else 0))
+            cell_parts.append(np.arange(nxt, nxt + len(fine[-1]), dtype=np.int64))
+            nxt += len(fine[-1])
+        else:
+            cell_parts.append(np.zeros(0, np.int64))
     C = np.concatenate(fine)
-    offs_a = np.asarray(offs, dtype=np.int64)
     from .blas import single_threaded_blas
 
     with single_threaded_blas():   # small products: OpenBLAS's threads cost more than they give (2-10x under load)
-        return _assign(X, C, cells, offs_a, nprobe, chunk, target, split_factor)
-
-
-def _assign(X: np.ndarray, C: np.ndarray, cells: np.ndarray, offs_a: np.ndarray, nprobe: int, chunk: int,
-            target: int, split_factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's ``nprobe`` nearest partitions among those of its coarse cells, then :func:`_balance`."""
-    from .ortgemm import gemm_nt
-
-    n = int(X.shape[0])
-    npr = max(1, min(nprobe, len(C)))
-    best_v = np.full((n, npr), -np.inf, np.float32)
-    best_i = np.full((n, npr), -1, np.int32)
-    for a, b in _chunks(n, chunk):
-        Xc = np.asarray(X[a:b], dtype=np.float32)
-        tc = cells[a:b]
-        for j in np.unique(tc).tolist():
-            lo, hi = int(offs_a[j]), int(offs_a[j + 1])
-            if hi == lo:
-                continue
-            rows = np.flatnonzero((tc == j).any(axis=1))
-            S = gemm_nt(Xc[rows], np.ascontiguousarray(C[lo:hi]), 1)
-            bv, bi = best_v[a + rows], best_i[a + rows]
-            _merge_top(bv, bi, S, np.arange(lo, hi))
-            best_v[a + rows], best_i[a + rows] = bv, bi
-    srt = np.argsort(-best_v, axis=1, kind="stable")
-    probes = np.take_along_axis(best_i, srt, axis=1)
-    vals = np.take_along_axis(best_v, srt, axis=1)
+        npr = max(1, min(nprobe, len(C)))
+        probes, vals = _assign(X, C, cells, cell_parts, npr, chunk)
+        big = np.flatnonzero(np.bincount(probes[:, 0], minlength=len(C)) > split_factor * target)
+        if len(big):
+            C, cell_parts, new_parts = _split(X, C, probes, big, cell_parts, target)
+            # rows that probed a cut list: all their partitions again; other rows of the cells
+            # that got pieces: the pieces join their candidates (a piece may be nearer than their own)
+            redo = np.isin(probes, big).any(axis=1)
+            probes[redo], vals[redo] = _assign(X, C, cells, cell_parts, npr, chunk, rows=np.flatnonzero(redo))
+            touched = np.flatnonzero(~redo & np.isin(cells, np.flatnonzero([len(q) > 0 for q in new_parts])).any(axis=1))
+            probes[touched], vals[touched] = _assign(X, C, cells, new_parts, npr, chunk, rows=touched,
+                                                     init=(vals[touched], probes[touched]))
     short = np.flatnonzero((probes < 0).any(axis=0))     # a row short of npr partitions (tiny inputs)
     if len(short):
-        keep = max(1, int(short[0]))
-        probes, vals = np.ascontiguousarray(probes[:, :keep]), np.ascontiguousarray(vals[:, :keep])
-    return _balance(X, C, probes, vals, target, split_factor)
+        probes = np.ascontiguousarray(probes[:, :max(1, int(short[0]))])
+    return C, probes
+
+
+def _split(X: np.ndarray, C: np.ndarray, probes: np.ndarray, big: np.ndarray, cell_parts: list[np.ndarray],
+           target: int) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Cut each list in ``big`` into pieces: (centroids, cell_parts, each cell's pieces).
+
+    The first piece keeps the list's id, the others are appended; each piece joins the cell of
+    its list (members are then assigned by nearest centroid: see :func:`two_level_partition`).
+    """
+    own = probes[:, 0]
+    order = np.argsort(own, kind="stable")
+    starts = np.r_[0, np.cumsum(np.bincount(own, minlength=len(C)))]
+    cell_of = np.full(len(C), -1, np.int64)
+    for j, ps in enumerate(cell_parts):
+        cell_of[ps] = j
+    C = np.array(C)
+    new_parts = [np.zeros(0, np.int64) for _ in cell_parts]
+    extra, nxt = [], len(C)
+    for p in big.tolist():
+        mem = np.sort(order[starts[p]:starts[p + 1]])
+        cen = _pieces(np.asarray(X[mem], dtype=np.float32), target)
+        C[p] = cen[0]
+        extra.append(cen[1:])
+        j = int(cell_of[p])
+        ids = np.r_[p, np.arange(nxt, nxt + len(cen) - 1)].astype(np.int64)
+        cell_parts[j] = np.r_[cell_parts[j], ids[1:]]
+        new_parts[j] = np.r_[new_parts[j], ids]
+        nxt += len(cen) - 1
+    return np.concatenate([C, *extra]), cell_parts, new_parts
+
+
+def _assign(X: np.ndarray, C: np.ndarray, cells: np.ndarray, cell_parts: list[np.ndarray], npr: int, chunk: int,
+            rows: np.ndarray | None = None, init: tuple[np.ndarray, np.ndarray] | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's (or each of ``rows``') ``npr`` nearest partitions among those of its coarse cells:
+    (partitions, similarities), nearest first (-1: fewer); ``init`` (similarities, partitions) to merge into."""
+    from .ortgemm import gemm_nt
+
+    m = int(X.shape[0]) if rows is None else len(rows)
+    if init is None:
+        best_v = np.full((m, npr), -np.inf, np.float32)
+        best_i = np.full((m, npr), -1, np.int32)
+    else:
+        best_v, best_i = np.array(init[0], np.float32), np.array(init[1], np.int32)
+    for a, b in _chunks(m, chunk):
+        if rows is None:
+            Xc, tc = np.asarray(X[a:b], dtype=np.float32), cells[a:b]
+        else:
+            Xc, tc = np.asarray(X[rows[a:b]], dtype=np.float32), cells[rows[a:b]]
+        for j in np.unique(tc).tolist():
+            ps = cell_parts[j]
+            if not len(ps):
+                continue
+            sel = np.flatnonzero((tc == j).any(axis=1))
+            S = gemm_nt(Xc[sel], np.ascontiguousarray(C[ps]), 1)
+            bv, bi = best_v[a + sel], best_i[a + sel]
+            _merge_top(bv, bi, S, ps)
+            best_v[a + sel], best_i[a + sel] = bv, bi
+    srt = np.argsort(-best_v, axis=1, kind="stable")
+    return np.take_along_axis(best_i, srt, axis=1), np.take_along_axis(best_v, srt, axis=1)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -561,14 +572,15 @@ def _recall_ok(recall: dict, goal: float) -> bool:
 
 def ann_forest(vectors: np.ndarray, floor: float, *, progress: ProgressFn | None = None, target: int = 1000,
                nprobe: int = 2, split_factor: float = 2.0, recall_sample: int = 2000, seed: int = 0,
-               recall_goal: float = 0.99, max_nprobe: int = 8) -> SimilarityForest:
+               recall_goal: float = 0.99, max_nprobe: int = 8, tiles: TilesFn | None = None) -> SimilarityForest:
     """Approximate maximum spanning forest of the pairs >= ``floor`` (see the module docstring).
 
     Starts with ``nprobe`` probes; when the measured recall misses ``recall_goal`` (at any
     threshold: the pair recall's 95% lower bound or the share of sampled rows with every true
     neighbour in their group), the pass runs again with twice the probes, up to ``max_nprobe``;
     the recall of the forest returned is the one measured on it (``meta["tries"]`` lists each
-    try). ``meta`` records: ``engine="ann"``, the parameters, timings, ``compared_fraction``
+    try). ``tiles`` runs the partitions' tiles (default :func:`_partition_forest`, in this
+    process; the Ray engine passes one that runs them as tasks). ``meta`` records: ``engine="ann"``, the parameters, timings, ``compared_fraction``
     (pairs actually compared / all pairs), ``recall`` = {"pair_recall", "pair_recall_lower_95",
     "sample", "by_threshold": {t: {...}}, "method"} and ``hist_estimated=True`` (pair counts
     are a sample estimate). ``recall_sample=0`` skips the estimate (histogram then empty; no
@@ -590,7 +602,7 @@ def ann_forest(vectors: np.ndarray, floor: float, *, progress: ProgressFn | None
         t1, c1 = time.perf_counter(), time.process_time()
         log.info("ann: %d partitions (largest %d), %d probes, in %.1f s", int(probes.max()) + 1,
                  int(np.bincount(probes[:, 0]).max()), probes.shape[1], t1 - t0)
-        src, dst, w, compared = _partition_forest(X, probes, float(floor), progress)
+        src, dst, w, compared = (tiles or _partition_forest)(X, probes, float(floor), progress)
         sizes = np.bincount(probes[:, 0], minlength=len(C))
         del probes
         t2, c2 = time.perf_counter(), time.process_time()
