@@ -139,6 +139,7 @@ def test_compute_forest_dispatches_to_ann():
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 from neardup.similarity.ann import _prim_tile, two_level_partition  # noqa: E402
+from neardup.similarity.canonical import canonical_vectors  # noqa: E402
 from neardup.similarity.forest import SimilarityForest, ceil_f32  # noqa: E402
 
 
@@ -211,3 +212,47 @@ def test_cli_recall_line_names_the_share_of_complete_images(capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "pair recall 1.0000 at 0.98" in err
     assert "99.59% of the 1,712 sampled images with a duplicate have every one of them in their group" in err
+
+
+def _tight_and_diffuse(seed: int, dim: int = 32) -> np.ndarray:
+    """A tight cluster of 3,000 (one k-means list, cut into pieces) beside 1,500 diffuse vectors."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal(dim)
+    base /= np.linalg.norm(base)
+    X = np.concatenate([base + 0.05 * rng.standard_normal((3000, dim)), rng.standard_normal((1500, dim))])
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), nprobe=st.integers(1, 3), target=st.sampled_from([60, 100, 150]))
+def test_probes_are_each_vectors_nearest_centroids_also_in_cut_lists(seed, nprobe, target):
+    """Issue 14: own partition and probes follow one rule, also after oversized lists are cut into
+    pieces. With every coarse cell a candidate, each vector's probes are its ``nprobe`` most similar
+    centroids (float64 brute force), nearest (its own list) first."""
+    X = _tight_and_diffuse(seed)
+    C, probes = two_level_partition(X, target=target, nprobe=nprobe, cells_probed=10**6, seed=seed % 1000)
+    assert np.bincount(probes[:, 0]).max() < 3000 // 2                # the tight cluster was cut
+    S = X.astype(np.float64) @ C.astype(np.float64).T
+    best = -np.sort(-S, axis=1)[:, :probes.shape[1]]
+    got = np.take_along_axis(S, probes.astype(np.int64), axis=1)
+    assert np.all(np.abs(got - best) <= 1e-5)                        # float32 GEMM vs float64; ties either way
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_every_pair_whose_partitions_meet_is_joined(seed):
+    """Brute force (float64 pairs >= floor): a pair is compared when one's own partition is among the
+    other's probes; every such pair ends in one ANN group, and no ANN group spans two exact groups."""
+    from neardup.similarity.ann import _partition_forest
+
+    X = np.concatenate([_tight_and_diffuse(seed, 64)[:2000], seed_shaped(3000, 64, seed=seed).vectors])
+    floor = 0.95
+    C, probes = two_level_partition(X, target=100, nprobe=2, seed=seed)
+    s, d, w, _ = _partition_forest(canonical_vectors(X), probes, floor, None)
+    lab = SimilarityForest.from_edges(len(X), s, d, w, floor).components(floor)
+    i, j = ref_pairs(X, floor)
+    own = probes[:, 0]
+    met = (probes[i] == own[j][:, None]).any(axis=1) | (probes[j] == own[i][:, None]).any(axis=1)
+    assert met.mean() < 1.0 and met.sum() > 1000                     # some pairs were never compared
+    assert np.all(lab[i[met]] == lab[j[met]])
+    ref = ref_labels(len(X), i, j)
+    assert len(np.unique(np.stack([lab, ref], 1), axis=0)) == len(np.unique(lab))

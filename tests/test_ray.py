@@ -58,10 +58,19 @@ def test_ray_tiles_identical_to_exact_20k(ray_cluster):
 
 
 def test_ray_ann_partitions(ray_cluster):
+    """The Ray ANN pass is the single-process one (same two-level partition, probes and retries)
+    with its tiles as tasks: the same forest; and against the exact pass."""
+    from neardup.similarity.ann import ann_forest
+
     X = seed_shaped(4_000, 64, seed=22).vectors
     f = ray_forest(X, 0.97, index="ann", recall_sample=500)
-    assert f.meta["engine"] == "ray" and f.meta["index"] == "ann"
+    assert f.meta["engine"] == "ray" and f.meta["index"] == "ann" and f.meta["tasks"] >= 1
+    assert f.meta["method"].startswith("two-level") and f.meta["tries"][0]["nprobe"] == 2
     assert f.meta["recall"]["pair_recall"] >= 0.995
+    fl = ann_forest(X, 0.97, recall_sample=500)
+    assert len(f.src) == len(fl.src) and np.array_equal(np.sort(f.weight), np.sort(fl.weight))
+    for t in (0.97, 0.98, 0.99):
+        assert np.array_equal(f.components(t), fl.components(t)), t
     fe = exact_forest(X, 0.97)
     assert same_partition(f.components(0.98), fe.components(0.98))
 
