@@ -80,20 +80,22 @@ def evaluate(args: argparse.Namespace) -> None:
     X = np.load(args.vectors, mmap_mode="r")
     n = len(X)
     T = np.load(args.truth)
-    rows, cnt, ptr, nbr, floor = T["rows"], T["cnt"], T["ptr"], T["nbr"], float(T["floor"])
+    rows, cnt, ptr, nbr, floor = T["rows"], T["cnt"], T["ptr"], T["nbr"], float(T["floor"]) if "floor" in T else 0.98
     cut: dict = {}
-    split = ann._split
+    split = getattr(ann, "_split", None)
 
     def spy(X_, C_, probes_, big, *a):
         cut["big"], cut["P0"] = big.copy(), len(C_)
         return split(X_, C_, probes_, big, *a)
 
-    ann._split = spy
+    if split is not None:   # (absent before issue 14's fix: the tool also runs on older trees)
+        ann._split = spy
     load0 = _load()
     t0 = time.perf_counter()
     C, probes = ann.two_level_partition(X, nprobe=args.nprobe)
     t1 = time.perf_counter()
-    ann._split = split
+    if split is not None:
+        ann._split = split
     P = int(probes.max()) + 1
     own = np.bincount(probes[:, 0], minlength=P)
     tot = np.bincount(probes.ravel(), minlength=P)
