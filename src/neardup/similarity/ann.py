@@ -196,8 +196,10 @@ def two_level_partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 2, c
     mixes a dense chained group with diffuse vectors (k-means spends its centroids on the dense
     part and leaves lists of 10k diffuse vectors beside a median of ~800): every list over
     ``split_factor * target`` members is cut into pieces (:func:`_pieces`), the pieces' centroids
-    replace its centroid in its cell, and every vector that had the list among its probes is
-    assigned again, by the same nearest-centroid rule, against the new centroids. A vector's own
+    replace its centroid in its cell, every vector that had the list among its probes is
+    assigned again, by the same nearest-centroid rule, against its cells' centroids, and every
+    other vector of those cells merges the pieces into its probes (a piece may be nearer than
+    its own partition). A vector's own
     partition is therefore always the first of its probes, everywhere, which is what lets a probe
     find a near-duplicate across a boundary (issue 14: when a cut list's members kept the median
     cut's slab as their own partition, diffuse near-duplicates landed in slabs whose centroids
