@@ -15,6 +15,9 @@ command (and every ``--src``), so background load hits each alike; medians of th
   naive numpy + scipy script run as a process (``bench_core.py --naive-process``: load, 1,000-row
   blocks, ``np.nonzero``, scipy components, masters by score then brightness); the ratio is
   taken within each round, then the median. Both must find the same groups.
+* floors, in the same rounds: a process that only imports dedup's libraries (numpy, pyarrow,
+  duckdb, onnxruntime), and one that also imports numba and calls one of neardup's cached kernels
+  (numba's first dispatch): what any dedup process pays before its first row is read;
 * the dedup process's imports: one extra run under ``python -X importtime`` (the import total
   and the packages that cost most).
 
@@ -51,6 +54,15 @@ READ_ONLY = {
     "runs": ["runs", "--db", "{ro}"],
     "models": ["models"],
     "skipped": ["skipped", "--db", "{ro}"],
+}
+#: Floors: processes that only import what `neardup dedup` needs (its libraries; then numba too, with one
+#: of neardup's cached kernels called, which pays numba's first-dispatch set-up). No dedup can start faster.
+FLOORS = {
+    "imports: numpy, pyarrow, duckdb, onnxruntime":
+        "import numpy, pyarrow, duckdb, onnxruntime",
+    "the same + numba, one cached neardup kernel called":
+        "import numpy, pyarrow, duckdb, onnxruntime; from neardup.similarity.canonical import is_canonical; "
+        "is_canonical(numpy.zeros((2, 4), numpy.float32))",
 }
 TARGET_READ_ONLY_S = 0.15
 TARGET_DEDUP_RATIO = 0.5
@@ -163,6 +175,8 @@ def main() -> None:
                      "--naive-process", str(npz)]
         dedup_argv = ["dedup", "--threshold", str(args.threshold), "--json", "--db", "run.duckdb"]
         # warm-up, untimed: page cache, .pyc files, numba's on-disk kernel cache of each source tree
+        for code in FLOORS.values():
+            timed([sys.executable, "-c", code], first_env, work)
         for label, env in envs.items():
             for cmd in cmds.values():
                 timed(cmd, env, dirs[label])
@@ -175,6 +189,8 @@ def main() -> None:
         for r in range(args.repeats):
             row: dict = {"python -c pass": {}, "naive script": {}}
             row["python -c pass"] = dict(zip(("wall", "cpu"), timed([sys.executable, "-c", "pass"], first_env, work)[:2]))
+            for name, code in FLOORS.items():
+                row[name] = dict(zip(("wall", "cpu"), timed([sys.executable, "-c", code], first_env, work)[:2]))
             for label, env in envs.items():
                 for name, cmd in cmds.items():
                     row.setdefault(label, {})[name] = dict(zip(("wall", "cpu"), timed(cmd, env, dirs[label])[:2]))
@@ -218,8 +234,10 @@ def main() -> None:
         "versions": versions(),
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "repeats": args.repeats, "n": args.n, "threshold": args.threshold, "sources": srcs,
-        "floor": {k: statistics.median(r[k]["wall"] for r in rounds) for k in ("python -c pass", "naive script")},
-        "floor_cpu": {k: statistics.median(r[k]["cpu"] for r in rounds) for k in ("python -c pass", "naive script")},
+        "floor": {k: statistics.median(r[k]["wall"] for r in rounds) for k in ("python -c pass", *FLOORS, "naive script")},
+        "floor_cpu": {k: statistics.median(r[k]["cpu"] for r in rounds) for k in ("python -c pass", *FLOORS, "naive script")},
+        "floor_ratio_to_naive": {k: statistics.median(r[k]["wall"] / r["naive script"]["wall"] for r in rounds)
+                                 for k in FLOORS},
         "naive_counts": naive_counts, "results": results, "rounds": rounds,
     }
     out = HERE / "results" / "startup.json"
@@ -271,6 +289,10 @@ def render(info: dict) -> str:
         for lab in labels) + " | |")
     lines.append(f"| the lesson's naive numpy + scipy script, same vectors | " + " | ".join(
         f"{fl['naive script']:.2f} | {fc['naive script']:.2f}" for _ in labels) + " | |")
+    for name in FLOORS:  # older results files have no floors
+        if name in fl:
+            lines.append(f"| floor: `python -c` {name} (× naive, same round: {info['floor_ratio_to_naive'][name]:.2f}) | "
+                         + " | ".join(f"{fl[name]:.3f} | {fc[name]:.3f}" for _ in labels) + " | |")
     lines.append("| **dedup / naive script** (same round, median) | " + " | ".join(
         f"**{info['results'][lab]['dedup 12k']['ratio_to_naive']:.2f}** | "
         f"{info['results'][lab]['dedup 12k']['cpu_ratio_to_naive']:.2f}" for lab in labels)
