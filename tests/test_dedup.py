@@ -224,3 +224,33 @@ def test_index_auto_is_exact_up_to_the_limit_then_ann(monkeypatch):
     ann = dd.compute_forest(X, 0.9, index="auto")
     assert exact.meta["engine"] == "exact" and ann.meta["engine"] == "ann"
     assert same_partition(exact.components(0.9), labels) and same_partition(ann.components(0.9), labels)
+
+
+def test_dedup_summary_says_which_pass_ran_and_why(db, monkeypatch):
+    # the summary's `index` names the pass that actually ran (a spy on the ANN pass), and with
+    # --index auto the reason; the printed summary carries it as one line
+    import neardup.dedup as dd
+    import neardup.similarity.ann as ann_mod
+    from neardup.report import format_summary
+
+    X = clustered_vectors(np.random.default_rng(5), 300, 24, 30, 0.02)
+    ids = [f"i{k:03d}" for k in range(len(X))]
+    load(db, X, ids)
+    calls = []
+    real = ann_mod.ann_forest
+    monkeypatch.setattr(ann_mod, "ann_forest", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with Catalog(db) as cat:
+        plain = dedup(cat, 0.9, dry_run=True)
+        monkeypatch.setattr(dd, "AUTO_EXACT_MAX", 300)
+        small = dedup(cat, 0.9, index="auto", dry_run=True)
+        assert calls == []
+        monkeypatch.setattr(dd, "AUTO_EXACT_MAX", 299)
+        big = dedup(cat, 0.9, index="auto", dry_run=True)
+        assert calls == [1]
+    assert plain.summary["index"] == {"requested": "exact", "used": "exact"}
+    assert small.summary["index"] == {"requested": "auto", "used": "exact", "reason": "300 images <= 300"}
+    assert big.summary["index"]["used"] == "ann" and big.summary["index"]["reason"].startswith("300 images > 299")
+    assert "similarity pass: ann (--index auto: 300 images > 299" in format_summary(big.summary)
+    assert "similarity pass" not in format_summary(plain.summary)
+    labels, _ = reference_groups(X, 0.9)  # both passes give the reference's groups on this separated data
+    assert small.summary["groups"] == big.summary["groups"] == len({l for l in labels if (labels == l).sum() > 1})

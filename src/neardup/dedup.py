@@ -33,7 +33,8 @@ INDEXES = ("exact", "ann", "auto")
 ENGINES = ("local", "ray")
 #: --index auto: exact up to this many vectors, ANN above -- where exact stops being the faster pass. Measured
 #: side by side on 2 cores (2026-11-27, seed-shaped vectors, floor 0.98, load ~1): exact / ANN wall 1.2 / 0.9 s
-#: at 25k, 3.6 / 1.8 at 50k, 12.4 / 3.2 at 100k, 38.9 / 6.7 at 200k (docs/benchmarks-scale.md). The default
+#: at 25k, 3.6 / 1.8 at 50k, 12.4 / 3.2 at 100k, 38.9 / 6.7 at 200k; on sparse and clustered synthetic sets too
+#: ANN is the faster pass above 25k (bench/auto_index.py, docs/benchmarks-scale.md). The default
 #: index stays exact: ANN can miss a duplicate (it prints the recall it measured), never adds one.
 AUTO_EXACT_MAX = 20_000
 ProgressFn = Callable[[int, int], None]
@@ -139,6 +140,17 @@ def compute_forest(vectors: np.ndarray, floor: float, *, index: str = "exact", e
     from .similarity.exact import exact_forest
 
     return exact_forest(vectors, floor, progress=progress)
+
+
+def index_summary(requested: str, forest: SimilarityForest, n: int) -> dict[str, Any]:
+    """Which pass a run used (``exact`` or ``ann``) and, for ``--index auto``, why: the summary's ``index``."""
+    meta = forest.meta or {}
+    used = meta.get("index", "exact") if meta.get("engine") == "ray" else meta.get("engine", "exact")
+    out: dict[str, Any] = {"requested": requested, "used": used}
+    if requested == "auto":
+        out["reason"] = (f"{n:,} images <= {AUTO_EXACT_MAX:,}" if n <= AUTO_EXACT_MAX else
+                         f"{n:,} images > {AUTO_EXACT_MAX:,}, where ANN is the faster pass (measured)")
+    return out
 
 
 def similarity_forest(catalog: Catalog, floor: float, *, scope: Scope | None = None, model: str | None = None,
@@ -602,6 +614,7 @@ def _dedup(catalog: Catalog, threshold: float, *, model: str | None, mode: str |
                                  master=int(plan.boost.sum()) if forced else 0,
                                  not_duplicate=len(not_dup)),
     )
+    summary["index"] = index_summary(index, forest, len(scope))
     if stale:
         summary["decisions_invalidated"] = {r: sum(1 for v in stale.values() if v == r) for r in ("changed", "vanished")}
     update = (forest.meta or {}).get("update")

@@ -48,6 +48,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"retained {s['retained']:,}  largest group {s['largest_group']:,}"
         + (f"  pairs >= t {s['pairs']:,}" if s.get("pairs") is not None else ""),
     ]
+    ix = s.get("index") or {}
+    if ix.get("reason"):
+        lines.append(f"  similarity pass: {ix['used']} (--index {ix['requested']}: {ix['reason']})")
     gc = s.get("geometric_check")
     if s.get("captured") is not None:
         lines.append(f"  capture times: {s['captured']:,} of {s['images']:,} images have one (EXIF DateTimeOriginal or "

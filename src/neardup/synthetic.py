@@ -113,3 +113,48 @@ def seed_shaped(n: int = SEED_N, dim: int = 512, *, seed: int = 0, scenes: int =
     score = np.round(rng.uniform(0, 5, n), 1)          # coarse, so ties happen and tie-breaks matter
     brightness = np.round(rng.uniform(0.1, 0.9, n), 3)
     return Collection(ids, _unit(X), score, brightness, scene_arr, planted_arr)
+
+
+def sparse_shaped(n: int, dim: int = 512, *, seed: int = 0, scenes: int | None = None, dup_fraction: float = 0.04,
+                  mean_group: float = 3.0, jitter: float = 0.07, scene_weight: float = 0.85) -> Collection:
+    """A collection with sparse duplicates: mostly distinct images, ``dup_fraction`` of them in small groups.
+
+    The opposite of :func:`seed_shaped` for the exact pass: no giant chained group, so few pairs
+    are near the floor. Images fall in scene clusters as there (cosine ~0.72 inside one; one
+    scene per ~2,000 images unless ``scenes`` is given); duplicate groups are jittered copies of
+    one view, sizes 2 + geometric (mean ``mean_group``). ``scene_weight`` (a) sets how tight a
+    scene is: cosine ~a^2 inside one (0.95: many tight clusters, which the exact pass's ball test
+    separates).
+    """
+    rng = np.random.default_rng(seed)
+    scenes = scenes or max(25, n // 2000)
+    a = float(scene_weight)
+    b = np.sqrt(1 - a * a)
+    centroids = _unit(rng.standard_normal((scenes, dim)))
+    sizes: list[int] = []
+    want = int(round(dup_fraction * n))
+    while sum(sizes) < want:
+        sizes.append(min(2 + int(rng.geometric(1.0 / max(mean_group - 1.0, 1.0))) - 1, want - sum(sizes) + 1))
+    if sizes and sum(sizes) > want:
+        sizes[-1] -= sum(sizes) - want
+        if sizes[-1] < 2:
+            sizes.pop()
+    n_groups = len(sizes)
+    n_single = n - sum(sizes)
+    g_scene = rng.integers(0, scenes, n_groups)
+    g_content = _unit(rng.standard_normal((max(n_groups, 1), dim)))
+    vecs, scene_of, planted = [], [], []
+    for g, size in enumerate(sizes):
+        base = a * centroids[np.full(size, g_scene[g])] + b * np.repeat(g_content[g:g + 1], size, axis=0)
+        vecs.append(_unit(base + jitter * rng.uniform(0.6, 1.2) * rng.standard_normal(base.shape) / np.sqrt(dim)))
+        scene_of.append(np.full(size, g_scene[g]))
+        planted.append(np.full(size, g, dtype=np.int64))
+    s_scene = rng.integers(0, scenes, n_single)
+    vecs.append(_unit(a * centroids[s_scene] + b * _unit(rng.standard_normal((n_single, dim)))))
+    scene_of.append(s_scene)
+    planted.append(np.full(n_single, -1, dtype=np.int64))
+    order = rng.permutation(n)
+    X = np.concatenate(vecs).astype(np.float32)[order]
+    ids = np.asarray([f"img{i:07d}" for i in range(n)], dtype=object)
+    return Collection(ids, _unit(X), np.round(rng.uniform(0, 5, n), 1), np.round(rng.uniform(0.1, 0.9, n), 3),
+                      np.concatenate(scene_of)[order], np.concatenate(planted)[order])
