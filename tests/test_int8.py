@@ -88,7 +88,6 @@ def test_float_tile_gemm_is_exact_on_canonical_vectors():
     assert np.array_equal(out.astype(np.float64), all_pair_sims(X)[:300, 300:])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def vectors_of_kind(kind: str, rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     """Unit rows for the bound properties: ``gauss`` (random), ``adversarial`` (see :func:`adversarial`)
     or ``near`` (one direction plus noise of a random scale: near-duplicates at every threshold)."""
@@ -100,6 +99,7 @@ def vectors_of_kind(kind: str, rng: np.random.Generator, n: int, d: int) -> np.n
     return unit_rows(base + rng.standard_normal((n, d)) * rng.uniform(1e-3, 0.3))
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), d=st.sampled_from([2, 3, 16, 64, 512]), level=st.sampled_from([127, 63]),
        kind=st.sampled_from(["gauss", "adversarial", "near"]))
 def test_error_bound_holds_for_every_pair(seed, d, level, kind):
