@@ -121,16 +121,6 @@ def _top_columns(S: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(-S, k - 1, axis=1)[:, :k] if S.shape[1] > k else np.broadcast_to(np.arange(S.shape[1]), S.shape)
 
 
-def _merge_top(best_v: np.ndarray, best_i: np.ndarray, S: np.ndarray, ids: np.ndarray) -> None:
-    """Fold candidate similarities S (rows x len(ids)) into each row's running top-k (in place)."""
-    k = best_v.shape[1]
-    V = np.concatenate([best_v, S], axis=1)
-    I = np.concatenate([best_i, np.broadcast_to(ids.astype(np.int32), S.shape)], axis=1)
-    top = _top_columns(V, k)
-    best_v[:] = np.take_along_axis(V, top, axis=1)
-    best_i[:] = np.take_along_axis(I, top, axis=1)
-
-
 def _top_centroids(X: np.ndarray, C: np.ndarray, k: int, chunk: int) -> np.ndarray:
     """Indices of each row's k most similar centroids, most similar first (onnxruntime GEMM per row chunk;
     this faiss build's flat search is ~20x slower here)."""
@@ -186,7 +176,7 @@ def _pieces(Xm: np.ndarray, target: int) -> np.ndarray:
 
 def two_level_partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 2, cells_probed: int = 3,
                         split_factor: float = 2.0, seed: int = 0, niter: int = 10, train_points: int = 32,
-                        chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+                        chunk: int = 65536, rounds: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Partitions and probes by a two-level quantizer: (centroids, probes[n, nprobe]); probes[:, 0] is the own partition.
 
     ~sqrt(N / target) coarse cells (spherical k-means on a sample), every vector assigned to its
@@ -239,17 +229,15 @@ def two_level_partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 2, c
 
     with single_threaded_blas():   # small products: OpenBLAS's threads cost more than they give (2-10x under load)
         npr = max(1, min(nprobe, len(C)))
-        probes, vals = _assign(X, C, cells, cell_parts, npr, chunk)
-        big = np.flatnonzero(np.bincount(probes[:, 0], minlength=len(C)) > split_factor * target)
-        if len(big):
+        probes, vals = _assign(X, C, cells, cell_parts, npr + _SPARE, chunk)
+        depth = np.full(n, probes.shape[1], np.int64)     # leading entries known to be each row's true nearest
+        for _ in range(rounds):
+            big = np.flatnonzero(np.bincount(probes[:, 0], minlength=len(C)) > split_factor * target)
+            if not len(big):
+                break
             C, cell_parts, new_parts = _split(X, C, probes, big, cell_parts, target)
-            # rows that probed a cut list: all their partitions again; other rows of the cells
-            # that got pieces: the pieces join their candidates (a piece may be nearer than their own)
-            redo = np.isin(probes, big).any(axis=1)
-            probes[redo], vals[redo] = _assign(X, C, cells, cell_parts, npr, chunk, rows=np.flatnonzero(redo))
-            touched = np.flatnonzero(~redo & np.isin(cells, np.flatnonzero([len(q) > 0 for q in new_parts])).any(axis=1))
-            probes[touched], vals[touched] = _assign(X, C, cells, new_parts, npr, chunk, rows=touched,
-                                                     init=(vals[touched], probes[touched]))
+            probes, vals, depth = _reassign(X, C, cells, cell_parts, new_parts, big, probes, vals, depth, npr, chunk)
+        probes = np.ascontiguousarray(probes[:, :npr])
     short = np.flatnonzero((probes < 0).any(axis=0))     # a row short of npr partitions (tiny inputs)
     if len(short):
         probes = np.ascontiguousarray(probes[:, :max(1, int(short[0]))])
@@ -285,6 +273,43 @@ def _split(X: np.ndarray, C: np.ndarray, probes: np.ndarray, big: np.ndarray, ce
     return np.concatenate([C, *extra]), cell_parts, new_parts
 
 
+#: Candidates kept per row beyond ``nprobe``, so that cutting a list re-ranks a row's partitions with
+#: the pieces' product only (:func:`_reassign`) instead of all its cells' centroids again.
+_SPARE = 2
+
+
+def _reassign(X: np.ndarray, C: np.ndarray, cells: np.ndarray, cell_parts: list[np.ndarray],
+              new_parts: list[np.ndarray], big: np.ndarray, probes: np.ndarray, vals: np.ndarray,
+              depth: np.ndarray, npr: int, chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows' nearest partitions after the lists ``big`` were cut into ``new_parts``: (probes, vals, depth).
+
+    Exact, by the same nearest-centroid rule as :func:`_assign` against all centroids of a row's cells:
+    a row's first ``depth`` candidates are its true nearest; dropping the cut lists leaves the
+    survivors as the nearest unchanged partitions, so when at least ``npr`` survive, merging the
+    pieces of its cells (one product with the pieces only) gives its true nearest down to the last
+    survivor; rows with fewer survivors are assigned again against all their cells' centroids.
+    """
+    K = probes.shape[1]
+    cols = np.arange(K)
+    cut = np.isin(probes, big) | (cols >= depth[:, None])
+    has_new = np.flatnonzero([len(q) > 0 for q in new_parts])
+    rows = np.flatnonzero(np.isin(cells, has_new).any(axis=1))   # every row with a cut list among its candidates is here
+    probes, vals = probes.copy(), vals.copy()
+    probes[cut], vals[cut] = -1, -np.inf
+    alive = probes[rows] >= 0
+    surv = alive.sum(axis=1)
+    full, part = rows[surv < npr], rows[surv >= npr]
+    last = np.where(alive, vals[rows], np.inf).min(axis=1)[surv >= npr]   # the last survivor's similarity
+    if len(part):
+        p_i, p_v = _assign(X, C, cells, new_parts, K, chunk, rows=part, init=(vals[part], probes[part]))
+        probes[part], vals[part] = p_i, p_v
+        depth[part] = (p_v >= last[:, None]).sum(axis=1)
+    if len(full):
+        probes[full], vals[full] = _assign(X, C, cells, cell_parts, K, chunk, rows=full)
+        depth[full] = K
+    return probes, vals, depth
+
+
 def _assign(X: np.ndarray, C: np.ndarray, cells: np.ndarray, cell_parts: list[np.ndarray], npr: int, chunk: int,
             rows: np.ndarray | None = None, init: tuple[np.ndarray, np.ndarray] | None = None
             ) -> tuple[np.ndarray, np.ndarray]:
@@ -296,24 +321,44 @@ def _assign(X: np.ndarray, C: np.ndarray, cells: np.ndarray, cell_parts: list[np
     if init is None:
         best_v = np.full((m, npr), -np.inf, np.float32)
         best_i = np.full((m, npr), -1, np.int32)
-    else:
-        best_v, best_i = np.array(init[0], np.float32), np.array(init[1], np.int32)
+    else:                                   # sorted, nearest first (the merge keeps that order)
+        srt = np.argsort(-np.asarray(init[0], np.float32), axis=1, kind="stable")
+        best_v = np.ascontiguousarray(np.take_along_axis(np.asarray(init[0], np.float32), srt, axis=1))
+        best_i = np.ascontiguousarray(np.take_along_axis(np.asarray(init[1], np.int32), srt, axis=1))
     for a, b in _chunks(m, chunk):
         if rows is None:
             Xc, tc = np.asarray(X[a:b], dtype=np.float32), cells[a:b]
         else:
             Xc, tc = np.asarray(X[rows[a:b]], dtype=np.float32), cells[rows[a:b]]
-        for j in np.unique(tc).tolist():
+        flat = tc.ravel()
+        by_cell = np.argsort(flat, kind="stable")      # (row, cell) slots grouped by cell
+        bounds = np.r_[0, np.cumsum(np.bincount(flat, minlength=len(cell_parts)))]
+        for j in np.flatnonzero(np.diff(bounds)).tolist():
             ps = cell_parts[j]
             if not len(ps):
                 continue
-            sel = np.flatnonzero((tc == j).any(axis=1))
+            sel = by_cell[bounds[j]:bounds[j + 1]] // tc.shape[1]
             S = gemm_nt(Xc[sel], np.ascontiguousarray(C[ps]), 1)
-            bv, bi = best_v[a + sel], best_i[a + sel]
-            _merge_top(bv, bi, S, ps)
-            best_v[a + sel], best_i[a + sel] = bv, bi
-    srt = np.argsort(-best_v, axis=1, kind="stable")
-    return np.take_along_axis(best_i, srt, axis=1), np.take_along_axis(best_v, srt, axis=1)
+            _merge_into(best_v, best_i, sel + a, S, ps.astype(np.int32))
+    return best_i, best_v
+
+
+@nb.njit(cache=True, nogil=True)
+def _merge_into(best_v, best_i, rows, S, ids):
+    """Fold S (len(rows) x len(ids) similarities) into rows' running top-k, kept sorted nearest first (in place)."""
+    K = best_v.shape[1]
+    for r in range(S.shape[0]):
+        i = rows[r]
+        for c in range(S.shape[1]):
+            s = S[r, c]
+            if s > best_v[i, K - 1]:
+                k = K - 1
+                while k > 0 and best_v[i, k - 1] < s:
+                    best_v[i, k] = best_v[i, k - 1]
+                    best_i[i, k] = best_i[i, k - 1]
+                    k -= 1
+                best_v[i, k] = s
+                best_i[i, k] = ids[c]
 
 
 @nb.njit(cache=True, nogil=True)
