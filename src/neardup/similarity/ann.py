@@ -176,7 +176,7 @@ def _pieces(Xm: np.ndarray, target: int) -> np.ndarray:
 
 def two_level_partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 2, cells_probed: int = 3,
                         split_factor: float = 2.0, seed: int = 0, niter: int = 10, train_points: int = 32,
-                        chunk: int = 65536, rounds: int = 1) -> tuple[np.ndarray, np.ndarray]:
+                        chunk: int = 65536, rounds: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Partitions and probes by a two-level quantizer: (centroids, probes[n, nprobe]); probes[:, 0] is the own partition.
 
     ~sqrt(N / target) coarse cells (spherical k-means on a sample), every vector assigned to its
@@ -194,10 +194,13 @@ def two_level_partition(X: np.ndarray, *, target: int = 1000, nprobe: int = 2, c
     find a near-duplicate across a boundary (issue 14: when a cut list's members kept the median
     cut's slab as their own partition, diffuse near-duplicates landed in slabs whose centroids
     ranked 2nd-10th for each other; at 1M 0.6% of the sampled images with a duplicate, 2.3% of
-    those in small groups, lost one). One round of cuts: cutting pieces that grew past the
-    limit again evens the tiles (-11% pairs) but costs more partition time than it saves.
-    Cost ~ N x (sqrt(N / target) x (1 + cells_probed)) dot products, plus the reassignment of
-    the vectors that probed a cut list; the vectors are read in sequential row chunks (a
+    those in small groups, lost one). Nearest-centroid membership makes the pieces uneven, so
+    pieces that grew past the limit are cut again (``rounds`` rounds of cuts in all; at 1M the
+    second round takes the tiles' pairs -11%, a third changes nothing). Re-ranking after a cut is
+    cheap (:func:`_reassign`): every row keeps 2 spare candidates, so only the pieces' product is
+    computed, except for the few rows that lose more than their spares.
+    Cost ~ N x (sqrt(N / target) x (1 + cells_probed)) dot products, plus the products of the
+    cells' rows with their pieces; the vectors are read in sequential row chunks (a
     memory-mapped store is streamed, never held).
     """
     n = int(X.shape[0])
@@ -326,10 +329,7 @@ def _assign(X: np.ndarray, C: np.ndarray, cells: np.ndarray, cell_parts: list[np
         best_v = np.ascontiguousarray(np.take_along_axis(np.asarray(init[0], np.float32), srt, axis=1))
         best_i = np.ascontiguousarray(np.take_along_axis(np.asarray(init[1], np.int32), srt, axis=1))
     for a, b in _chunks(m, chunk):
-        if rows is None:
-            Xc, tc = np.asarray(X[a:b], dtype=np.float32), cells[a:b]
-        else:
-            Xc, tc = np.asarray(X[rows[a:b]], dtype=np.float32), cells[rows[a:b]]
+        tc = cells[a:b] if rows is None else cells[rows[a:b]]
         flat = tc.ravel()
         by_cell = np.argsort(flat, kind="stable")      # (row, cell) slots grouped by cell
         bounds = np.r_[0, np.cumsum(np.bincount(flat, minlength=len(cell_parts)))]
@@ -338,7 +338,8 @@ def _assign(X: np.ndarray, C: np.ndarray, cells: np.ndarray, cell_parts: list[np
             if not len(ps):
                 continue
             sel = by_cell[bounds[j]:bounds[j + 1]] // tc.shape[1]
-            S = gemm_nt(Xc[sel], np.ascontiguousarray(C[ps]), 1)
+            g = sel + a if rows is None else rows[sel + a]     # ascending: one read of each row it needs
+            S = gemm_nt(np.asarray(X[g], dtype=np.float32), np.ascontiguousarray(C[ps]), 1)
             _merge_into(best_v, best_i, sel + a, S, ps.astype(np.int32))
     return best_i, best_v
 
