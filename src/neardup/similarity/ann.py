@@ -328,19 +328,31 @@ def _assign(X: np.ndarray, C: np.ndarray, cells: np.ndarray, cell_parts: list[np
         srt = np.argsort(-np.asarray(init[0], np.float32), axis=1, kind="stable")
         best_v = np.ascontiguousarray(np.take_along_axis(np.asarray(init[0], np.float32), srt, axis=1))
         best_i = np.ascontiguousarray(np.take_along_axis(np.asarray(init[1], np.int32), srt, axis=1))
-    for a, b in _chunks(m, chunk):
+    Cp = [np.ascontiguousarray(C[ps]) if len(ps) else None for ps in cell_parts]
+    ids = [np.asarray(ps, np.int32) for ps in cell_parts]
+
+    def one(a: int, b: int) -> None:       # rows a..b: disjoint slices of best_v / best_i
         tc = cells[a:b] if rows is None else cells[rows[a:b]]
         flat = tc.ravel()
         by_cell = np.argsort(flat, kind="stable")      # (row, cell) slots grouped by cell
         bounds = np.r_[0, np.cumsum(np.bincount(flat, minlength=len(cell_parts)))]
         for j in np.flatnonzero(np.diff(bounds)).tolist():
-            ps = cell_parts[j]
-            if not len(ps):
+            if Cp[j] is None:
                 continue
             sel = by_cell[bounds[j]:bounds[j + 1]] // tc.shape[1]
             g = sel + a if rows is None else rows[sel + a]     # ascending: one read of each row it needs
-            S = gemm_nt(np.asarray(X[g], dtype=np.float32), np.ascontiguousarray(C[ps]), 1)
-            _merge_into(best_v, best_i, sel + a, S, ps.astype(np.int32))
+            S = gemm_nt(np.asarray(X[g], dtype=np.float32), Cp[j], 1)
+            _merge_into(best_v, best_i, sel + a, S, ids[j])
+
+    T = max(1, int(nb.get_num_threads()))
+    if T == 1 or m <= chunk:
+        for a, b in _chunks(m, chunk):
+            one(a, b)
+    else:                                  # the product and the merge release the GIL
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(T) as pool:
+            list(pool.map(lambda ab: one(*ab), list(_chunks(m, chunk))))
     return best_i, best_v
 
 
