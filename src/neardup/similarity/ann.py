@@ -6,7 +6,8 @@ How it works (faiss-cpu for the k-means, onnxruntime's GEMM, compiled kernels fo
    coarse cells by spherical k-means, every vector assigned to its 3 nearest cells; each cell
    split by its own k-means into ~size/``target`` partitions; partitions over ``split_factor *
    target`` members (k-means lists go lopsided on duplicate-dense data) are cut into pieces by
-   median splits, whose centroids join the cell's. Cost ~N x sqrt(N/target) dot products, not N^2/target.
+   median splits, whose centroids join the cell's (pieces that end up over the limit under
+   nearest-centroid membership are cut once more). Cost ~N x sqrt(N/target) dot products, not N^2/target.
 2. Every vector belongs to its nearest partition among those of its cells and also *probes* the
    next nearest, ``nprobe`` in all, so pairs across a partition boundary are compared
    (SemDeDup-style partitioning loses them). Own partition and probes follow one rule (nearest
