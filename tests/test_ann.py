@@ -224,13 +224,16 @@ def _tight_and_diffuse(seed: int, dim: int = 32) -> np.ndarray:
 
 
 @settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), nprobe=st.integers(1, 3), target=st.sampled_from([60, 100, 150]))
-def test_probes_are_each_vectors_nearest_centroids_also_in_cut_lists(seed, nprobe, target):
+@given(seed=st.integers(0, 2**31 - 1), nprobe=st.integers(1, 3), target=st.sampled_from([60, 100, 150]),
+       rounds=st.integers(1, 3))
+def test_probes_are_each_vectors_nearest_centroids_also_in_cut_lists(seed, nprobe, target, rounds):
     """Issue 14: own partition and probes follow one rule, also after oversized lists are cut into
     pieces. With every coarse cell a candidate, each vector's probes are its ``nprobe`` most similar
-    centroids (float64 brute force), nearest (its own list) first."""
+    centroids (float64 brute force), nearest (its own list) first, after every round of cuts (the
+    re-ranking after a cut computes only the pieces' similarities: :func:`_reassign`)."""
     X = _tight_and_diffuse(seed)
-    C, probes = two_level_partition(X, target=target, nprobe=nprobe, cells_probed=10**6, seed=seed % 1000)
+    C, probes = two_level_partition(X, target=target, nprobe=nprobe, cells_probed=10**6, seed=seed % 1000,
+                                    rounds=rounds)
     assert np.bincount(probes[:, 0]).max() < 3000 // 2                # the tight cluster was cut
     S = X.astype(np.float64) @ C.astype(np.float64).T
     best = -np.sort(-S, axis=1)[:, :probes.shape[1]]
@@ -256,3 +259,30 @@ def test_every_pair_whose_partitions_meet_is_joined(seed):
     assert np.all(lab[i[met]] == lab[j[met]])
     ref = ref_labels(len(X), i, j)
     assert len(np.unique(np.stack([lab, ref], 1), axis=0)) == len(np.unique(lab))
+
+
+@pytest.mark.parametrize("seed,rounds", [(3, 1), (4, 2), (5, 3)])
+def test_probes_are_nearest_among_own_cells_after_cuts(monkeypatch, seed, rounds):
+    """With 2 of the coarse cells per vector (so a cut touches only the rows of its cells), each
+    vector's probes are its most similar centroids among its cells' partitions (float64 brute force
+    over the cells and partitions the pass recorded), after every round of cuts."""
+    from neardup.similarity import ann
+
+    seen: dict = {}
+    top, split = ann._top_centroids, ann._split
+    monkeypatch.setattr(ann, "_top_centroids", lambda *a, **k: seen.setdefault("cells", top(*a, **k)))
+
+    def spy(*a, **k):
+        out = split(*a, **k)
+        seen["parts"] = out[1]
+        return out
+
+    monkeypatch.setattr(ann, "_split", spy)
+    X = _tight_and_diffuse(seed)
+    C, probes = ann.two_level_partition(X, target=60, nprobe=2, cells_probed=2, seed=seed, rounds=rounds)
+    assert "parts" in seen and np.bincount(probes[:, 0]).max() < 3000 // 2
+    S = X.astype(np.float64) @ C.astype(np.float64).T
+    for i in range(len(X)):
+        cand = np.unique(np.concatenate([seen["parts"][j] for j in seen["cells"][i]]))
+        best = -np.sort(-S[i, cand])[:2]
+        assert np.all(np.abs(S[i, probes[i].astype(np.int64)] - best) <= 1e-5), i
