@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from .jit import nb
-from .npyfile import drop_mapped_pages
+from .npyfile import chunk_rows, drop_mapped_pages
 from .similarity.forest import SimilarityForest
 from .similarity.incremental import RowSource, extend_forest, remove_nodes
 
@@ -55,7 +55,7 @@ def row_fingerprints(X: np.ndarray) -> np.ndarray:
     """A 64-bit hash of each row's float32 bytes (changed vector <=> changed fingerprint, w.h.p.)."""
     n = int(X.shape[0])
     out = np.empty(n, dtype=np.uint64)
-    step = max(1, (1 << 24) // max(int(X.shape[1]), 1))
+    step = chunk_rows(4 * int(X.shape[1]))
     for a in range(0, n, step):
         block = np.ascontiguousarray(X[a:a + step], dtype=np.float32)
         _fingerprints(block.view(np.uint32), out[a:a + step])

@@ -171,9 +171,9 @@ class NpyRowWriter:
 CHUNK_BYTES = 1 << 26
 
 
-def chunk_rows(a: np.ndarray) -> int:
-    """Rows of ``a`` per chunk of about :data:`CHUNK_BYTES`."""
-    return max(1, CHUNK_BYTES // max(a.dtype.itemsize * int(np.prod(a.shape[1:], dtype=np.int64)), 1))
+def chunk_rows(row_bytes: int) -> int:
+    """Rows of ``row_bytes`` bytes each per chunk of about :data:`CHUNK_BYTES` (at least one)."""
+    return max(1, CHUNK_BYTES // max(int(row_bytes), 1))
 
 
 def drop_mapped_pages(a: np.ndarray) -> bool:

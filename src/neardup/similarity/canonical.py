@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..jit import nb
-from ..npyfile import drop_mapped_pages
+from ..npyfile import chunk_rows, drop_mapped_pages
 
 GRID_BITS = 11
 SCALE = np.float32(2.0**GRID_BITS)
@@ -51,7 +51,7 @@ def is_canonical(vectors: np.ndarray) -> bool:
         return False
     if X.size == 0:
         return True
-    step = max(1, (1 << 24) // max(X.shape[1], 1))  # ~64 MB at a time, also for memory maps
+    step = chunk_rows(4 * X.shape[1])  # ~64 MB of float32 at a time, also for memory maps
     for a in range(0, X.shape[0], step):
         off = _off_grid(np.ascontiguousarray(X[a:a + step]))
         drop_mapped_pages(X[a:a + step])  # a memory map's pages read here leave the resident set
@@ -72,7 +72,7 @@ def canonical_vectors(vectors: np.ndarray) -> np.ndarray:
     if is_canonical(X):
         return vectors  # the object itself (a memory map stays one)
     out = np.empty(X.shape, dtype=np.float32)
-    step = max(1, (1 << 24) // max(X.shape[1], 1))
+    step = chunk_rows(4 * X.shape[1])
     for a in range(0, X.shape[0], step):
         block = np.asarray(X[a:a + step], dtype=np.float32)
         np.multiply(block, SCALE, out=out[a:a + step])

@@ -120,7 +120,7 @@ def take_rows(X: np.ndarray, order: np.ndarray) -> np.ndarray:
     if not n:
         return out
     order = np.ascontiguousarray(order, dtype=np.int64)
-    step = chunk_rows(X)
+    step = chunk_rows(X.dtype.itemsize * int(np.prod(X.shape[1:], dtype=np.int64)))
     if n != X.shape[0] or not drop_mapped_pages(X[:min(n, step)]):
         _take_rows(np.ascontiguousarray(X), order, out)
         return out

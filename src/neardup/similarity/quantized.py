@@ -168,7 +168,7 @@ class Quantized:
         self.u8 = np.empty((n, d), np.uint8)
         scale, nh, ne = np.empty(n), np.empty(n), np.empty(n)
         self.ex, self.n2 = np.empty(n), np.empty(n)
-        step = chunk_rows(np.empty((0, d), np.float32))  # ~64 MB of float32 at a time: no full-size temporaries
+        step = chunk_rows(4 * d)  # ~64 MB of float32 at a time: no full-size temporaries
         for a in range(0, n, step):
             b = min(n, a + step)
             _quantize(np.ascontiguousarray(X[a:b], dtype=np.float32), float(level), self.u8[a:b], scale[a:b],
